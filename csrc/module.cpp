@@ -1,0 +1,145 @@
+// pybind11 bindings for featstore._core: MappedFile, gather, set_num_threads, get_num_threads.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <string>
+
+#include "gather.h"
+#include "mapped_file.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+using featstore::MappedFile;
+
+namespace {
+
+// Filesystem paths cross as bytes (os.fsencode / os.fsdecode), so any name the OS allows works.
+py::str fsdecode(const std::string& raw) {
+    return py::module_::import("os").attr("fsdecode")(py::bytes(raw));
+}
+
+// A C-contiguous byte view of `obj` (buffer protocol, or __dlpack__ e.g. a CPU torch.Tensor).
+class ByteView {
+public:
+    ByteView(py::handle obj, const char* name, bool writable) {
+        py::object holder = py::reinterpret_borrow<py::object>(obj);
+        if (!PyObject_CheckBuffer(obj.ptr())) {
+            if (!py::hasattr(obj, "__dlpack__"))
+                throw py::type_error(std::string(name) + " must support the buffer protocol (or __dlpack__), got " +
+                                     std::string(py::str(py::type::of(obj).attr("__name__"))));
+            holder = py::module_::import("numpy").attr("from_dlpack")(obj);
+        }
+        if (PyObject_GetBuffer(holder.ptr(), &view_, PyBUF_RECORDS_RO) != 0) throw py::error_already_set();
+        if (!PyBuffer_IsContiguous(&view_, 'C')) {
+            PyBuffer_Release(&view_);
+            throw py::value_error(std::string(name) + " must be C-contiguous");
+        }
+        if (writable && view_.readonly) {
+            PyBuffer_Release(&view_);
+            throw py::value_error(std::string(name) + " is read-only");
+        }
+    }
+    ~ByteView() { PyBuffer_Release(&view_); }
+    ByteView(const ByteView&) = delete;
+    ByteView& operator=(const ByteView&) = delete;
+
+    std::uint8_t* data() const { return static_cast<std::uint8_t*>(view_.buf); }
+    std::size_t size() const { return static_cast<std::size_t>(view_.len); }
+
+private:
+    Py_buffer view_{};
+};
+
+void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::handle out, int threads) {
+    if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
+    if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
+    // indices: exactly a 1-D C-contiguous int64 ndarray; never a silent converting copy.
+    if (!py::isinstance<py::array>(indices))
+        throw py::type_error("indices must be a numpy int64 array, got " +
+                             std::string(py::str(py::type::of(indices).attr("__name__"))));
+    auto idx = py::reinterpret_borrow<py::array>(indices);
+    if (!idx.dtype().equal(py::dtype::of<std::int64_t>()))
+        throw py::type_error("indices must have dtype int64, got " + std::string(py::str(idx.dtype())));
+    if (idx.ndim() != 1) throw py::value_error("indices must be 1-D, got " + std::to_string(idx.ndim()) + "-D");
+    if (!(idx.flags() & py::array::c_style)) throw py::value_error("indices must be C-contiguous");
+
+    ByteView s(src, "src", false);
+    ByteView o(out, "out", true);
+    const auto* ip = static_cast<const std::int64_t*>(idx.data());
+    const auto n = static_cast<std::size_t>(idx.shape(0));
+    py::gil_scoped_release nogil;
+    featstore::gather_rows(s.data(), s.size(), static_cast<std::size_t>(row_bytes), ip, n, o.data(), o.size(),
+                           threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "featstore compiled core: copy-on-write file mappings and a multithreaded row gather.";
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const featstore::SystemError& e) {
+            // OSError(errno, strerror, filename) picks the subclass (FileNotFoundError, ...) from errno.
+            py::object exc = py::reinterpret_borrow<py::object>(PyExc_OSError)(e.err(), e.what(), fsdecode(e.path()));
+            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+        } catch (const featstore::IndexError& e) {
+            PyErr_SetString(PyExc_IndexError, e.what());
+        }
+    });
+
+    py::class_<MappedFile>(m, "MappedFile", py::buffer_protocol(), py::module_local(), R"doc(
+A whole file mapped copy-on-write (MAP_PRIVATE, PROT_READ|PROT_WRITE).
+
+memoryview(mf) / np.frombuffer(mf, ...) / torch.frombuffer(mf, ...) give a writable 1-D byte view
+that keeps the MappedFile alive; writes to it copy the touched pages privately and never reach the
+file. The mapping is released only when the object and every view are gone (there is no close()).
+A 0-byte file gives an empty buffer.)doc")
+        .def(py::init([](const py::object& path) {
+                 const std::string raw = py::bytes(py::module_::import("os").attr("fsencode")(path));
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<MappedFile>(raw);
+             }),
+             py::arg("path"))
+        .def_property_readonly("path", [](const MappedFile& f) { return fsdecode(f.path()); })
+        .def_property_readonly("size", &MappedFile::size)
+        .def("advise", &MappedFile::advise, py::arg("offset"), py::arg("length"), py::arg("advice"),
+             R"doc(madvise(2) on [offset, offset+length); offset is rounded down to the page.
+
+advice: "normal", "random", "sequential", "willneed" or "dontneed". The range must lie within the
+file (else ValueError). Note: on this MAP_PRIVATE mapping "dontneed" discards privately written
+(copy-on-write) pages; views then read the file's contents again.)doc")
+        .def("__repr__", [](const MappedFile& f) {
+            return "<featstore._core.MappedFile path=" + std::string(py::repr(fsdecode(f.path()))) +
+                   " size=" + std::to_string(f.size()) + ">";
+        })
+        .def_buffer([](MappedFile& f) {
+            return py::buffer_info(f.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(f.size())}, {1}, /*readonly=*/false);
+        });
+
+    m.def("gather", &gather, py::arg("src"), py::arg("row_bytes"), py::arg("indices"), py::arg("out"),
+          py::arg("threads") = 0, R"doc(
+Copy row indices[i] of src to out[i*row_bytes:(i+1)*row_bytes].
+
+src: C-contiguous buffer (read-only is fine), viewed as bytes; n_rows = nbytes(src) // row_bytes.
+indices: 1-D C-contiguous numpy int64 array; no conversion is done (TypeError/ValueError).
+out: writable C-contiguous buffer of at least len(indices) * row_bytes bytes (else ValueError).
+src/out may also be objects with __dlpack__ on the CPU (e.g. torch.Tensor).
+Every index is checked before any byte is copied: one outside [0, n_rows) raises IndexError
+(negative indices are not wrapped). The GIL is released during the copy.
+threads: 0 = the pool's size (get_num_threads()), 1 = inline on the calling thread.)doc");
+
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(n));
+            featstore::set_num_threads(n);
+        },
+        py::arg("n"), "Set the size of the persistent gather thread pool (>= 1).");
+    m.def("get_num_threads", &featstore::get_num_threads,
+          "Size of the gather thread pool: FEATSTORE_NUM_THREADS if set to a positive int, else "
+          "min(8, CPUs in the affinity mask), unless set_num_threads() was called.");
+}

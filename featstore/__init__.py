@@ -1,0 +1,65 @@
+"""featstore: per-layer features of vision encoders on disk, served to probe training at memory speed.
+
+>>> import featstore
+>>> store = featstore.FeatureStore.open("datasets/features")      # doctest: +SKIP
+>>> for x, y, rows in store["dinov2/layer_10"].batches(1024):     # doctest: +SKIP
+...     ...
+"""
+
+from . import _backend
+from .errors import (
+    CorruptFileError,
+    FeatureStoreError,
+    FormatError,
+    FormatVersionError,
+    IncompleteFeatureSetError,
+    MissingKeyError,
+    VerificationError,
+    WriterConflictError,
+)
+from .format import FORMAT_VERSION
+from .loader import Batch, BatchLoader
+from .store import FeatureSet, FeatureStore
+from .torch_data import FeatureDataset, GatheredBatch, collate
+from .writer import FeatureWriter
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the compiled gather uses (default: min(8, CPUs), or FEATSTORE_NUM_THREADS)."""
+    _backend.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the compiled gather uses."""
+    return _backend.get_num_threads()
+
+
+def backend() -> str:
+    """'core' when the compiled module is in use, 'numpy' for the pure-numpy fallback."""
+    return _backend.name()
+
+
+__all__ = [
+    "Batch",
+    "BatchLoader",
+    "CorruptFileError",
+    "FORMAT_VERSION",
+    "FeatureDataset",
+    "FeatureSet",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureWriter",
+    "FormatError",
+    "FormatVersionError",
+    "GatheredBatch",
+    "IncompleteFeatureSetError",
+    "MissingKeyError",
+    "VerificationError",
+    "WriterConflictError",
+    "backend",
+    "collate",
+    "get_num_threads",
+    "set_num_threads",
+]

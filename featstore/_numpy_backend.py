@@ -1,0 +1,184 @@
+"""Pure-numpy fallback for featstore._core: same names, signatures, errors and messages.
+
+Buffer access is uniform across backends: ``memoryview(mapped_file)`` (and so ``np.frombuffer`` /
+``torch.frombuffer``) gives a writable 1-D byte view. Here MappedFile subclasses ``mmap.mmap``;
+only ``path``, ``size``, ``advise`` and the buffer protocol are part of the portable interface
+(the inherited mmap methods are not; never call ``close()``).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+
+import numpy as np
+
+__all__ = ["MappedFile", "gather", "set_num_threads", "get_num_threads"]
+
+_ADVICE = {
+    "normal": mmap.MADV_NORMAL,
+    "random": mmap.MADV_RANDOM,
+    "sequential": mmap.MADV_SEQUENTIAL,
+    "willneed": mmap.MADV_WILLNEED,
+    "dontneed": mmap.MADV_DONTNEED,
+}
+
+
+def _check_advise(offset: int, length: int, advice: str, size: int) -> int | None:
+    adv = _ADVICE.get(advice)
+    if adv is None:
+        raise ValueError(
+            f"unknown advice '{advice}', expected one of normal, random, sequential, willneed, dontneed"
+        )
+    if offset < 0 or length < 0 or offset > size or length > size - offset:
+        raise ValueError(f"advise range offset={offset} length={length} is outside the file of {size} bytes")
+    return adv
+
+
+class MappedFile(mmap.mmap):
+    """A whole file mapped copy-on-write (MAP_PRIVATE, PROT_READ|PROT_WRITE).
+
+    Writes through a view copy the touched pages privately and never reach the file.
+    A 0-byte file gives an instance of ``_EmptyMappedFile`` (a bytearray subclass) instead,
+    since a 0-byte mmap is impossible; it has the same attributes.
+    """
+
+    def __new__(cls, path: str):
+        path = os.fsdecode(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if st.st_size == 0:
+                return _EmptyMappedFile(path)
+            self = super().__new__(
+                cls, fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except OSError as e:
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, path) from None
+            raise
+        finally:
+            os.close(fd)
+        self._path = path
+        return self
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def size(self) -> int:  # shadows mmap.size(), which would fstat the file
+        return len(self)
+
+    def advise(self, offset: int, length: int, advice: str) -> None:
+        """madvise(2) on [offset, offset+length); offset is rounded down to the page.
+
+        Note: on this MAP_PRIVATE mapping "dontneed" discards privately written (copy-on-write) pages.
+        """
+        adv = _check_advise(offset, length, advice, len(self))
+        if length == 0:
+            return
+        start = offset - offset % mmap.PAGESIZE
+        self.madvise(adv, start, offset + length - start)
+
+    def __repr__(self) -> str:
+        return f"<featstore._numpy_backend.MappedFile path={self._path!r} size={len(self)}>"
+
+
+class _EmptyMappedFile(bytearray):
+    """MappedFile of a 0-byte file: an empty writable buffer."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    path = MappedFile.path
+    size = property(lambda self: 0)
+
+    def advise(self, offset: int, length: int, advice: str) -> None:
+        _check_advise(offset, length, advice, 0)
+
+    def __repr__(self) -> str:
+        return f"<featstore._numpy_backend.MappedFile path={self._path!r} size=0>"
+
+
+def _byte_view(obj, name: str, writable: bool) -> np.ndarray:
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        if not hasattr(obj, "__dlpack__"):
+            raise TypeError(
+                f"{name} must support the buffer protocol (or __dlpack__), got {type(obj).__name__}"
+            ) from None
+        mv = memoryview(np.from_dlpack(obj))
+    if not mv.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and mv.readonly:
+        raise ValueError(f"{name} is read-only")
+    return np.frombuffer(mv, dtype=np.uint8)
+
+
+def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
+    """Copy row indices[i] of src to out[i*row_bytes:(i+1)*row_bytes] (see featstore._core.gather)."""
+    if row_bytes <= 0:
+        raise ValueError(f"row_bytes must be positive, got {row_bytes}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy int64 array, got {type(indices).__name__}")
+    if indices.dtype != np.int64 or not indices.dtype.isnative:
+        raise TypeError(f"indices must have dtype int64, got {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got {indices.ndim}-D")
+    if not indices.flags.c_contiguous:
+        raise ValueError("indices must be C-contiguous")
+    s = _byte_view(src, "src", False)
+    o = _byte_view(out, "out", True)
+    n = len(indices)
+    need = n * row_bytes
+    if o.size < need:
+        raise ValueError(f"out has {o.size} bytes but {n} indices x {row_bytes} row_bytes need {need} bytes")
+    n_rows = s.size // row_bytes
+    if n == 0:
+        return
+    if int(indices.min()) < 0 or int(indices.max()) >= n_rows:
+        bad = (indices < 0) | (indices >= n_rows)
+        i = int(bad.argmax())
+        raise IndexError(f"index {int(indices[i])} at position {i} is out of range for {n_rows} rows")
+    src2d = s[: n_rows * row_bytes].reshape(n_rows, row_bytes)
+    out2d = o[:need].reshape(n, row_bytes)
+    # mode="clip": indices are already checked, and mode="raise" would buffer `out`.
+    np.take(src2d, indices, axis=0, out=out2d, mode="clip")
+
+
+def _default_num_threads() -> int:
+    env = os.environ.get("FEATSTORE_NUM_THREADS", "")
+    if env.isascii() and env.isdigit() and int(env) > 0:
+        return min(int(env), 1024)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+_num_threads = 0
+
+
+def set_num_threads(n: int) -> None:
+    """Kept for interface parity; the numpy backend is single-threaded."""
+    global _num_threads
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    global _num_threads
+    if _num_threads == 0:
+        _num_threads = _default_num_threads()
+    return _num_threads

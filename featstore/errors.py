@@ -1,0 +1,42 @@
+"""The exceptions featstore raises: one hierarchy, each message names the file or key and says what to do."""
+
+from __future__ import annotations
+
+
+class FeatureStoreError(Exception):
+    """Base class of every error featstore raises on purpose."""
+
+
+class FormatError(FeatureStoreError):
+    """A file or manifest does not follow the on-disk contract (malformed, inconsistent, unsafe path)."""
+
+
+class CorruptFileError(FormatError):
+    """A file's bytes are damaged: truncated, unparsable header, checksum mismatch."""
+
+
+class FormatVersionError(FormatError):
+    """The manifest was written by a newer featstore whose format this version cannot read."""
+
+
+class MissingKeyError(FeatureStoreError, KeyError):
+    """No feature set with the requested key exists in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompleteFeatureSetError(FeatureStoreError):
+    """The feature set has rows that were never committed; resume its writer or open it with allow_incomplete=True."""
+
+
+class WriterConflictError(FeatureStoreError):
+    """Another writer holds the feature set, or the requested write would change committed rows."""
+
+
+class VerificationError(FeatureStoreError):
+    """store.verify() found data that does not match its recorded checksums."""
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message)
+        self.problems = problems

@@ -1,0 +1,300 @@
+"""Batches for training loops: a seeded permutation, a prefetch thread, pinned rings and async copies.
+
+A background thread gathers batch b+1.. while the caller trains on batch b (the compiled gather
+releases the GIL). On CUDA it gathers into a ring of pinned host buffers and copies each to the
+device with ``non_blocking=True`` on a side stream; a CUDA event per slot keeps a buffer from being
+refilled while its copy is in flight, and the consumer's stream waits on the batch's event.
+On a machine without CUDA the same loop runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .store import FeatureSet
+
+
+class Batch(NamedTuple):
+    """One batch: features (a tensor, or a dict key -> tensor for several sets), labels, row numbers."""
+
+    features: torch.Tensor | dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    indices: torch.Tensor
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class BatchLoader:
+    """Iterate over batches of one or several feature sets; one epoch per ``iter()``.
+
+    Arguments: ``batch_size``; ``shuffle`` (default True) with ``seed`` (epoch ``e`` uses the
+    permutation of ``(seed, e)``, so runs repeat exactly); ``drop_last``; ``device`` (None or 'cpu',
+    or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
+    a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
+    length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does).
+    """
+
+    def __init__(
+        self,
+        sets: dict[str, "FeatureSet"],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int | None = 0,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+        prefetch: int = 2,
+        rows=None,
+        labels=True,
+        epoch: int = 0,
+        single: bool | None = None,
+    ):
+        if not sets:
+            raise ValueError("batches need at least one feature set")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be a non-negative integer, got {prefetch!r}")
+        self.sets = dict(sets)
+        first = next(iter(self.sets.values()))
+        self.n_rows = len(first)
+        for key, fs in self.sets.items():
+            if len(fs) != self.n_rows:
+                raise ValueError(
+                    f"feature sets in one batch must have the same rows: {first.key!r} has {self.n_rows}, {key!r} has {len(fs)}"
+                )
+        self.single = len(self.sets) == 1 if single is None else single
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.epoch = int(epoch)
+        self.rows = self._check_rows(rows)
+        for fs in self.sets.values():
+            fs._check_committed(self.rows)  # only for sets opened with allow_incomplete
+        self.labels = self._check_labels(labels)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={str(self.device)!r} was requested but torch.cuda.is_available() is False; "
+                "use device=None (CPU) on this machine"
+            )
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(self.device)!r}")
+        self.info: dict[str, Any] = (
+            {"path": "pinned", "why": "CUDA device: gather into pinned ring buffers, async copy on a side stream"}
+            if self.device.type == "cuda"
+            else {"path": "cpu", "why": "CPU device: a prefetch thread gathers into recycled buffers"}
+        )
+
+    def _check_rows(self, rows) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.n_rows, dtype=np.int64)
+        from .indexing import normalize_rows
+
+        idx, _ = normalize_rows(rows, self.n_rows)
+        return idx
+
+    def _check_labels(self, labels) -> np.ndarray | None:
+        if labels is False or labels is None:
+            return None
+        if labels is True:
+            for fs in self.sets.values():
+                if fs.labels is not None:
+                    return fs.labels.numpy()
+            return None
+        arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if arr.shape != (self.n_rows,):
+            raise ValueError(f"labels must have shape ({self.n_rows},), got {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    # ---- the epoch --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation the next ``iter()`` uses."""
+        self.epoch = int(epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The row numbers of ``epoch`` in the order they are served."""
+        if not self.shuffle:
+            return self.rows
+        rng = np.random.default_rng([self.seed, epoch])
+        return self.rows[rng.permutation(len(self.rows))]
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.epoch_order(self.epoch)
+        self.epoch += 1
+        bs = self.batch_size
+        chunks = [order[i * bs : (i + 1) * bs] for i in range(len(self))]
+        make = _CudaAssembler(self) if self.device.type == "cuda" else _CpuAssembler(self)
+        if self.prefetch == 0:
+            for idx in chunks:
+                yield make.finish(make.assemble(idx))
+            return
+        yield from self._prefetched(chunks, make)
+
+    def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for idx in chunks:
+                    if stop.is_set() or not put(make.assemble(idx)):
+                        return
+                put(_END)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(_Failure(exc))
+
+        thread = threading.Thread(target=produce, name="featstore-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield make.finish(item)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+    def _features(self, tensors: dict[str, torch.Tensor]):
+        return next(iter(tensors.values())) if self.single else tensors
+
+
+def _storage_refs(t: torch.Tensor) -> int:
+    """References to ``t``'s storage (tensors and views of it), as torch counts them."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+class _RecyclingBuffers:
+    """Batch buffers that are reused once the caller has dropped every tensor and view of them.
+
+    Allocating a fresh multi-MB tensor per batch costs page faults on every batch; a plain ring
+    would overwrite batches the caller still holds. A buffer is handed out as a view, so torch's
+    storage use count tells exactly when nothing refers to it any more.
+    """
+
+    _can_count = hasattr(torch._C, "_storage_Use_Count")
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, limit: int):
+        self.shape, self.dtype, self.limit = shape, dtype, limit
+        self.buffers: list[tuple[torch.Tensor, int]] = []  # (buffer, use count when idle)
+
+    def take(self, n: int) -> torch.Tensor:
+        for buf, idle in self.buffers:
+            if _storage_refs(buf) == idle:
+                return buf[:n]
+        buf = torch.empty(self.shape, dtype=self.dtype)
+        if self._can_count and len(self.buffers) < self.limit:
+            self.buffers.append((buf, _storage_refs(buf)))
+        return buf[:n]
+
+
+class _CpuAssembler:
+    """Gathers each batch into a buffer nobody else holds, so a batch the caller keeps stays valid."""
+
+    def __init__(self, loader: BatchLoader):
+        self.loader = loader
+        limit = loader.prefetch + 3  # queued + being filled + held by the caller + one spare
+        self.buffers = {
+            k: _RecyclingBuffers((loader.batch_size, *fs.row_shape), fs.dtype, limit) for k, fs in loader.sets.items()
+        }
+
+    def assemble(self, idx: np.ndarray) -> Batch:
+        feats = {}
+        for key, fs in self.loader.sets.items():
+            out = self.buffers[key].take(len(idx))
+            fs.gather_into(idx, out)
+            feats[key] = out
+        labels = torch.from_numpy(self.loader.labels[idx]) if self.loader.labels is not None else None
+        return Batch(self.loader._features(feats), labels, torch.from_numpy(idx))
+
+    def finish(self, batch: Batch) -> Batch:
+        return batch
+
+
+class _CudaAssembler:
+    """Gathers into a ring of pinned buffers and copies to the device on a side stream."""
+
+    def __init__(self, loader: BatchLoader):
+        self.loader = loader
+        self.device = loader.device
+        self.stream = torch.cuda.Stream(device=self.device)
+        n_slots = loader.prefetch + 1
+        bs = loader.batch_size
+        self.host = [
+            {k: torch.empty((bs, *fs.row_shape), dtype=fs.dtype, pin_memory=True) for k, fs in loader.sets.items()}
+            for _ in range(n_slots)
+        ]
+        self.host_labels = [torch.empty(bs, dtype=torch.int64, pin_memory=True) for _ in range(n_slots)]
+        self.copied: list[torch.cuda.Event | None] = [None] * n_slots
+        self.next_slot = 0
+
+    def assemble(self, idx: np.ndarray):
+        slot = self.next_slot
+        self.next_slot = (slot + 1) % len(self.host)
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the slot's previous copy has left the buffer
+        n = len(idx)
+        host = {}
+        for key, fs in self.loader.sets.items():
+            host[key] = self.host[slot][key][:n]
+            fs.gather_into(idx, host[key])
+        host_labels = None
+        if self.loader.labels is not None:
+            host_labels = self.host_labels[slot][:n]
+            host_labels.numpy()[:] = self.loader.labels[idx]
+        with torch.cuda.stream(self.stream):
+            dev = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device) for k, t in host.items()}
+            for k, t in host.items():
+                dev[k].copy_(t, non_blocking=True)
+            dev_labels = None
+            if host_labels is not None:
+                dev_labels = torch.empty(n, dtype=torch.int64, device=self.device)
+                dev_labels.copy_(host_labels, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.copied[slot] = done
+        return Batch(self.loader._features(dev), dev_labels, torch.from_numpy(idx)), done
+
+    def finish(self, item) -> Batch:
+        batch, done = item
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        tensors = list(batch.features.values()) if isinstance(batch.features, dict) else [batch.features]
+        if batch.labels is not None:
+            tensors.append(batch.labels)
+        for t in tensors:
+            t.record_stream(current)  # the allocator must not reuse them before the consumer is done
+        return batch

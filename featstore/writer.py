@@ -1,0 +1,357 @@
+"""FeatureWriter: fills a preallocated safetensors file row range by row range, commits durably, resumes.
+
+The protocol that makes a SIGKILL at any moment safe:
+1. create: header + labels written, file sized to its final length, fsynced, folder fsynced; only then
+   does the manifest name the file (so a manifest never points at a half-made file);
+2. write: rows go straight to their final place with pwrite (never into committed rows);
+3. commit: fdatasync the file, checksum the blocks that became complete, then replace the manifest
+   atomically. Rows count as committed only once the manifest says so; uncommitted rows are
+   simply written again on resume, with the same bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import format as fmt
+from ._crashpoints import crashpoint
+from ._dtypes import as_tensor, byte_view, dtype_name
+from .errors import IncompleteFeatureSetError, WriterConflictError
+
+if TYPE_CHECKING:
+    from .store import FeatureStore
+
+BLOCK_BYTES = 4 << 20  # checksum granularity: verify names the damaged rows to within this much data
+_READ_CHUNK = 16 << 20
+
+
+def block_rows_for(row_bytes: int) -> int:
+    """Rows per checksum block for rows of ``row_bytes`` bytes."""
+    return max(1, BLOCK_BYTES // max(1, row_bytes))
+
+
+def crc32_file_range(fd: int, offset: int, length: int) -> int:
+    """CRC-32 of ``length`` bytes of an open file from ``offset``, read in bounded chunks."""
+    crc = 0
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
+        if not chunk:
+            raise OSError(f"unexpected end of file at byte {offset}")
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+    return crc
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def header_metadata(key: str, metadata: dict) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of a feature set: provenance repeated for readers without featstore."""
+    import json
+
+    return {
+        "format": "pt",
+        "featstore.format_version": str(fmt.FORMAT_VERSION),
+        "featstore.key": key,
+        "featstore.metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
+    }
+
+
+class FeatureWriter:
+    """Writes one feature set. Get one from :meth:`FeatureStore.create_feature_set`.
+
+    ``write(start_row, rows)`` accepts row ranges in any order; ``commit()`` makes them durable;
+    ``finish()`` marks the set complete and read-only. As a context manager it commits on a clean
+    exit (and finishes once every row is written) and leaves uncommitted rows out on an exception.
+    """
+
+    def __init__(self, store: "FeatureStore", record: fmt.FeatureSetRecord, fd: int, path: Path, data_start: int):
+        self._store = store
+        self._record = record
+        self._fd = fd
+        self.path = path
+        self._data_start = data_start
+        self._layout = record.layout
+        self._pending: list[tuple[int, int]] = []
+        self._closed = False
+
+    # ---- what it is -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self._record.key
+
+    @property
+    def n_rows(self) -> int:
+        return self._record.n_rows
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self._record.row_shape
+
+    @property
+    def dtype(self) -> str:
+        return self._record.dtype
+
+    @property
+    def committed_ranges(self) -> list[tuple[int, int]]:
+        """Row ranges [start, end) that are durable."""
+        return list(self._record.committed)
+
+    @property
+    def rows_committed(self) -> int:
+        return self._record.rows_committed
+
+    @property
+    def complete(self) -> bool:
+        return self._record.complete
+
+    def missing_ranges(self) -> list[tuple[int, int]]:
+        """Row ranges not committed yet: what a resumed job still has to write."""
+        return fmt.gaps(self._record.committed, self.n_rows)
+
+    # ---- writing ----------------------------------------------------------------------------
+    def write(self, start_row: int, rows) -> None:
+        """Write ``rows`` (shape ``(k, *row_shape)``, this set's dtype) at rows ``start_row .. start_row+k``."""
+        self._check_open()
+        t = as_tensor(rows)
+        expected = (t.shape[0] if t.dim() else 0, *self.row_shape)
+        if t.dim() != len(self.row_shape) + 1 or tuple(t.shape) != expected:
+            raise ValueError(
+                f"feature set {self.key!r}: rows must have shape (k, {', '.join(map(str, self.row_shape))}), "
+                f"got {tuple(t.shape)}"
+            )
+        if dtype_name(t.dtype) != self.dtype:
+            raise TypeError(
+                f"feature set {self.key!r} stores {self.dtype}, got {dtype_name(t.dtype)} rows; convert them first "
+                f"(e.g. rows.to(torch.{self.dtype}))"
+            )
+        start = int(start_row)
+        end = start + t.shape[0]
+        if start < 0 or end > self.n_rows:
+            raise IndexError(f"feature set {self.key!r}: rows {start}..{end} fall outside its {self.n_rows} rows")
+        if start == end:
+            return
+        clash = fmt.overlaps(self._record.committed, start, end)
+        if clash is not None:
+            raise WriterConflictError(
+                f"feature set {self.key!r}: rows {start}..{end} overlap committed rows {clash[0]}..{clash[1]}; "
+                "committed rows are never written again (see missing_ranges())"
+            )
+        data = byte_view(t.cpu().contiguous())
+        _pwrite_all(self._fd, data, self._data_start + start * self._layout.row_bytes)
+        self._pending = fmt.merge_ranges([*self._pending, (start, end)])
+        crashpoint("data-written")
+
+    def commit(self) -> None:
+        """Make every row written so far durable; when this returns, a crash cannot lose them."""
+        self._check_open()
+        if not self._pending:
+            return
+        os.fdatasync(self._fd)
+        crashpoint("data-synced")
+        record = self._record
+        committed = fmt.merge_ranges([*record.committed, *self._pending])
+        blocks = list(record.block_crc32)
+        br = record.block_rows
+        for a, b in self._pending:
+            for block in range(a // br, (b - 1) // br + 1):
+                lo, hi = block * br, min(self.n_rows, (block + 1) * br)
+                if blocks[block] is None and fmt.covers(committed, lo, hi):
+                    rb = self._layout.row_bytes
+                    blocks[block] = crc32_file_range(self._fd, self._data_start + lo * rb, (hi - lo) * rb)
+        record.committed = committed
+        record.block_crc32 = blocks
+        self._store._put_record(record)
+        self._pending = []
+
+    def finish(self) -> None:
+        """Commit, check that every row is written, mark the set complete and make its file read-only."""
+        self._check_open()
+        missing = fmt.gaps(fmt.merge_ranges([*self._record.committed, *self._pending]), self.n_rows)
+        if missing:
+            raise IncompleteFeatureSetError(
+                f"feature set {self.key!r}: cannot finish, rows {missing[:5]} were never written; write them first"
+            )
+        self.commit()
+        os.fchmod(self._fd, 0o444)
+        os.fsync(self._fd)
+        self._record.complete = True
+        self._record.finished_at = time.time()
+        self._store._put_record(self._record)
+        self.close()
+
+    def close(self) -> None:
+        """Release the file and its lock without committing; committed rows stay, the set stays resumable."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterConflictError(f"feature set {self.key!r}: this writer is closed or finished")
+
+    def __enter__(self) -> "FeatureWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and not self._closed:
+                self.commit()
+                if not self.missing_ranges():
+                    self.finish()
+        finally:
+            self.close()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureWriter({self.key!r}, rows_committed={self.rows_committed}/{self.n_rows}, "
+            f"pending={sum(b - a for a, b in self._pending)})"
+        )
+
+
+def _lock_file(fd: int, key: str, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WriterConflictError(
+            f"feature set {key!r} ({path}) is being written by another process; wait for it or kill it, then resume"
+        ) from None
+
+
+def create_writer(
+    store: "FeatureStore",
+    key: str,
+    n_rows: int,
+    row_shape: tuple[int, ...],
+    dtype: str,
+    metadata: dict,
+    labels: np.ndarray | None,
+    resume: bool,
+) -> FeatureWriter:
+    """Start (or, with ``resume=True``, continue) a feature set; see FeatureStore.create_feature_set."""
+    rel = fmt.file_for_key(key)
+    path = fmt.resolve_member(store.root, rel, f"feature set {key!r}")
+    layout = fmt.Layout(n_rows, row_shape, dtype, labels is not None)
+    header = fmt.encode_header(layout.tensors(), header_metadata(key, metadata))
+    labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
+    labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _lock_file(fd, key, path)
+    try:
+        existing = store._read_records().get(key)
+        if existing is not None:
+            return _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume)
+        # A new set. A file here without a manifest entry is an orphan of a crash during creation: it
+        # holds no committed rows, so it is rebuilt — but only if it is one of ours for this key.
+        if os.fstat(fd).st_size:
+            _check_orphan(path, key)
+        os.ftruncate(fd, 0)
+        _pwrite_all(fd, memoryview(header), 0)
+        os.ftruncate(fd, len(header) + layout.features_bytes + layout.labels_bytes)
+        if labels is not None:
+            _pwrite_all(fd, labels_bytes, len(header) + layout.features_bytes)
+        os.fsync(fd)
+        fmt.fsync_dir(path.parent)
+        crashpoint("file-created")
+        br = block_rows_for(layout.row_bytes)
+        record = fmt.FeatureSetRecord(
+            key=key,
+            file=rel,
+            dtype=dtype,
+            shape=(n_rows, *row_shape),
+            has_labels=labels is not None,
+            committed=[],
+            complete=False,
+            block_rows=br,
+            block_crc32=[None] * (-(-n_rows // br)),
+            labels_crc32=labels_crc,
+            header_crc32=zlib.crc32(header),
+            metadata=metadata,
+            created_at=time.time(),
+        )
+        store._put_record(record, must_be_new=True)
+        return FeatureWriter(store, record, fd, path, len(header))
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+
+
+def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume) -> FeatureWriter:
+    key = existing.key
+    if existing.complete:
+        raise WriterConflictError(f"feature set {key!r} is already complete; choose another key to write new features")
+    if not resume:
+        raise WriterConflictError(
+            f"feature set {key!r} already exists with {existing.rows_committed} of {existing.n_rows} rows committed; "
+            "pass resume=True to continue it"
+        )
+    wanted = {
+        "shape": (layout.n_rows, *layout.row_shape),
+        "dtype": layout.dtype,
+        "labels": labels_crc is not None,
+        "labels checksum": labels_crc,
+        "metadata": metadata,
+    }
+    stored = {
+        "shape": existing.shape,
+        "dtype": existing.dtype,
+        "labels": existing.has_labels,
+        "labels checksum": existing.labels_crc32,
+        "metadata": existing.metadata,
+    }
+    for name, value in wanted.items():
+        if stored[name] != value:
+            raise WriterConflictError(
+                f"feature set {key!r}: cannot resume, its {name} is {stored[name]!r} but this run asks for {value!r}; "
+                "resume with the same arguments or write to another key"
+            )
+    on_disk, raw = fmt.read_header(path)
+    if raw != header or zlib.crc32(raw) != existing.header_crc32:
+        raise WriterConflictError(f"{path}: header differs from what this run would write; the file was changed")
+    return FeatureWriter(store, existing, fd, path, on_disk.data_start)
+
+
+def _check_orphan(path: Path, key: str) -> None:
+    """Refuse to rebuild a file unless its header (possibly of a half-made file) names this key."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        first = f.read(8)
+        header_len = struct.unpack("<Q", first)[0] if len(first) == 8 else -1
+        body = f.read(header_len) if 0 < header_len <= min(fmt.MAX_HEADER_BYTES, size - 8) else b""
+    try:
+        found = json.loads(body.decode("utf-8"))["__metadata__"]["featstore.key"]
+    except (ValueError, KeyError, TypeError):
+        found = None
+    if found != key:
+        raise WriterConflictError(
+            f"{path} exists but the manifest does not list it and it is not a featstore file for {key!r}; "
+            "move it away or choose another key"
+        )

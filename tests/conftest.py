@@ -1,0 +1,21 @@
+"""Shared test setup: single-threaded torch, and a `backend` fixture over both implementations."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["core", "numpy"])
+def backend(request):
+    """Runs the test once per implementation ("core", "numpy"); yields the name.
+
+    featstore._backend dispatches to it for the duration of the test. "core" is skipped if the
+    compiled module can't be imported.
+    """
+    from featstore import _backend
+
+    if request.param not in _backend.available():
+        pytest.skip(f"backend {request.param!r} is not available")
+    with _backend.use(request.param):
+        yield request.param

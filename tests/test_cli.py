@@ -1,0 +1,48 @@
+"""The command line: the demo end to end, info, verify (exit codes), export and import."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from featstore.cli import main
+from _util import make_store
+
+torch.set_num_threads(1)
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rows", "4096"]) == 0
+    text = capsys.readouterr().out
+    assert "synthetic/layer_10_patch" in text and "verified" in text
+    assert (out / "synthetic" / "layer_10.pt").exists()
+    accuracy = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith("synthetic/")}
+    assert accuracy["synthetic/layer_10"] > 0.9 > accuracy["synthetic/layer_2"]
+    assert main(["demo", "--out", str(out), "--rows", "512", "--dim", "8"]) == 0  # reruns over its own output
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "not a featstore demo folder" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_info_verify_export_import(tmp_path, capsys):
+    make_store(tmp_path / "s", key="enc/l1", n_rows=20, row_shape=(4,))
+    assert main(["info", str(tmp_path / "s")]) == 0
+    assert "enc/l1" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "s")]) == 0
+    assert main(["export-pt", str(tmp_path / "s"), "enc/l1", "--out", str(tmp_path / "x.pt")]) == 0
+    assert main(["import-pt", str(tmp_path / "x.pt"), str(tmp_path / "s"), "enc/l1_copy"]) == 0
+    path = tmp_path / "s" / "enc" / "l1.safetensors"
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(4100)
+        f.write(b"\x7f")
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "s")]) == 1
+    assert "enc/l1" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nowhere")]) == 1
