@@ -14,7 +14,7 @@ mapped). GB/s = bytes of features delivered / seconds; the tables give the media
 ``--repeats`` repetitions (and min..max). Methods:
 
   featstore gather     fs.gather_into(idx, out) into one preallocated tensor (compiled gather)
-  featstore batches    a full epoch of fs.batches(bs, seed=rep): prefetch thread, fresh tensors
+  featstore batches    a full epoch of fs.batches(bs, seed=rep): prefetch thread, recycled buffers
   (a) copy ceiling     2 threads np.copyto the contiguous rows [b*bs, (b+1)*bs) of an in-RAM copy
   (b) index_select RAM torch.index_select on the matrix loaded into a regular tensor
   (c) safetensors mmap safe_open(framework="pt").get_tensor("features") + index_select

@@ -12,7 +12,9 @@ The protocol that makes a SIGKILL at any moment safe:
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import struct
 import time
 import zlib
 from pathlib import Path
@@ -59,8 +61,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def header_metadata(key: str, metadata: dict) -> dict[str, str]:
     """The safetensors ``__metadata__`` of a feature set: provenance repeated for readers without featstore."""
-    import json
-
     return {
         "format": "pt",
         "featstore.format_version": str(fmt.FORMAT_VERSION),
@@ -338,9 +338,6 @@ def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, res
 
 def _check_orphan(path: Path, key: str) -> None:
     """Refuse to rebuild a file unless its header (possibly of a half-made file) names this key."""
-    import json
-    import struct
-
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         first = f.read(8)
