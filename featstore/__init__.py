@@ -9,11 +9,16 @@
 from . import _backend
 from .errors import (
     CorruptFileError,
+    EncoderError,
+    ExtractionError,
     FeatureStoreError,
     FormatError,
     FormatVersionError,
     IncompleteFeatureSetError,
     MissingKeyError,
+    ModelLoadError,
+    UnknownEncoderError,
+    UnknownLayerError,
     VerificationError,
     WriterConflictError,
 )
@@ -24,6 +29,14 @@ from .torch_data import FeatureDataset, GatheredBatch, collate
 from .writer import FeatureWriter
 
 __version__ = "0.1.0"
+
+
+def extract(dataset, encoder: str, model: str, out="datasets/features", **options):
+    """Extract encoder features of a spatial dataset into a store; see :func:`featstore.extraction.extract`
+    for every option. Imports the encoder machinery (and ``datasets``) only when called."""
+    from .extraction import extract as _extract
+
+    return _extract(dataset, encoder, model, out, **options)
 
 
 def set_num_threads(n: int) -> None:
@@ -45,6 +58,8 @@ __all__ = [
     "Batch",
     "BatchLoader",
     "CorruptFileError",
+    "EncoderError",
+    "ExtractionError",
     "FORMAT_VERSION",
     "FeatureDataset",
     "FeatureSet",
@@ -56,10 +71,14 @@ __all__ = [
     "GatheredBatch",
     "IncompleteFeatureSetError",
     "MissingKeyError",
+    "ModelLoadError",
+    "UnknownEncoderError",
+    "UnknownLayerError",
     "VerificationError",
     "WriterConflictError",
     "backend",
     "collate",
+    "extract",
     "get_num_threads",
     "set_num_threads",
 ]

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .dataset_cli import add_dataset_commands
+from .extract_cli import add_extract_commands
 from .errors import FeatureStoreError
 
 
@@ -37,6 +38,11 @@ def _cmd_info(args) -> int:
         state = "complete" if r["complete"] else f"{r['rows_committed']}/{r['shape'][0]} rows committed"
         problem = f"  PROBLEM: {r['problem']}" if r["problem"] else ""
         print(f"  {r['key']:32} {str(tuple(r['shape'])):>20} {r['dtype']:>9}  {state}{problem}")
+        provenance = ", ".join(
+            f"{k}={r['metadata'][k]}" for k in ("encoder", "model", "revision", "layer", "pooling") if k in r["metadata"]
+        )
+        if provenance:
+            print(f"  {'':32} {provenance}")
     return 1 if store.problems else 0
 
 
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default=None)
     m.set_defaults(func=_cmd_import)
     add_dataset_commands(sub)
+    add_extract_commands(sub)
     return p
 
 

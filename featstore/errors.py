@@ -40,3 +40,27 @@ class VerificationError(FeatureStoreError):
     def __init__(self, message: str, problems: list[str]):
         super().__init__(message)
         self.problems = problems
+
+
+class EncoderError(FeatureStoreError):
+    """An encoder cannot be found, built or loaded, or was asked for something it does not offer."""
+
+
+class UnknownEncoderError(EncoderError, KeyError):
+    """No registered encoder has the requested name; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLayerError(EncoderError, ValueError):
+    """A requested layer or pooling is not offered by the encoder; the message lists what is."""
+
+
+class ModelLoadError(EncoderError):
+    """Model weights or configuration could not be loaded, or loaded incompletely."""
+
+
+class ExtractionError(FeatureStoreError):
+    """An extraction cannot start (bad input: a missing image, column or split) or cannot go on
+    (an unreadable image, existing feature sets written with other settings)."""

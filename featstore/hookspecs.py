@@ -55,3 +55,35 @@ def register_importers(register: Callable[..., None]) -> None:
         def register_importers(register):
             register("mycsv", import_mycsv, help="my lab's CSV files")
     """
+
+
+@hookspec
+def register_encoders(register: Callable[..., None]) -> None:
+    """Register vision encoders, used as ``featstore extract --encoder NAME`` and from Python as
+    ``featstore.plugins.get_encoders()[NAME]``.
+
+    Arguments:
+        register: call ``register(encoder, aliases=())`` once per encoder. ``encoder`` is a subclass
+            of :class:`featstore.encoders.Encoder` (the class, not an instance: featstore builds it
+            with ``encoder(model_id_or_folder, device=..., dtype=...)`` when an extraction runs, so
+            registering loads no model). It is registered under its ``name`` attribute (letters,
+            digits, ``-``, ``_``, ``.``; unique across plugins: a clash keeps the first registered and
+            warns). ``aliases`` are further names for the same encoder (e.g. ``"qwen2.5-vl"``).
+
+    Returns:
+        Nothing; an exception raised here becomes a warning naming the plugin, and its encoders are
+        left out.
+
+    Example::
+
+        from featstore.encoders import Encoder
+        from featstore.hookspecs import hookimpl
+
+        class MyEncoder(Encoder):
+            name = "myvit"
+            ...                                   # layers(), preprocess(), forward(): see Encoder
+
+        @hookimpl
+        def register_encoders(register):
+            register(MyEncoder, aliases=["my-vit"])
+    """

@@ -27,7 +27,12 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "featstore"
 ENV_VAR = "FEATSTORE_LOAD_PLUGINS"
-BUILTIN_PLUGINS: tuple[str, ...] = ("featstore.importers",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "featstore.importers",
+    "featstore_encoders.dinov2",
+    "featstore_encoders.clip",
+    "featstore_encoders.qwen",
+)
 
 _pm: pluggy.PluginManager | None = None
 _lock = threading.RLock()
@@ -45,10 +50,18 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
             pm.add_hookspecs(hookspecs)
             for module_path in BUILTIN_PLUGINS:
-                pm.register(importlib.import_module(module_path), module_path)
+                _register_builtin(pm, module_path)
             _load_third_party(pm)
             _pm = pm
         return _pm
+
+
+def _register_builtin(pm: pluggy.PluginManager, module_path: str) -> None:
+    try:
+        pm.register(importlib.import_module(module_path), module_path)
+    except Exception as exc:  # e.g. a partial install without featstore_encoders: featstore still works
+        warnings.warn(f"built-in featstore plugin {module_path!r} failed to load and was skipped: {exc!r}; "
+                      "reinstall featstore", PluginWarning, stacklevel=4)
 
 
 def reset_plugins() -> None:
@@ -98,9 +111,17 @@ def plugin_names() -> list[str]:
     return [pm.get_name(p) for p in pm.get_plugins()]
 
 
-def collect(hook_name: str, make: Callable[..., Any], kind: str) -> dict[str, Any]:
+def _name_first(name: Any, obj: Any = None, **kwargs) -> tuple[Any, Any, dict[str, Any]]:
+    return name, obj, kwargs
+
+
+def collect(hook_name: str, make: Callable[..., Any], kind: str,
+            unpack: Callable[..., tuple[Any, Any, dict[str, Any]]] = _name_first) -> dict[str, Any]:
     """Call register-callback hook ``hook_name`` plugin by plugin; ``register(name, obj, **kw)`` stores
-    ``make(name, obj, plugin=..., **kw)``. A failing plugin or a duplicate name warns and is skipped."""
+    ``make(name, obj, plugin=..., **kw)``. A failing plugin or a duplicate name warns and is skipped.
+
+    ``unpack(*args, **kwargs) -> (name, obj, kw)`` maps a hook's own ``register`` arguments onto that
+    form (e.g. ``register(encoder, aliases=...)`` takes the name from ``encoder.name``)."""
     pm = get_plugin_manager()
     found: dict[str, Any] = {}
     owners: dict[str, str] = {}
@@ -110,7 +131,8 @@ def collect(hook_name: str, make: Callable[..., Any], kind: str) -> dict[str, An
         plugin = impl.plugin_name
         staged: dict[str, Any] = {}
 
-        def register(name: str, obj: Any, _plugin: str = plugin, _staged: dict = staged, **kwargs) -> None:
+        def register(*args: Any, _plugin: str = plugin, _staged: dict = staged, **kwargs) -> None:
+            name, obj, kwargs = unpack(*args, **kwargs)
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"{kind} name {name!r} must be letters, digits, '-', '_' or '.'")
             if name in owners or name in _staged:
@@ -136,3 +158,12 @@ def get_importers() -> dict[str, Any]:
     from .importers import Importer
 
     return dict(sorted(collect("register_importers", Importer.make, "importer").items()))
+
+
+def get_encoders() -> dict[str, Any]:
+    """Every registered encoder: name -> :class:`featstore.encoders.EncoderEntry` (class, plugin, aliases).
+
+    Aliases are not keys here; :func:`featstore.encoders.find_encoder` resolves them."""
+    from .encoders import EncoderEntry
+
+    return dict(sorted(collect("register_encoders", EncoderEntry.make, "encoder", EncoderEntry.unpack).items()))

@@ -429,6 +429,35 @@ class FeatureStore:
         self._records[key] = writer._record
         return writer
 
+    def delete(self, key: str) -> None:
+        """Remove feature set ``key``: its manifest entry (atomically), then its file and ``.pt`` export.
+
+        Refuses with WriterConflictError while a writer holds the set. Readers that mapped the file
+        before keep reading their view; new readers no longer see the set.
+        """
+        record = self.info(key)
+        path = fmt.resolve_member(self.root, record.file, f"feature set {key!r}")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path.exists() else None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise WriterConflictError(
+                        f"feature set {key!r} ({path}) is being written by another process; stop it before deleting"
+                    ) from None
+            with _manifest_lock(self.root):
+                obj, _ = fmt.read_manifest(self.root)
+                obj["feature_sets"].pop(key, None)
+                fmt.write_json_atomic(self.root / fmt.MANIFEST_NAME, obj, crash_hook=crashpoint)
+            for member in (path, path.with_suffix(".pt")):
+                member.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._records.pop(key, None)
+        self._open_sets = {k: v for k, v in self._open_sets.items() if k[0] != key}
+
     def _read_records(self) -> dict[str, fmt.FeatureSetRecord]:
         _, records = fmt.read_manifest(self.root)
         return records

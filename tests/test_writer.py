@@ -198,3 +198,20 @@ def test_zero_rows_and_empty_rows(tmp_path):
     assert store["a/empty"].shape == (0, 4) and store["a/empty"][:].shape == (0, 4)
     assert store["a/zero_width"][[0, 2]].shape == (2, 0)
     assert load_file(tmp_path / "a" / "empty.safetensors")["features"].shape == (0, 4)
+
+
+def test_delete_removes_entry_file_and_export_but_not_while_written(tmp_path):
+    store, _, _ = make_store(tmp_path, key="enc/gone", n_rows=8, row_shape=(2,))
+    make_store(tmp_path, key="enc/kept", n_rows=8, row_shape=(2,))
+    store = FeatureStore.open(tmp_path)
+    store["enc/gone"].export_pt()
+    store.delete("enc/gone")
+    assert not (tmp_path / "enc" / "gone.safetensors").exists() and not (tmp_path / "enc" / "gone.pt").exists()
+    reopened = FeatureStore.open(tmp_path)
+    assert reopened.keys() == ["enc/kept"] and reopened.verify()["feature_sets"] == 1
+    busy = store.create_feature_set("enc/busy", 4, (2,), "float32")
+    with pytest.raises(WriterConflictError, match="being written"):
+        FeatureStore.open(tmp_path).delete("enc/busy")
+    busy.close()
+    FeatureStore.open(tmp_path).delete("enc/busy")
+    assert "enc/busy" not in FeatureStore.open(tmp_path)
