@@ -98,19 +98,19 @@ class Encoder:
     # ---- what a subclass implements ---------------------------------------------------------
     def list_layers(self) -> list[str]:
         """Every layer name this model offers, shallowest first (may read the config, not the weights)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement list_layers(), an abstract method of Encoder")
 
     def load_model(self) -> torch.nn.Module:
         """Load and return the model (called once, lazily); the base class moves it to device/dtype."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement load_model(), an abstract method of Encoder")
 
     def load_processor(self) -> Any:
         """Load and return the image processor: ``processor(images=[...], return_tensors="pt")``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement load_processor(), an abstract method of Encoder")
 
     def encode(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], layers: Sequence[str]) -> dict[str, LayerTokens]:
         """One forward pass of ``model`` over ``inputs`` returning the tokens of every layer in ``layers``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement encode(), an abstract method of Encoder")
 
     def last_layer(self) -> str:
         """The layer ``last`` stands for (default: the deepest one)."""
@@ -186,7 +186,7 @@ class Encoder:
 
     def load_config(self) -> Any:
         """Load the configuration of the part of the model that is encoded (e.g. a vision tower)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement load_config(), an abstract method of Encoder")
 
     @property
     def feature_size(self) -> int:
