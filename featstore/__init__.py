@@ -39,6 +39,14 @@ def extract(dataset, encoder: str, model: str, out="datasets/features", **option
     return _extract(dataset, encoder, model, out, **options)
 
 
+def train_probes(store, dataset, keys="*", task: str = "relation", **options):
+    """Train linear probes on a store's feature sets; see :func:`featstore.probe.train_probes` for every
+    option. Imports the dataset machinery only when called. (Not named ``probe``: that is the module.)"""
+    from .probe import train_probes as _train_probes
+
+    return _train_probes(store, dataset, keys, task, **options)
+
+
 def set_num_threads(n: int) -> None:
     """Threads the compiled gather uses (default: min(8, CPUs), or FEATSTORE_NUM_THREADS)."""
     _backend.set_num_threads(n)
@@ -81,4 +89,5 @@ __all__ = [
     "extract",
     "get_num_threads",
     "set_num_threads",
+    "train_probes",
 ]

@@ -1,4 +1,4 @@
-"""The ``featstore`` command line: demo, info, verify, export-pt, import-pt."""
+"""The ``featstore`` command line: demo, info, verify, export-pt, import-pt, dataset, extract, probe."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import sys
 
 from .dataset_cli import add_dataset_commands
 from .extract_cli import add_extract_commands
+from .probe_cli import add_probe_commands
 from .errors import FeatureStoreError
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, n_rows=args.rows, dim=args.dim, seed=args.seed)
+    models = {enc: getattr(args, enc) for enc in ("dinov2", "clip", "qwen") if getattr(args, enc)}
+    run_demo(args.out, n_rows=args.rows, seed=args.seed, models=models, layers=args.layers, task=args.task,
+             epochs=args.epochs, device=args.device)
     return 0
 
 
@@ -77,11 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featstore", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="write, verify, read back and probe a store of synthetic features")
-    d.add_argument("--out", default="datasets/features-demo", help="store root to (re)create")
-    d.add_argument("--rows", type=int, default=20000)
-    d.add_argument("--dim", type=int, default=768)
+    d = sub.add_parser("demo", help="the main job: synthetic dataset, tiny random-init encoders, extraction, probes")
+    d.add_argument("--out", default="datasets/demo", help="folder to (re)create (default: %(default)s)")
+    d.add_argument("--rows", type=int, default=2000, help="rows of the synthetic dataset (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0)
+    for enc in ("dinov2", "clip", "qwen"):
+        d.add_argument(f"--{enc}", default=None, metavar="MODEL",
+                       help=f"a real {enc} checkpoint (hub id or folder) instead of the tiny random-init one")
+    d.add_argument("--layers", default="all", help="layers to extract from each encoder (default: %(default)s)")
+    d.add_argument("--task", default="relation", help="probe task (default: %(default)s)")
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--device", default="cpu")
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("info", help="list a store's feature sets")
@@ -108,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_import)
     add_dataset_commands(sub)
     add_extract_commands(sub)
+    add_probe_commands(sub)
     return p
 
 

@@ -1,7 +1,8 @@
-"""The command line: the demo end to end, info, verify (exit codes), export and import."""
+"""The command line: the demo (dataset, tiny encoders, extraction, probes) end to end, info, verify (exit codes), export and import."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -14,13 +15,18 @@ torch.set_num_threads(1)
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--rows", "4096"]) == 0
+    args = ["demo", "--out", str(out), "--rows", "64", "--layers", "last", "--epochs", "2"]
+    assert main(args) == 0
     text = capsys.readouterr().out
-    assert "synthetic/layer_10_patch" in text and "verified" in text
-    assert (out / "synthetic" / "layer_10.pt").exists()
-    accuracy = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith("synthetic/")}
-    assert accuracy["synthetic/layer_10"] > 0.9 > accuracy["synthetic/layer_2"]
-    assert main(["demo", "--out", str(out), "--rows", "512", "--dim", "8"]) == 0  # reruns over its own output
+    assert "RANDOM-INIT" in text and "featstore demo --dinov2" in text
+    assert {p.name for p in (out / "results").iterdir()} == {"probe_results.json", "probe_results.csv", "probe_accuracy.png"}
+    results = json.loads((out / "results" / "probe_results.json").read_text())["results"]
+    keys = {(r["encoder"], r["pooling"], r["head"]) for r in results}
+    assert {("dinov2", "cls", "linear"), ("clip", "patch", "flat"), ("qwen", "patch", "mean")} <= keys
+    assert len(keys) == 3 * 4 - 1  # cls, mean, patch flat and mean; Qwen has no CLS
+    for line in ("dinov2", "clip", "qwen"):
+        assert any(row.startswith(line) for row in text.splitlines())
+    assert main(args) == 0  # reruns over its own output
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, capsys):

@@ -1,0 +1,111 @@
+"""Writing probe results: a JSON file, a CSV file, a printed table and a PNG plot (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+CSV_FIELDS = ("key", "encoder", "layer", "pooling", "head", "dim", "best_lr", "best_wd", "val_acc", "test_acc",
+              "ci_low", "ci_high", "n_test", "chance")
+
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
+
+
+def _layer_order(layer: str) -> tuple:
+    """layer_0, layer_1, ..., layer_10, then named layers (last, last_layer, visual_features)."""
+    m = re.fullmatch(r"(?:layer_)?(\d+)", str(layer))
+    return (0, int(m.group(1)), "") if m else (1, 0, str(layer))
+
+
+def _sorted(results: list[dict]) -> list[dict]:
+    return sorted(results, key=lambda r: (r["encoder"], _layer_order(r["layer"]), str(r["pooling"]), r["head"]))
+
+
+def table(out: dict) -> str:
+    """The results as a fixed-width text table, one line per (feature set, head)."""
+    rels = out["settings"]["relations"]
+    short = [r[:7] for r in rels]
+    head = (f"{'encoder':10} {'layer':12} {'pooling':8} {'head':6} {'best lr':>8} {'wd':>7} {'val':>6} "
+            f"{'test':>6} {'95% CI':>13}" + "".join(f" {s:>7}" for s in short))
+    lines = [head, "-" * len(head)]
+    for r in _sorted(out["results"]):
+        per = "".join(f" {r['per_relation'][n]['acc']:7.3f}" if n in r["per_relation"] else f" {'-':>7}" for n in rels)
+        lines.append(f"{str(r['encoder'])[:10]:10} {str(r['layer'])[:12]:12} {str(r['pooling'])[:8]:8} {r['head']:6} "
+                     f"{r['best_lr']:8.2g} {r['best_wd']:7.2g} {r['val_acc']:6.3f} {r['test_acc']:6.3f} "
+                     f"{r['ci_low']:6.3f}-{r['ci_high']:5.3f}{per}")
+    s = out["settings"]
+    chance = out["results"][0]["chance"] if out["results"] else float("nan")
+    lines.append(f"task {s['task']}: {s['rows']['train']}/{s['rows']['validation']}/{s['rows']['test']} train/val/test rows, "
+                 f"chance {chance:.3f}; per-relation columns are test accuracies")
+    return "\n".join(lines)
+
+
+def write_csv(out: dict, path: Path) -> None:
+    rels = out["settings"]["relations"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(CSV_FIELDS) + [f"acc_{r}" for r in rels] + [f"n_{r}" for r in rels])
+        for r in _sorted(out["results"]):
+            per = r["per_relation"]
+            w.writerow([r[k] for k in CSV_FIELDS] + [per[n]["acc"] if n in per else "" for n in rels]
+                       + [per[n]["n"] if n in per else 0 for n in rels])
+
+
+def plot(out: dict, path: Path) -> None:
+    """Test accuracy per layer, one panel per encoder, one line per pooling and head, 95% CI bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = _sorted(out["results"])
+    encoders = sorted({r["encoder"] for r in results})
+    lines_all = sorted({(r["pooling"], r["head"]) for r in results})
+    colour = {line: f"C{i % 10}" for i, line in enumerate(lines_all)}  # one colour per pooling in every panel
+    fig, axes = plt.subplots(1, len(encoders), figsize=(4.5 * len(encoders), 3.6), squeeze=False, sharey=True)
+    for ax, enc in zip(axes[0], encoders):
+        rows = [r for r in results if r["encoder"] == enc]
+        layers = sorted({r["layer"] for r in rows}, key=_layer_order)
+        for line in sorted({(r["pooling"], r["head"]) for r in rows}):
+            pts = [r for r in rows if (r["pooling"], r["head"]) == line]
+            xs = [layers.index(r["layer"]) for r in pts]
+            ys = [r["test_acc"] for r in pts]
+            err = [[r["test_acc"] - r["ci_low"] for r in pts], [r["ci_high"] - r["test_acc"] for r in pts]]
+            label = line[0] if line[1] == "linear" else f"{line[0]} ({line[1]})"
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, color=colour[line])
+        if rows:
+            ax.axhline(rows[0]["chance"], color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_xticks(range(len(layers)), layers, rotation=30)
+        ax.set_title(enc)
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"test accuracy ({out['settings']['task']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(out: dict, folder, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Write ``probe_results.json``, ``probe_results.csv`` and (with matplotlib) ``probe_accuracy.png`` to
+    ``folder``; print the table. Returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "probe_results.json", "csv": folder / "probe_results.csv"}
+    paths["json"].write_text(json.dumps(out, indent=1) + "\n")
+    write_csv(out, paths["csv"])
+    log(table(out))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("matplotlib is not installed: no plot written (pip install 'featstore[plot]'); the JSON and CSV are complete")
+    else:
+        paths["png"] = folder / "probe_accuracy.png"
+        plot(out, paths["png"])
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths
