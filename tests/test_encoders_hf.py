@@ -7,22 +7,19 @@ import pickle
 import pytest
 import torch
 
-from _encoder_models import offline_hub, make_clip, make_dinov2, random_images
+from _encoder_models import make_clip, make_dinov2, random_images
 from featstore.encoders import build_encoder, pool
 from featstore.errors import ModelLoadError, UnknownLayerError
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with offline_hub():
-        yield
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory):
-    return make_dinov2(tmp_path_factory.mktemp("dinov2"))
+def dino_dir(tiny_dinov2_dir):
+    return tiny_dinov2_dir
 
 
 @pytest.fixture(scope="module")

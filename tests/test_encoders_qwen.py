@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _encoder_models import make_qwen, offline_hub, random_images
+from _encoder_models import make_qwen, random_images
 from featstore.encoders import build_encoder, find_encoder, pool
 from featstore.errors import EncoderError, ModelLoadError, UnknownLayerError
 
@@ -17,10 +17,7 @@ torch.set_num_threads(1)
 FAMILIES = ["qwen2-vl", "qwen2.5-vl"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with offline_hub():
-        yield
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

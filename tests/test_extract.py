@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featstore
-from _encoder_models import make_dataset, make_dinov2, offline_hub
+from _encoder_models import make_dataset
 from featstore import FeatureStore
 from featstore.cli import main
 from featstore.encoders import build_encoder, pool
@@ -18,15 +18,12 @@ from featstore.extraction import ExtractionError, feature_keys
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with offline_hub():
-        yield
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_dinov2(tmp_path_factory.mktemp("dinov2"))
+def model_dir(tiny_dinov2_dir):
+    return tiny_dinov2_dir
 
 
 @pytest.fixture(scope="module")
