@@ -17,7 +17,7 @@ def _cmd_demo(args) -> int:
 
     models = {enc: getattr(args, enc) for enc in ("dinov2", "clip", "qwen") if getattr(args, enc)}
     run_demo(args.out, n_rows=args.rows, seed=args.seed, models=models, layers=args.layers, task=args.task,
-             epochs=args.epochs, device=args.device)
+             epochs=args.epochs, device=args.device, encoders=args.encoders.split(","))
     return 0
 
 
@@ -82,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: synthetic dataset, tiny random-init encoders, extraction, probes")
     d.add_argument("--out", default="datasets/demo", help="folder to (re)create (default: %(default)s)")
-    d.add_argument("--rows", type=int, default=2000, help="rows of the synthetic dataset (default: %(default)s)")
+    d.add_argument("--rows", type=int, default=4000, help="rows of the synthetic dataset (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0)
     for enc in ("dinov2", "clip", "qwen"):
         d.add_argument(f"--{enc}", default=None, metavar="MODEL",
                        help=f"a real {enc} checkpoint (hub id or folder) instead of the tiny random-init one")
+    d.add_argument("--encoders", default="dinov2,clip,qwen", help="which encoders run (default: %(default)s)")
     d.add_argument("--layers", default="all", help="layers to extract from each encoder (default: %(default)s)")
     d.add_argument("--task", default="relation", help="probe task (default: %(default)s)")
     d.add_argument("--epochs", type=int, default=10)

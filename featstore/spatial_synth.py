@@ -1,8 +1,8 @@
 """The synthetic spatial-relation dataset: featstore's built-in default dataset.
 
-Each row is one rendered image of two distinct named objects (a subject and a reference; a colour
-and a shape each) and a claim about them ("a red circle to the left of a blue square"), true or
-false, plus optional distractor objects that never share a named object's colour and shape.
+Each row is one rendered image of two named objects (a subject in a warm colour and a reference in a
+cool one; a colour and a shape each) and a claim about them ("a red circle to the left of a blue
+square"), true or false, plus optional distractor objects in neutral colours (white, black, gray).
 The geometry is exact: the claim's relation holds between the two objects' bounding boxes (strict
 separation along its axis, overlapping projections along the other) exactly when ``label`` is 1;
 a false row shows the subject on the opposite side. Rows are balanced over relations and labels.
@@ -27,15 +27,22 @@ from PIL import Image, ImageDraw
 
 from .spatial import OPPOSITE, RELATIONS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SUPERSAMPLE = 2  # draw at 2x and downsample: anti-aliased edges at little cost
 PNG_COMPRESS_LEVEL = 1  # fast zlib; images stay small since they are mostly flat colour
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 38, 38), "orange": (245, 135, 20), "yellow": (240, 205, 30), "green": (34, 160, 60),
-    "cyan": (30, 190, 200), "blue": (35, 75, 215), "purple": (135, 55, 185), "pink": (240, 115, 175),
-    "brown": (125, 75, 35), "white": (245, 245, 245), "black": (25, 25, 25), "gray": (125, 125, 125),
+    "red": (220, 38, 38), "orange": (245, 135, 20), "yellow": (240, 205, 30),
+    "cyan": (30, 190, 200), "blue": (35, 75, 215),
+    "white": (245, 245, 245), "black": (25, 25, 25), "gray": (125, 125, 125),
 }
+# Colours by role, so the image alone tells which object a claim names first (What'sUp does the same by
+# fixing the subject of each object pair): subjects warm, references cool, distractors neutral. The
+# warm/cool split is one linear direction of RGB that the grey-toned backgrounds hardly move, so even a
+# linear probe on a random network's patch features can find the two objects (issue 5's sanity check).
+SUBJECT_COLOURS = ("red", "orange", "yellow")
+REFERENCE_COLOURS = ("cyan", "blue")
+DISTRACTOR_COLOURS = ("white", "black", "gray")
 
 # Unit outlines in [-1, 1]^2 (y down); circles are drawn as ellipses.
 _STAR = [(math.cos(math.radians(-90 + 36 * k)) * (1 if k % 2 == 0 else 0.45),
@@ -231,13 +238,11 @@ def plan_scene(seed: int, index: int, size: int = 224, distractors: float = 0.5)
     relation, label = row_plan(seed, index)
     r = _rng(seed, "row", index)
     actual = relation if label == 1 else OPPOSITE[relation]
-    shapes, colours = list(SHAPES), list(COLOURS)
+    shapes = list(SHAPES)
     background = None
     while background is None:  # almost always one pass: a background far from both colours exists
         sa, sb = _pick(r, shapes), _pick(r, shapes)
-        ca, cb = _pick(r, colours), _pick(r, colours)
-        if (sa, ca) == (sb, cb):
-            continue
+        ca, cb = _pick(r, SUBJECT_COLOURS), _pick(r, REFERENCE_COLOURS)
         fa, fb = _jitter(r, COLOURS[ca]), _jitter(r, COLOURS[cb])
         background = _background(r, [fa, fb])
     box_a, box_b = _place_pair(r, actual, size)
@@ -251,14 +256,12 @@ def plan_scene(seed: int, index: int, size: int = 224, distractors: float = 0.5)
         for _ in range(count * 30):
             if len(extras) == count:
                 break
-            shape, colour = _pick(r, shapes), _pick(r, colours)
+            shape, colour = _pick(r, shapes), _pick(r, DISTRACTOR_COLOURS)
             fill = _jitter(r, COLOURS[colour])
             s = _uniform(r, *DISTRACTOR_SIZE) * size
             x0, y0 = _uniform(r, MARGIN * size, size - MARGIN * size - s), _uniform(r, MARGIN * size, size - MARGIN * size - s)
             box = (x0, y0, x0 + s, y0 + s)
             rotation = _rotation(r, shape)
-            if (shape, colour) in ((sa, ca), (sb, cb)):
-                continue
             if any(math.dist(fill, c) < MIN_COLOUR_DISTANCE for c in bg_colours):
                 continue
             if not _boxes_clear(box, [box_a, box_b] + [e.box for e in extras], 0.02 * size):

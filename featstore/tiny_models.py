@@ -24,14 +24,15 @@ def _quiet():
     warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 
-def make_dinov2(folder: Path, registers: int = 0, layers: int = 4) -> Path:
-    """A DINOv2 (with ``registers`` register tokens) of width 64 and its image processor."""
+def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: int = 224) -> Path:
+    """A DINOv2 (with ``registers`` register tokens) of width 64 and its image processor (resize to 8/7 of
+    ``image_size``, centre crop ``image_size``, as DINOv2's own processor does at 224)."""
     _quiet()
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
     kw = dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
-              image_size=224, patch_size=14)
+              image_size=image_size, patch_size=14)
     if registers:
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
@@ -39,19 +40,20 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4) -> Path:
     else:
         model = Dinov2Model(Dinov2Config(**kw))
     model.save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+    BitImageProcessor(size={"shortest_edge": round(image_size * 8 / 7)}, crop_size={"height": image_size, "width": image_size},
+                      do_center_crop=True,
                       image_mean=DINO_MEAN, image_std=DINO_STD).save_pretrained(folder)
     return folder
 
 
-def make_clip(folder: Path, full: bool = False) -> Path:
-    """A CLIP vision tower of width 64 (``full``: a whole CLIPModel with a tiny text tower)."""
+def make_clip(folder: Path, full: bool = False, image_size: int = 224) -> Path:
+    """A CLIP vision tower of width 64 for ``image_size`` images (``full``: a whole CLIPModel with a tiny text tower)."""
     _quiet()
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(1)
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                              patch_size=16, image_size=224)
+                              patch_size=16, image_size=image_size)
     if full:
         text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               vocab_size=100, max_position_embeddings=16)
@@ -59,12 +61,14 @@ def make_clip(folder: Path, full: bool = False) -> Path:
     else:
         model = CLIPVisionModel(vision)
     model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
 
 
-def make_qwen(folder: Path, family: str = "qwen2-vl", layout: str = "sharded") -> tuple[Path, torch.nn.Module]:
-    """A tiny Qwen2-VL / Qwen2.5-VL checkpoint with a fixed 224x224 processor; returns (folder, tower).
+def make_qwen(folder: Path, family: str = "qwen2-vl", layout: str = "sharded",
+              image_size: int = 224) -> tuple[Path, torch.nn.Module]:
+    """A tiny Qwen2-VL / Qwen2.5-VL checkpoint with a fixed ``image_size`` square processor; returns (folder, tower).
 
     ``layout``: ``sharded`` (a full VL checkpoint, the tower under ``visual.``, two shards and an
     index, with language-model tensors beside it), ``single`` (full VL checkpoint, one file, the
@@ -111,5 +115,6 @@ def make_qwen(folder: Path, family: str = "qwen2-vl", layout: str = "sharded") -
             (folder / "model.safetensors.index.json").write_text(json.dumps(index))
         else:
             save_file({**weights, **lm}, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    Qwen2VLImageProcessorPil(min_pixels=224 * 224, max_pixels=224 * 224).save_pretrained(folder)
+    pixels = image_size * image_size
+    Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels).save_pretrained(folder)
     return folder, tower

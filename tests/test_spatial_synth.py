@@ -76,9 +76,10 @@ def test_geometry_matches_the_label():
         assert synth.holds(spatial.OPPOSITE[s.relation], a, b) == (not s.label)  # false rows: the opposite side
         others = [r for r in spatial.RELATIONS if r not in (s.relation, spatial.OPPOSITE[s.relation])]
         assert not any(synth.holds(r, a, b) for r in others)  # never diagonal: the other axis overlaps
-        assert (s.subject.shape, s.subject.colour) != (s.reference.shape, s.reference.colour)
+        # roles by colour: the image alone tells the subject (warm) from the reference (cool) and distractors
+        assert s.subject.colour in synth.SUBJECT_COLOURS and s.reference.colour in synth.REFERENCE_COLOURS
         for d in s.distractors:
-            assert (d.shape, d.colour) not in {(s.subject.shape, s.subject.colour), (s.reference.shape, s.reference.colour)}
+            assert d.colour in synth.DISTRACTOR_COLOURS
             assert synth._boxes_clear(d.box, [a, b], 0)
         for box in [a, b] + [d.box for d in s.distractors]:
             assert 0 <= box[0] < box[2] <= size and 0 <= box[1] < box[3] <= size
