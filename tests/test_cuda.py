@@ -72,14 +72,11 @@ def test_cmake_without_a_cuda_compiler_gives_a_cpu_only_build(tmp_path):
     assert "target _cuda" not in ninja
 
 
-@needs_build_tools
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-def test_cmake_with_nvcc_builds_the_cuda_module_for_ampere_hopper_and_ptx(tmp_path):
-    out, ninja = configure(tmp_path)
-    assert "building featstore._cuda for CUDA architectures 80-real;90-real;90-virtual" in out
-    assert "target _cuda" in ninja
-    for flag in ("arch=compute_80,code=[sm_80]", "arch=compute_90,code=[sm_90]", "arch=compute_90,code=[compute_90]"):
-        assert flag in ninja
+@pytest.mark.skipif(importlib.util.find_spec("featstore._cuda") is None, reason="featstore._cuda is not built here")
+def test_the_built_cuda_module_targets_ampere_and_hopper():
+    # CMakeLists asks for 80-real;90-real;90-virtual; the fatbinary names each machine-code target.
+    blob = Path(importlib.util.find_spec("featstore._cuda").origin).read_bytes()
+    assert b"-arch sm_80" in blob and b"-arch sm_90" in blob
 
 
 # ---- registration lifecycle, against a model of the driver -------------------------------------
@@ -287,3 +284,14 @@ def test_loader_paths_match_the_cpu_batches(tmp_path, cache):
     for (x, y, r), (ex, ey, er) in zip(got, expected):
         assert torch.equal(r, er) and torch.equal(y.cpu(), ey)
         assert all(same_bits(x[k], ex[k]) for k in keys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_gpu_check_refuses_without_cuda_and_writes_nothing(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--no-install", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "no CUDA GPU" in done.stderr and "Nothing was written" in done.stderr
+    assert not (tmp_path / "out").exists()
