@@ -116,7 +116,7 @@ class HostRegistry:
 
     def __init__(self, mod: ModuleType | None = None):
         self._mod = mod
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may run (garbage collection) while it is held
         self._entries: dict[int, _Registration] = {}
 
     @property

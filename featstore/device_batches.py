@@ -6,6 +6,8 @@ records an event; ``finish`` makes the consumer's stream wait on it. Labels go t
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +18,7 @@ from .loader import Batch, finish_on_current_stream
 
 if TYPE_CHECKING:
     from .loader import BatchLoader
+    from .store import FeatureSet
 
 
 class _SideStreamAssembler:
@@ -45,11 +48,28 @@ class _SideStreamAssembler:
         return finish_on_current_stream(item, self.device)
 
 
+_device_copies: dict[tuple[int, str], tuple[weakref.ref, weakref.ref]] = {}
+_copies_lock = threading.Lock()
+
+
+def device_copy(fs: "FeatureSet", device: torch.device) -> torch.Tensor:
+    """``fs`` on ``device``, shared by every loader that holds it (e.g. a probe's training and
+    evaluation loaders): copied once, freed when the last holder drops it."""
+    key = (id(fs), str(device))
+    with _copies_lock:
+        refs = _device_copies.get(key)
+        if refs is not None and refs[0]() is fs and refs[1]() is not None:
+            return refs[1]()
+        tensor = fs.to_torch().to(device)
+        _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda _: _device_copies.pop(key, None)))
+        return tensor
+
+
 class DeviceCacheAssembler(_SideStreamAssembler):
-    """Holds every set on the GPU (copied once, reused across epochs); a batch is an index_select."""
+    """Holds every set on the GPU (copied once, reused across epochs and loaders); a batch is an index_select."""
 
     def __init__(self, loader: "BatchLoader"):
-        self.cache = {key: fs.to_torch().to(loader.device) for key, fs in loader.sets.items()}
+        self.cache = {key: device_copy(fs, loader.device) for key, fs in loader.sets.items()}
         super().__init__(loader)
 
     def assemble(self, idx: np.ndarray):

@@ -106,6 +106,8 @@ def loader_path(cache: str, device: torch.device, set_bytes: int, share: float |
         from .cuda import uva_support
 
         uva_ok, uva_why = uva_support(device)
+    if share is not None:
+        device_share(share)  # a bad argument is an error wherever it runs
     if cuda_ok and cache == "auto":
         free, _ = torch.cuda.mem_get_info(device)
         facts.update(free_bytes=free, share=device_share(share))
@@ -115,7 +117,7 @@ def loader_path(cache: str, device: torch.device, set_bytes: int, share: float |
         cuda_ok=cuda_ok,
         set_bytes=set_bytes,
         free_bytes=free,
-        share=facts.get("share", device_share(share)),
+        share=facts.get("share", DEFAULT_DEVICE_SHARE),
         uva_ok=uva_ok,
         uva_why=uva_why,
     )

@@ -185,6 +185,18 @@ def test_sorted_plan_sorts_rows_and_remembers_their_places():
     assert out.tolist() == rows.tolist()
 
 
+def test_loaders_share_one_device_copy_of_a_set_while_any_holds_it(root):
+    from featstore import device_batches
+
+    fs, cpu = open_set(root), torch.device("cpu")  # the sharing logic is the same for any device
+    a = device_batches.device_copy(fs, cpu)
+    assert device_batches.device_copy(fs, cpu) is a and torch.equal(a, fs.to_torch())
+    assert (id(fs), "cpu") in device_batches._device_copies
+    del a
+    gc.collect()
+    assert (id(fs), "cpu") not in device_batches._device_copies
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_kernel_gather_without_cuda_says_what_to_do(root):
     with pytest.raises(CudaUnavailableError, match="use fs.gather"):
