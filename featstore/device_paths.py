@@ -4,7 +4,8 @@
 - "uva": the CUDA kernel reads rows straight from the sets' registered file pages (featstore.cuda).
 - "pinned": the CPU gather into a ring of pinned buffers, async copies on a side stream.
 - "auto": "device" when the sets fit in ``share`` of free GPU memory, else "uva" where the kernel
-  path works, else "pinned".
+  path works and the sets take at most half of the machine's RAM (registration pins their pages),
+  else "pinned".
 
 ``choose_path`` is a pure function of its arguments (sizes, free memory, what is available), so
 what auto picks is tested without a GPU; ``loader_path`` gathers those facts for a BatchLoader.
@@ -45,12 +46,14 @@ def choose_path(
     share: float,
     uva_ok: bool,
     uva_why: str = "",
+    host_bytes: int | None = None,
 ) -> PathChoice:
     """Pick the path for ``cache`` given the facts; raise when a requested path cannot run.
 
     ``set_bytes``: bytes the device cache would hold (features and labels of every set);
     ``free_bytes``: free GPU memory; ``share``: the fraction of it the cache may take;
-    ``uva_ok``/``uva_why``: whether the kernel path works here, and why not.
+    ``uva_ok``/``uva_why``: whether the kernel path works here, and why not; ``host_bytes``: the
+    machine's RAM (None: unknown), of which auto lets "uva" pin at most half.
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
@@ -77,6 +80,8 @@ def choose_path(
             "device", f"the sets ({_mb(set_bytes)}) fit in {share:g} of free GPU memory ({_mb(budget)} of {_mb(free_bytes)})"
         )
     too_big = f"the sets ({_mb(set_bytes)}) exceed {share:g} of free GPU memory ({_mb(budget)})"
+    if uva_ok and host_bytes is not None and set_bytes > host_bytes // 2:
+        uva_ok, uva_why = False, f"registering would pin more than half of the RAM ({_mb(host_bytes)})"
     if uva_ok:
         return PathChoice("uva", f"{too_big}; the CUDA kernel gathers from the registered file pages")
     return PathChoice("pinned", f"{too_big}, and the CUDA kernel path is unavailable ({uva_why}); pinned staging")
@@ -120,5 +125,14 @@ def loader_path(cache: str, device: torch.device, set_bytes: int, share: float |
         share=facts.get("share", DEFAULT_DEVICE_SHARE),
         uva_ok=uva_ok,
         uva_why=uva_why,
+        host_bytes=host_ram(),
     )
     return choice, facts
+
+
+def host_ram() -> int | None:
+    """Physical memory of this machine in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

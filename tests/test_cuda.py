@@ -307,3 +307,13 @@ def test_gpu_check_refuses_without_cuda_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert "no CUDA GPU" in done.stderr and "Nothing was written" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@gpu
+def test_auto_on_a_gpu_caches_a_small_set_on_the_device_and_says_why(root):
+    fs = open_set(root)
+    info = fs.batches(16, device="cuda").info
+    assert info["path"] == "device" and "fit in 0.5 of free GPU memory" in info["why"]
+    assert info["free_bytes"] > info["set_bytes"] == fs.nbytes + 8 * len(fs)
+    info = fs.batches(16, device="cuda", cache_share=1e-12).info  # too small a share: the kernel path
+    assert info["path"] == "uva" and "exceed" in info["why"]

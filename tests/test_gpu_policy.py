@@ -36,6 +36,14 @@ def test_auto_falls_back_to_pinned_without_the_kernel_path():
     assert auto(10 * MB, 1000 * MB, uva_ok=False).path == "device"
 
 
+def test_auto_does_not_pin_more_than_half_of_the_ram_for_the_kernel_path():
+    facts = dict(**GPU, free_bytes=1000 * MB, share=0.5, uva_ok=True)
+    assert choose_path("auto", **facts, set_bytes=600 * MB, host_bytes=1200 * MB).path == "uva"
+    choice = choose_path("auto", **facts, set_bytes=601 * MB, host_bytes=1200 * MB)
+    assert choice.path == "pinned" and "pin more than half of the RAM" in choice.why
+    assert choose_path("uva", **facts, set_bytes=2000 * MB, host_bytes=1200 * MB).path == "uva"  # asked for
+
+
 def test_explicit_modes_are_honoured_or_refused_with_a_reason():
     facts = dict(**GPU, set_bytes=10 * MB, free_bytes=MB, share=0.5)
     assert choose_path("device", **facts, uva_ok=False).path == "device"
