@@ -1,9 +1,11 @@
 """Batches for training loops: a seeded permutation, a prefetch thread, pinned rings and async copies.
 
 A background thread gathers batch b+1.. while the caller trains on batch b (the compiled gather
-releases the GIL). On CUDA it gathers into a ring of pinned host buffers and copies each to the
-device with ``non_blocking=True`` on a side stream; a CUDA event per slot keeps a buffer from being
-refilled while its copy is in flight, and the consumer's stream waits on the batch's event.
+releases the GIL). On CUDA, ``cache=`` picks one of three paths (featstore.device_paths): the sets
+cached on the device, the CUDA kernel over registered file pages (featstore.device_batches), or the
+pinned path here: a ring of pinned host buffers, each copied to the device with ``non_blocking=True``
+on a side stream; a CUDA event per slot keeps a buffer from being refilled while its copy is in
+flight. In every path the consumer's stream waits on the batch's event.
 On a machine without CUDA the same loop runs on the CPU.
 """
 
