@@ -25,7 +25,8 @@ $(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wil
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
 	$(BIN)/python -c "import featstore; assert featstore.backend() == 'core', 'compiled core missing'"
+	$(BIN)/python -c "import shutil, featstore.cuda as c; assert not shutil.which('nvcc') or c.status().built, 'nvcc is on PATH but featstore._cuda was not built'"
 	touch $(STAMP)
 
 clean:
-	rm -rf build $(VENV) featstore/_core*.so
+	rm -rf build $(VENV) featstore/_core*.so featstore/_cuda*.so

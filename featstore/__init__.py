@@ -9,6 +9,7 @@
 from . import _backend
 from .errors import (
     CorruptFileError,
+    CudaUnavailableError,
     EncoderError,
     ExtractionError,
     FeatureStoreError,
@@ -66,6 +67,7 @@ __all__ = [
     "Batch",
     "BatchLoader",
     "CorruptFileError",
+    "CudaUnavailableError",
     "EncoderError",
     "ExtractionError",
     "FORMAT_VERSION",

@@ -64,3 +64,8 @@ class ModelLoadError(EncoderError):
 class ExtractionError(FeatureStoreError):
     """An extraction cannot start (bad input: a missing image, column or split) or cannot go on
     (an unreadable image, existing feature sets written with other settings)."""
+
+
+class CudaUnavailableError(FeatureStoreError, RuntimeError):
+    """A CUDA path was asked for where it cannot run: no CUDA GPU, or featstore._cuda not built, or
+    host registration refused; the message says which and what to do instead."""

@@ -1,9 +1,11 @@
 """Batches for training loops: a seeded permutation, a prefetch thread, pinned rings and async copies.
 
 A background thread gathers batch b+1.. while the caller trains on batch b (the compiled gather
-releases the GIL). On CUDA it gathers into a ring of pinned host buffers and copies each to the
-device with ``non_blocking=True`` on a side stream; a CUDA event per slot keeps a buffer from being
-refilled while its copy is in flight, and the consumer's stream waits on the batch's event.
+releases the GIL). On CUDA, ``cache=`` picks one of three paths (featstore.device_paths): the sets
+cached on the device, the CUDA kernel over registered file pages (featstore.device_batches), or the
+pinned path here: a ring of pinned host buffers, each copied to the device with ``non_blocking=True``
+on a side stream; a CUDA event per slot keeps a buffer from being refilled while its copy is in
+flight. In every path the consumer's stream waits on the batch's event.
 On a machine without CUDA the same loop runs on the CPU.
 """
 
@@ -44,6 +46,9 @@ class BatchLoader:
     or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
     a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
     length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does).
+    On CUDA, ``cache`` picks how batches reach the device: "auto" (default), "device", "uva" or
+    "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
+    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.device_paths. ``info`` says which path runs and why.
     """
 
     def __init__(
@@ -59,6 +64,8 @@ class BatchLoader:
         labels=True,
         epoch: int = 0,
         single: bool | None = None,
+        cache: str = "auto",
+        cache_share: float | None = None,
     ):
         if not sets:
             raise ValueError("batches need at least one feature set")
@@ -86,18 +93,31 @@ class BatchLoader:
             fs._check_committed(self.rows)  # only for sets opened with allow_incomplete
         self.labels = self._check_labels(labels)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={str(self.device)!r} was requested but torch.cuda.is_available() is False; "
-                "use device=None (CPU) on this machine"
-            )
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(self.device)!r}")
-        self.info: dict[str, Any] = (
-            {"path": "pinned", "why": "CUDA device: gather into pinned ring buffers, async copy on a side stream"}
-            if self.device.type == "cuda"
-            else {"path": "cpu", "why": "CPU device: a prefetch thread gathers into recycled buffers"}
-        )
+        self.info: dict[str, Any] = self._choose_path(cache, cache_share)
+        self._assembler_cache = None  # the device cache / registrations, built once, reused across epochs
+
+    def _choose_path(self, cache: str, cache_share: float | None) -> dict[str, Any]:
+        """The device path (featstore.device_paths); auto falls back to pinned if registration fails."""
+        from .device_paths import loader_path
+
+        set_bytes = sum(fs.nbytes for fs in self.sets.values()) + (8 * self.n_rows if self.labels is not None else 0)
+        choice, facts = loader_path(cache, self.device, set_bytes, cache_share)
+        info = {"path": choice.path, "why": choice.why, **facts}
+        if choice.path == "uva":
+            from . import cuda
+            from .errors import CudaUnavailableError
+
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            try:
+                for fs in self.sets.values():
+                    cuda.REGISTRY.device_pointer(fs, index)
+            except CudaUnavailableError as exc:
+                if cache == "uva":
+                    raise
+                info.update(path="pinned", why=f"{choice.why}, but registration failed ({exc}); pinned staging")
+        return info
 
     def _check_rows(self, rows) -> np.ndarray:
         if rows is None:
@@ -141,12 +161,22 @@ class BatchLoader:
         self.epoch += 1
         bs = self.batch_size
         chunks = [order[i * bs : (i + 1) * bs] for i in range(len(self))]
-        make = _CudaAssembler(self) if self.device.type == "cuda" else _CpuAssembler(self)
+        make = self._assembler()
         if self.prefetch == 0:
             for idx in chunks:
                 yield make.finish(make.assemble(idx))
             return
         yield from self._prefetched(chunks, make)
+
+    def _assembler(self):
+        path = self.info["path"]
+        if path in ("device", "uva"):
+            if self._assembler_cache is None:
+                from .device_batches import DeviceCacheAssembler, UvaAssembler
+
+                self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(self)
+            return self._assembler_cache
+        return _CudaAssembler(self) if path == "pinned" else _CpuAssembler(self)
 
     def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -289,12 +319,17 @@ class _CudaAssembler:
         return Batch(self.loader._features(dev), dev_labels, torch.from_numpy(idx)), done
 
     def finish(self, item) -> Batch:
-        batch, done = item
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(done)
-        tensors = list(batch.features.values()) if isinstance(batch.features, dict) else [batch.features]
-        if batch.labels is not None:
-            tensors.append(batch.labels)
-        for t in tensors:
-            t.record_stream(current)  # the allocator must not reuse them before the consumer is done
-        return batch
+        return finish_on_current_stream(item, self.device)
+
+
+def finish_on_current_stream(item: tuple[Batch, "torch.cuda.Event"], device: torch.device) -> Batch:
+    """Hand a batch made on a side stream to the consumer: its stream waits for the batch's event."""
+    batch, done = item
+    current = torch.cuda.current_stream(device)
+    current.wait_event(done)
+    tensors = list(batch.features.values()) if isinstance(batch.features, dict) else [batch.features]
+    if batch.labels is not None:
+        tensors.append(batch.labels)
+    for t in tensors:
+        t.record_stream(current)  # the allocator must not reuse them before the consumer is done
+    return batch
