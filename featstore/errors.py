@@ -64,3 +64,7 @@ class ModelLoadError(EncoderError):
 class ExtractionError(FeatureStoreError):
     """An extraction cannot start (bad input: a missing image, column or split) or cannot go on
     (an unreadable image, existing feature sets written with other settings)."""
+
+
+class DistributedError(FeatureStoreError):
+    """Another rank of a torch.distributed job failed a step every rank depends on."""
