@@ -129,7 +129,7 @@ def shard_order(order: np.ndarray, rank: int, world_size: int, drop_last: bool =
         total = -(-n // world_size) * world_size
         if total > n and n:
             order = np.concatenate([order, np.resize(order, total - n)])
-    return order[rank:total:world_size]
+    return np.ascontiguousarray(order[rank:total:world_size])
 
 
 def split_evenly(n_items: int, rank: int, world_size: int) -> range:
