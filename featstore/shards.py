@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,8 @@ def _progress_path(root: Path, key: str, rank: int) -> Path:
 def progress_files(root: Path, key: str) -> list[Path]:
     """The progress files of feature set ``key`` that ranks have left in the store ``root``."""
     folder = (root / PROGRESS_DIR / key).parent
-    name = key.rsplit("/", 1)[-1]
-    return sorted(folder.glob(f"{name}.rank-*.json")) if folder.is_dir() else []
+    name = re.compile(re.escape(key.rsplit("/", 1)[-1]) + r"\.rank-\d{5,}\.json")
+    return sorted(p for p in folder.iterdir() if name.fullmatch(p.name)) if folder.is_dir() else []
 
 
 def _read_progress(path: Path, record: fmt.FeatureSetRecord) -> list[tuple[int, int]] | None:
