@@ -43,3 +43,32 @@ if __name__ == "__main__":
         print(f"extract: {result.summary()}")
     check_epoch_shares(sys.argv[2], "toy/layer_1/cls")
     sys.exit(main(sys.argv[3:]))
+
+
+def failing_rank(rank: int, port: int, report) -> None:
+    """Spawned by test_distributed.py: rank 0 fails a step that every rank waits for, then rank 1 stays
+    alive without joining the next collective. Each rank reports what it saw to ``report`` (a queue)."""
+    import os
+    import time
+
+    from featstore.distributed import barrier, on_main
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), FEATSTORE_DIST_TIMEOUT_S="3")
+    ranks = ensure_process_group("cpu")
+
+    def take_sets() -> None:
+        raise ValueError("cannot take the feature sets")
+
+    try:
+        on_main(ranks, take_sets)
+    except Exception as exc:
+        report.put((rank, type(exc).__name__, str(exc)))
+    if rank == 1:
+        time.sleep(60)  # alive but gone quiet: rank 0 must not wait for it beyond the timeout
+        return
+    start = time.perf_counter()
+    try:
+        barrier(ranks)
+    except Exception as exc:
+        report.put((rank, "barrier", f"{type(exc).__name__} after {time.perf_counter() - start:.0f} s"))

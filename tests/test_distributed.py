@@ -225,3 +225,33 @@ def test_killed_rank_resumes_bit_identical(inputs, reference, tmp_path):
     assert 0 < encoded(text) < 14  # it continued, it did not start over
     assert snapshot(tmp_path) == reference
     FeatureStore.open(tmp_path).verify()
+
+
+def test_a_failed_rank_stops_the_others_with_its_error():
+    """A step of rank 0 that fails raises on every rank with its message; a rank that waits in a
+    collective for a rank gone quiet gives up after the process group's timeout (3 s here)."""
+    import multiprocessing
+    import socket
+
+    from dist_worker import failing_rank
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    report = ctx.Queue()
+    procs = [ctx.Process(target=failing_rank, args=(r, port, report), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        seen = {}
+        for _ in range(3):
+            rank, kind, message = report.get(timeout=120)
+            seen[(rank, kind)] = message
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+    assert seen[(0, "ValueError")] == "cannot take the feature sets"
+    assert seen[(1, "DistributedError")] == "rank 0 failed: ValueError: cannot take the feature sets"
+    assert re.fullmatch(r"RuntimeError after [2-9] s", seen[(0, "barrier")])  # the 3 s timeout, not a hang
