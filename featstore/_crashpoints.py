@@ -1,4 +1,5 @@
-"""Named points in the write path where crash tests can SIGKILL the process (FEATSTORE_CRASH_AT=step[:n])."""
+"""Named points in the write path where crash tests can SIGKILL the process (FEATSTORE_CRASH_AT=step[:n]);
+with FEATSTORE_CRASH_RANK=r only the torchrun rank r (environment RANK) is killed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 _spec = os.environ.get("FEATSTORE_CRASH_AT", "")
 _step, _, _nth = _spec.partition(":")
 _remaining = int(_nth) if _nth.isdigit() and int(_nth) > 0 else 1
+if os.environ.get("FEATSTORE_CRASH_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+    _step = ""
 STEPS = (
     "file-created",
     "data-written",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .dataset_cli import add_dataset_commands
@@ -123,15 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import shutdown
+
     args = build_parser().parse_args(argv)
+    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
     try:
         return args.func(args)
     except FeatureStoreError as exc:
-        print(f"featstore {args.command}: error: {exc}", file=sys.stderr)
+        print(f"featstore {args.command}{where}: error: {exc}", file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"featstore {args.command}: error: {exc}", file=sys.stderr)
+        print(f"featstore {args.command}{where}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()  # the torch.distributed process group, if a command started one under torchrun
 
 
 if __name__ == "__main__":

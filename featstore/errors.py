@@ -69,3 +69,7 @@ class ExtractionError(FeatureStoreError):
 class CudaUnavailableError(FeatureStoreError, RuntimeError):
     """A CUDA path was asked for where it cannot run: no CUDA GPU, or featstore._cuda not built, or
     host registration refused; the message says which and what to do instead."""
+
+
+class DistributedError(FeatureStoreError):
+    """Another rank of a torch.distributed job failed a step every rank depends on."""

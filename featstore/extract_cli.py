@@ -3,6 +3,10 @@
     featstore extract --dataset datasets/spatial_hf --encoder dinov2 --model facebook/dinov2-small \\
         --layers 10,11,last --pooling cls,mean --out datasets/features
     featstore encoders
+
+Under torchrun the ranks share the work (same arguments), e.g. on 4 GPUs of one machine:
+
+    torchrun --nproc_per_node=4 -m featstore extract --dataset ... --device cuda ...
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ def _cmd_extract(args) -> int:
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
                      num_workers=args.num_workers, overwrite=args.overwrite, export_pt=not args.no_export_pt,
                      progress=not args.no_progress, commit_every=args.commit_every)
-    print(result.summary())
+    from .distributed import current_ranks
+
+    if current_ranks().is_main:  # under torchrun: one summary, of the whole job
+        print(result.summary())
     return 0
 
 

@@ -266,55 +266,74 @@ def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "dataset
     None for none) and a ``.pt`` export beside each. ``dtype`` is the model's compute dtype,
     ``store_dtype`` the stored one. Run again after an interruption, it continues; after it finished,
     it does nothing; with other settings, it refuses unless ``overwrite``.
+
+    Under torchrun (or in an initialised torch.distributed process group) every rank calls it with the
+    same arguments; the ranks split the images and write into the same feature sets
+    (featstore.extraction_ranks). ``device="cuda"`` then means each rank's own GPU (``LOCAL_RANK``).
     """
+    from .distributed import ensure_process_group, local_device, on_main
     from .store import FeatureStore
 
     if batch_size < 1 or commit_every < 1 or num_workers < 0:
         raise ValueError("batch_size and commit_every must be >= 1, num_workers >= 0")
     store_dtype = dtype_name(store_dtype)
+    ranks = ensure_process_group(device)
+    if ranks.distributed:
+        device = str(local_device(device))
     plan = plan_extraction(dataset, encoder, model, layers, pooling, name, split, target, device, dtype)
     n_rows = int(sum(len(r) for r in plan.rows_of))
-    store = FeatureStore.create(out)
-    _check_existing(store, plan, n_rows, store_dtype, overwrite)
+
+    def prepare_store():
+        _check_existing(FeatureStore.create(out), plan, n_rows, store_dtype, overwrite)
+
+    on_main(ranks, prepare_store)  # rank 0 creates the store and removes sets to overwrite; then all read it
+    store = FeatureStore.open(out)
     result = ExtractResult(store.root, list(plan.keys.values()), n_rows, len(plan.paths))
     active = {lp: key for lp, key in plan.keys.items() if key not in store or not store.info(key).complete}
-    todo = _batches_to_do(plan, active.values(), store, n_rows, batch_size)
     if not active:
         result.already_complete = True
-        result.exports = _exports(store, plan, export_pt)
+        result.exports = _exports(store, plan, export_pt) if ranks.is_main else []
         return result
-
     plan.encoder.processor  # load once here, so workers inherit it instead of each loading it
-    if todo:
-        plan.encoder.model  # load the weights before the clock starts: result.seconds is the extraction itself
-    start = time.perf_counter()
-    writers: dict[str, Any] = {}
-    bar = _progress(sum(len(b) for b in todo), progress)
+    if ranks.distributed:
+        from .extraction_ranks import extract_ranks
+
+        extract_ranks(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress,
+                      ranks, result)
+    else:
+        _extract_here(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress, result)
+    if ranks.is_main:
+        result.exports = _exports(FeatureStore.open(store.root), plan, export_pt)
+    return result
+
+
+def _extract_here(store, plan: Plan, active: dict, n_rows: int, store_dtype: str, batch_size: int, num_workers: int,
+                  commit_every: int, progress: bool, result: ExtractResult) -> None:
+    """The single-process run: open (resume) every set, encode the batches with uncommitted rows, commit
+    every ``commit_every`` batches, finish every set."""
+    writers = take_sets(store, plan, active, n_rows, store_dtype, create_new=False)
+    bar = None
     try:
-        loader = torch.utils.data.DataLoader(
-            _Images(plan.paths, plan.first_row), batch_sampler=todo, num_workers=num_workers,
-            collate_fn=_Collate(plan.encoder), persistent_workers=False,
-            prefetch_factor=2 if num_workers else None)
-        for done, (idx, inputs) in enumerate(loader, 1):
-            tokens = plan.encoder.forward(inputs, plan.layers)
-            rows = np.sort(np.concatenate([plan.rows_of[j] for j in idx]))
-            # dataset row -> position of its image in this batch
-            where = np.empty(n_rows, dtype=np.int64)
-            for pos, j in enumerate(idx):
-                where[plan.rows_of[j]] = pos
-            for (layer, p), key in active.items():
-                feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[store_dtype])
-                writer = writers.get(key) or _open_writer(store, plan, (layer, p), key, n_rows, feats, store_dtype, writers)
-                todo_rows = _uncommitted(writer, rows)
-                for a, b in _runs(todo_rows):
-                    writer.write(a, feats[torch.from_numpy(where[a:b])].contiguous())
-            result.images_encoded += len(idx)
-            bar.update(len(idx))
+        todo = _batches_to_do(plan, active.values(), store.refresh(), n_rows, batch_size)
+        if todo:
+            plan.encoder.model  # load the weights before the clock starts: result.seconds is the extraction itself
+        start = time.perf_counter()
+        bar = _progress(sum(len(b) for b in todo), progress)
+
+        def writer_for(lp, key, row_shape):
+            return writers.get(key) or _open_writer(store, plan, lp, key, n_rows, row_shape, store_dtype, writers)
+
+        def after_batch(done: int, images: int) -> None:
+            result.images_encoded += images
+            bar.update(images)
             if done % commit_every == 0:
                 for w in writers.values():
                     w.commit()
+
+        encode_batches(plan, todo, active, n_rows, store_dtype, num_workers, writer_for, after_batch)
         for w in writers.values():
             w.finish()
+        result.seconds = time.perf_counter() - start
     except BaseException:
         # Ctrl-C, an unreadable image, ...: rows already written are whole and correct, so keep them;
         # a rerun continues from here. A failure while committing must not hide the original error.
@@ -327,25 +346,67 @@ def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "dataset
     finally:
         for w in writers.values():
             w.close()
-        bar.close()
-    result.seconds = time.perf_counter() - start
-    store = FeatureStore.open(store.root)
-    for key in active.values():  # sets whose rows were all committed before this run
-        if not store.info(key).complete:
-            store.create_feature_set(key, n_rows, store.info(key).row_shape, store_dtype,
-                                     plan.metadata[_lp(plan, key)], plan.labels, resume=True).finish()
-            store = FeatureStore.open(store.root)
-    result.exports = _exports(store, plan, export_pt)
-    return result
+        if bar is not None:
+            bar.close()
 
 
-def _lp(plan: Plan, key: str) -> tuple[str, str]:
-    return next(lp for lp, k in plan.keys.items() if k == key)
+def encode_batches(plan: Plan, todo: list[list[int]], active: dict, n_rows: int, store_dtype: str, num_workers: int,
+                   writer_for, after_batch) -> None:
+    """Encode each batch of distinct images in ``todo`` (decoded in DataLoader workers) and write every
+    (layer, pooling)'s rows that its writer, ``writer_for(lp, key, row_shape)``, has not committed;
+    ``after_batch(batches_done, images)`` after each batch."""
+    if not todo:
+        return
+    loader = torch.utils.data.DataLoader(
+        _Images(plan.paths, plan.first_row), batch_sampler=todo, num_workers=num_workers,
+        collate_fn=_Collate(plan.encoder), persistent_workers=False,
+        prefetch_factor=2 if num_workers else None)
+    for done, (idx, inputs) in enumerate(loader, 1):
+        tokens = plan.encoder.forward(inputs, plan.layers)
+        rows = np.sort(np.concatenate([plan.rows_of[j] for j in idx]))
+        # dataset row -> position of its image in this batch
+        where = np.empty(n_rows, dtype=np.int64)
+        for pos, j in enumerate(idx):
+            where[plan.rows_of[j]] = pos
+        for (layer, p), key in active.items():
+            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[store_dtype])
+            writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
+            for a, b in _runs(_uncommitted(writer, rows)):
+                writer.write(a, feats[torch.from_numpy(where[a:b])].contiguous())
+        after_batch(done, len(idx))
 
 
-def _open_writer(store, plan: Plan, lp, key: str, n_rows: int, feats: torch.Tensor, store_dtype: str, writers: dict):
+def take_sets(store, plan: Plan, active: dict, n_rows: int, store_dtype: str, create_new: bool) -> dict[str, Any]:
+    """Open a writer (holding the set's lock) of every active set that exists, and with ``create_new``
+    create the missing ones too (row shapes from one forward pass of the first image); fold into the
+    manifest the rows that ranks of an earlier distributed run committed (featstore.shards)."""
+    from .shards import fold_progress
+
+    writers: dict[str, Any] = {}
     try:
-        writer = store.create_feature_set(key, n_rows, tuple(feats.shape[1:]), store_dtype, plan.metadata[lp],
+        shapes = {key: store.info(key).row_shape for key in active.values() if key in store}
+        if create_new and len(shapes) < len(active):
+            shapes.update(_row_shapes(plan, active, store_dtype))
+        for lp, key in active.items():
+            if key in shapes:
+                fold_progress(_open_writer(store, plan, lp, key, n_rows, shapes[key], store_dtype, writers))
+    except BaseException:
+        for w in writers.values():
+            w.close()
+        raise
+    return writers
+
+
+def _row_shapes(plan: Plan, active: dict, store_dtype: str) -> dict[str, tuple[int, ...]]:
+    """The row shape of every active set, from one forward pass of the first image."""
+    _, inputs = _Collate(plan.encoder)([_Images(plan.paths, plan.first_row)[0]])
+    tokens = plan.encoder.forward(inputs, plan.layers)
+    return {key: tuple(pool(tokens[layer], p).shape[1:]) for (layer, p), key in active.items()}
+
+
+def _open_writer(store, plan: Plan, lp, key: str, n_rows: int, row_shape, store_dtype: str, writers: dict):
+    try:
+        writer = store.create_feature_set(key, n_rows, row_shape, store_dtype, plan.metadata[lp],
                                           plan.labels, resume=True)
     except WriterConflictError as exc:
         raise ExtractionError(f"{exc}; pass --overwrite (overwrite=True) to write it anew") from None

@@ -536,3 +536,11 @@ def gaps(ranges: list[tuple[int, int]], n_rows: int) -> list[tuple[int, int]]:
 def covers(ranges: list[tuple[int, int]], a: int, b: int) -> bool:
     """Whether the sorted, merged ``ranges`` contain all of [a, b)."""
     return any(r[0] <= a and b <= r[1] for r in ranges)
+
+
+def subtract_ranges(ranges: Iterable[tuple[int, int]], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` outside the sorted, merged ``taken`` ranges, merged."""
+    out = []
+    for a, b in merge_ranges(ranges):
+        out += [(max(a, g0), min(b, g1)) for g0, g1 in gaps(taken, b) if max(a, g0) < min(b, g1)]
+    return merge_ranges(out)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from .distributed import resolve_ranks, shard_order
+
 if TYPE_CHECKING:
     from .store import FeatureSet
 
@@ -45,7 +47,10 @@ class BatchLoader:
     permutation of ``(seed, e)``, so runs repeat exactly); ``drop_last``; ``device`` (None or 'cpu',
     or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
     a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
-    length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does).
+    length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does);
+    ``rank`` and ``world_size`` (default: those of an initialised torch.distributed process group, else
+    0 and 1): each rank serves its share of every epoch's order, split as DistributedSampler splits it
+    (padded by wrapping to a multiple of ``world_size``, or cut to one with ``drop_last``).
     On CUDA, ``cache`` picks how batches reach the device: "auto" (default), "device", "uva" or
     "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
     $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.device_paths. ``info`` says which path runs and why.
@@ -66,6 +71,8 @@ class BatchLoader:
         single: bool | None = None,
         cache: str = "auto",
         cache_share: float | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
         if not sets:
             raise ValueError("batches need at least one feature set")
@@ -88,6 +95,10 @@ class BatchLoader:
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.epoch = int(epoch)
+        self.ranks = resolve_ranks(rank, world_size)
+        if seed is None and self.ranks.distributed:
+            raise ValueError(f"rank {self.ranks.rank} of {self.ranks.world_size}: every rank must shuffle with the same "
+                             "seed to get disjoint shares; pass seed=<int>")
         self.rows = self._check_rows(rows)
         for fs in self.sets.values():
             fs._check_committed(self.rows)  # only for sets opened with allow_incomplete
@@ -142,7 +153,8 @@ class BatchLoader:
 
     # ---- the epoch --------------------------------------------------------------------------
     def __len__(self) -> int:
-        n = len(self.rows)
+        n, ws = len(self.rows), self.ranks.world_size
+        n = n // ws if self.drop_last else -(-n // ws)  # this rank's rows per epoch
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -150,11 +162,13 @@ class BatchLoader:
         self.epoch = int(epoch)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The row numbers of ``epoch`` in the order they are served."""
-        if not self.shuffle:
-            return self.rows
-        rng = np.random.default_rng([self.seed, epoch])
-        return self.rows[rng.permutation(len(self.rows))]
+        """The row numbers this rank serves in ``epoch``, in order: its share of the epoch's order,
+        which is the same on every rank (the permutation of ``(seed, epoch)``)."""
+        order = self.rows
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = self.rows[rng.permutation(len(self.rows))]
+        return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.epoch_order(self.epoch)

@@ -105,8 +105,8 @@ class _Group:
         self.h = len(self.settings)
 
     def setup(self, device, mean: torch.Tensor, std: torch.Tensor):
-        self.weight = torch.zeros(self.dim, self.h * self.n_out, device=device)
-        self.bias = torch.zeros(self.h * self.n_out, device=device)
+        self.weight = torch.nn.Parameter(torch.zeros(self.dim, self.h * self.n_out, device=device))
+        self.bias = torch.nn.Parameter(torch.zeros(self.h * self.n_out, device=device))
         self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
         self.lr = torch.tensor([lr for lr, _ in self.settings], device=device).repeat_interleave(self.n_out)
         self.wd = torch.tensor([wd for _, wd in self.settings], device=device).repeat_interleave(self.n_out)
@@ -121,6 +121,30 @@ class _Group:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, heads, outputs) from the view's input: one matmul for all heads."""
         return (x @ self.weight + self.bias).view(len(x), self.h, self.n_out)
+
+
+class _Heads(torch.nn.Module):
+    """Every view's stacked heads of one feature set as one module, so DistributedDataParallel can wrap it:
+    ``forward(x)`` is the list of each view's (batch, heads, outputs) logits."""
+
+    def __init__(self, groups: list[_Group]):
+        super().__init__()
+        self.groups = groups
+        for g in groups:
+            self.register_parameter(f"{g.view}_weight", g.weight)
+            self.register_parameter(f"{g.view}_bias", g.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [g.logits(g.inputs(x)) for g in self.groups]
+
+
+def _data_parallel(heads: _Heads, ranks, device: torch.device) -> torch.nn.Module:
+    """``heads`` wrapped in DistributedDataParallel under torchrun (gradients averaged over the ranks), else itself."""
+    if not ranks.distributed:
+        return heads
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _scores(group: _Group, logits: torch.Tensor, y: torch.Tensor, rel: torch.Tensor, binary: bool):
@@ -165,7 +189,8 @@ def _evaluate(fs, groups: list[_Group], rows: np.ndarray, labels: np.ndarray, ta
     correct = {g.view: [] for g in groups}
     rels = []
     with torch.no_grad():
-        for x, y, idx in fs.batches(batch_size, rows=rows, labels=labels, shuffle=False, device=device):
+        for x, y, idx in fs.batches(batch_size, rows=rows, labels=labels, shuffle=False, device=device, rank=0,
+                                    world_size=1):
             t, r = y // len(task.relations), y % len(task.relations)
             rels.append(r.cpu())
             for g in groups:
@@ -188,7 +213,12 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
     DatasetDict). Returns ``{"settings": ..., "results": [...], "sweep": [...]}``: one result per
     (feature set, view) with its best setting on validation and test accuracy, overall and per relation,
     with 95% Wilson intervals. The same seed gives the same numbers on the same machine and device.
+
+    Under torchrun (or in an initialised process group) every rank trains on its share of each batch:
+    ``batch_size // world_size`` rows, so the global batch stays ``batch_size``, and the heads are
+    wrapped in DistributedDataParallel; every rank returns the same results.
     """
+    from .distributed import ensure_process_group, local_device
     from .extraction import _load_dataset
     from .spatial_split import split_indices
     from .store import FeatureStore
@@ -213,7 +243,8 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
         if len(idx) == 0:
             raise ValueError(f"the {name} split has no rows for task {task!r}; use a larger dataset")
     labels = np.where(t.target >= 0, t.target * len(t.relations) + t.relation, -1).astype(np.int64)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    ranks = ensure_process_group(device)
+    device = local_device(device if device is not None else "cpu")
     results, sweep = [], []
     for key in selected:
         fs = store[key]
@@ -228,17 +259,19 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
             g = _Group(view, dim, settings, t.n_outputs)
             g.setup(device, *_standardisation(fs, rows["train"], view, seed))
             groups.append(g)
-        loader = fs.batches(batch_size, rows=rows["train"], labels=labels, seed=seed, device=device)
+        heads = _Heads(groups)
+        net = _data_parallel(heads, ranks, device)
+        loader = fs.batches(max(1, batch_size // ranks.world_size), rows=rows["train"], labels=labels, seed=seed,
+                            device=device, rank=ranks.rank, world_size=ranks.world_size)
         for _ in range(epochs):
             for x, y, _idx in loader:  # one gather, shared by every head
                 tgt, rel = y // len(t.relations), y % len(t.relations)
-                for g in groups:
-                    w, b = g.weight.requires_grad_(True), g.bias.requires_grad_(True)
-                    loss, _ = _scores(g, g.logits(g.inputs(x)), tgt, rel, t.binary)
-                    gw, gb = torch.autograd.grad(loss, (w, b))
-                    with torch.no_grad():
-                        w.requires_grad_(False), b.requires_grad_(False)
-                        _adamw(g, gw, gb)
+                loss = sum(_scores(g, out, tgt, rel, t.binary)[0] for g, out in zip(groups, net(x)))
+                heads.zero_grad(set_to_none=True)
+                loss.backward()  # under DDP: the gradients averaged over the ranks
+                with torch.no_grad():
+                    for g in groups:
+                        _adamw(g, g.weight.grad, g.bias.grad)
         val, _ = _evaluate(fs, groups, rows["validation"], labels, t, device, 4096)
         test, test_rel = _evaluate(fs, groups, rows["test"], labels, t, device, 4096)
         info = _key_info(key, fs.metadata)
@@ -265,6 +298,6 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
             log(f"{key}: {len(groups) * len(settings)} heads, {epochs} epochs in {time.perf_counter() - t0:.2f} s")
     return {"settings": {"task": task, "classes": t.classes, "relations": list(t.relations), "keys": selected,
                          "lrs": lrs, "wds": wds, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-                         "fractions": list(fractions), "device": str(device),
+                         "fractions": list(fractions), "device": str(device), "world_size": ranks.world_size,
                          "rows": {k: int(len(v)) for k, v in rows.items()}},
             "results": results, "sweep": sweep}

@@ -2,6 +2,10 @@
 
     featstore probe --store datasets/features --dataset datasets/spatial_hf --keys 'dinov2/*' \\
         --task relation --out results/
+
+Under torchrun the heads train with DistributedDataParallel, each rank on its share of every batch:
+
+    torchrun --nproc_per_node=4 -m featstore probe --store ... --dataset ... --device cuda
 """
 
 from __future__ import annotations
@@ -43,8 +47,12 @@ def _cmd_probe(args) -> int:
     from .probe import train_probes
     from .probe_report import write_results
 
+    from .distributed import ensure_process_group
+
+    main = ensure_process_group(args.device).is_main  # under torchrun: every rank trains, rank 0 reports
     out = train_probes(args.store, args.dataset, args.keys or "*", args.task, split=args.split, lrs=args.lrs,
                        wds=args.wds, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, log=print)
-    write_results(out, args.out)
+                       device=args.device, log=print if main else None)
+    if main:
+        write_results(out, args.out)
     return 0

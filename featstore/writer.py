@@ -69,6 +69,11 @@ def header_metadata(key: str, metadata: dict) -> dict[str, str]:
     }
 
 
+def expected_header(key: str, layout: fmt.Layout, metadata: dict) -> bytes:
+    """The safetensors header featstore writes for feature set ``key`` of ``layout`` and ``metadata``."""
+    return fmt.encode_header(layout.tensors(), header_metadata(key, metadata))
+
+
 class FeatureWriter:
     """Writes one feature set. Get one from :meth:`FeatureStore.create_feature_set`.
 
@@ -161,20 +166,44 @@ class FeatureWriter:
             return
         os.fdatasync(self._fd)
         crashpoint("data-synced")
+        self._record_committed(self._pending, self._fd)
+        self._pending = []
+
+    def adopt(self, ranges) -> int:
+        """Count rows that other processes wrote into this file and made durable (the ranks of a
+        torch.distributed job, see featstore.shards) as committed: checksum the blocks they complete
+        and update the manifest. Returns the number of rows newly committed.
+
+        The checksums are read through a freshly opened descriptor, so on a network filesystem they see
+        what other nodes wrote (close-to-open consistency)."""
+        self._check_open()
+        new = fmt.subtract_ranges(ranges, self._record.committed)
+        if not new:
+            return 0
+        if new[-1][1] > self.n_rows:
+            raise ValueError(f"feature set {self.key!r}: rows {new[-1]} fall outside its {self.n_rows} rows")
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._record_committed(new, fd)
+        finally:
+            os.close(fd)
+        return sum(b - a for a, b in new)
+
+    def _record_committed(self, ranges: list[tuple[int, int]], read_fd: int) -> None:
+        """Add durable ``ranges`` to the committed rows: checksum blocks they complete, replace the manifest entry."""
         record = self._record
-        committed = fmt.merge_ranges([*record.committed, *self._pending])
+        committed = fmt.merge_ranges([*record.committed, *ranges])
         blocks = list(record.block_crc32)
         br = record.block_rows
-        for a, b in self._pending:
+        for a, b in ranges:
             for block in range(a // br, (b - 1) // br + 1):
                 lo, hi = block * br, min(self.n_rows, (block + 1) * br)
                 if blocks[block] is None and fmt.covers(committed, lo, hi):
                     rb = self._layout.row_bytes
-                    blocks[block] = crc32_file_range(self._fd, self._data_start + lo * rb, (hi - lo) * rb)
+                    blocks[block] = crc32_file_range(read_fd, self._data_start + lo * rb, (hi - lo) * rb)
         record.committed = committed
         record.block_crc32 = blocks
         self._store._put_record(record)
-        self._pending = []
 
     def finish(self) -> None:
         """Commit, check that every row is written, mark the set complete and make its file read-only."""
@@ -252,7 +281,7 @@ def create_writer(
     rel = fmt.file_for_key(key)
     path = fmt.resolve_member(store.root, rel, f"feature set {key!r}")
     layout = fmt.Layout(n_rows, row_shape, dtype, labels is not None)
-    header = fmt.encode_header(layout.tensors(), header_metadata(key, metadata))
+    header = expected_header(key, layout, metadata)
     labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
 
