@@ -5,18 +5,32 @@ from __future__ import annotations
 import os
 import signal
 
-_spec = os.environ.get("FEATSTORE_CRASH_AT", "")
-_step, _, _nth = _spec.partition(":")
-_remaining = int(_nth) if _nth.isdigit() and int(_nth) > 0 else 1
 STEPS = (
+    "header-written",
     "file-created",
     "data-written",
     "data-synced",
+    "blocks-checksummed",
     "manifest-temp-written",
     "manifest-temp-synced",
     "manifest-renamed",
     "manifest-dir-synced",
+    "file-read-only",
 )
+
+
+_step, _remaining = "", 0
+
+
+def arm(spec: str) -> None:
+    """Kill at ``spec`` ('step' or 'step:n'; '' disarms): what FEATSTORE_CRASH_AT sets at import, for
+    test harnesses that fork a writer from an already-imported process."""
+    global _step, _remaining
+    step, _, nth = spec.partition(":")
+    _step, _remaining = step, int(nth) if nth.isdigit() and int(nth) > 0 else 1
+
+
+arm(os.environ.get("FEATSTORE_CRASH_AT", ""))
 
 
 def crashpoint(step: str) -> None:

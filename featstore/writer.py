@@ -171,6 +171,7 @@ class FeatureWriter:
                 if blocks[block] is None and fmt.covers(committed, lo, hi):
                     rb = self._layout.row_bytes
                     blocks[block] = crc32_file_range(self._fd, self._data_start + lo * rb, (hi - lo) * rb)
+        crashpoint("blocks-checksummed")
         record.committed = committed
         record.block_crc32 = blocks
         self._store._put_record(record)
@@ -187,6 +188,7 @@ class FeatureWriter:
         self.commit()
         os.fchmod(self._fd, 0o444)
         os.fsync(self._fd)
+        crashpoint("file-read-only")
         self._record.complete = True
         self._record.finished_at = time.time()
         self._store._put_record(self._record)
@@ -228,6 +230,19 @@ class FeatureWriter:
         )
 
 
+def _open_for_writing(path: Path) -> tuple[int, bool]:
+    """Open (creating) a feature set's file for writing; returns (fd, writable).
+
+    finish() makes the file read-only just before the manifest marks the set complete. A crash in
+    between leaves a read-only file whose rows are all committed; for a non-root user opening it for
+    writing fails, so it is opened read-only: a resumed writer has nothing to write, only to finish.
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+
+
 def _lock_file(fd: int, key: str, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -257,10 +272,16 @@ def create_writer(
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd, writable = _open_for_writing(path)
     _lock_file(fd, key, path)
     try:
         existing = store._read_records().get(key)
+        if not writable and (existing is None or (not existing.complete and fmt.gaps(existing.committed, existing.n_rows))):
+            raise WriterConflictError(
+                f"feature set {key!r}: {path} is read-only" + ("" if existing is None else
+                f" and the manifest says {existing.rows_committed} of {existing.n_rows} rows are committed") +
+                "; featstore makes only finished files read-only, so it was changed outside featstore: "
+                "move it away or choose another key")
         if existing is not None:
             return _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume)
         # A new set. A file here without a manifest entry is an orphan of a crash during creation: it
@@ -272,6 +293,7 @@ def create_writer(
         os.ftruncate(fd, len(header) + layout.features_bytes + layout.labels_bytes)
         if labels is not None:
             _pwrite_all(fd, labels_bytes, len(header) + layout.features_bytes)
+        crashpoint("header-written")
         os.fsync(fd)
         fmt.fsync_dir(path.parent)
         crashpoint("file-created")

@@ -18,9 +18,8 @@ def chunk_rows(start: int, stop: int) -> np.ndarray:
     return np.random.default_rng([7, start]).standard_normal((stop - start, DIM)).astype(np.float16)
 
 
-def main() -> None:
-    root, n_rows, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    slow = float(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--slow" else 0.0
+def fill(root: str, n_rows: int, chunk: int, slow: float = 0.0) -> None:
+    """Create or resume the feature set and write its missing chunks in a fixed shuffled order."""
     labels = np.arange(n_rows) % 4
     store = FeatureStore.create(root)
     if KEY in store and store.info(KEY).complete:
@@ -35,6 +34,12 @@ def main() -> None:
             writer.commit()
             time.sleep(slow)
     writer.finish()
+
+
+def main() -> None:
+    root, n_rows, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    slow = float(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--slow" else 0.0
+    fill(root, n_rows, chunk, slow)
 
 
 if __name__ == "__main__":
