@@ -271,6 +271,9 @@ def create_writer(
     labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
 
+    existing = store._read_records().get(key)
+    if existing is not None and existing.complete:
+        raise _already_complete(key)  # before opening: a finished file is never opened for writing
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, writable = _open_for_writing(path)
     _lock_file(fd, key, path)
@@ -326,7 +329,7 @@ def create_writer(
 def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume) -> FeatureWriter:
     key = existing.key
     if existing.complete:
-        raise WriterConflictError(f"feature set {key!r} is already complete; choose another key to write new features")
+        raise _already_complete(key)
     if not resume:
         raise WriterConflictError(
             f"feature set {key!r} already exists with {existing.rows_committed} of {existing.n_rows} rows committed; "
@@ -356,6 +359,10 @@ def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, res
     if raw != header or zlib.crc32(raw) != existing.header_crc32:
         raise WriterConflictError(f"{path}: header differs from what this run would write; the file was changed")
     return FeatureWriter(store, existing, fd, path, on_disk.data_start)
+
+
+def _already_complete(key: str) -> WriterConflictError:
+    return WriterConflictError(f"feature set {key!r} is already complete; choose another key to write new features")
 
 
 def _check_orphan(path: Path, key: str) -> None:

@@ -217,6 +217,8 @@ def stress(workload: Workload, kills: int, rng: random.Random, work: Path, log) 
     done = broken = cycles = finished_early = 0
     by_mode: Counter = Counter()
     by_step: Counter = Counter()
+    left: Counter = Counter()  # what each kill left committed
+    total_rows = sum(reference.info(k).n_rows for k in reference.keys())
     failures: list[str] = []
     while done < kills:
         cycles += 1
@@ -251,6 +253,7 @@ def stress(workload: Workload, kills: int, rng: random.Random, work: Path, log) 
                 ok = False
                 failures.append(f"{workload.name} cycle {cycles} after kill at {spec}: {type(exc).__name__}: {exc}")
                 break
+            left["no rows" if rows == 0 else "all rows" if rows == total_rows else "some rows"] += 1
             log(f"  cycle {cycles}: kill {done}/{kills} at {spec}: store ok, {rows} rows committed")
         if ok:
             code = run(workload, out)
@@ -272,7 +275,8 @@ def stress(workload: Workload, kills: int, rng: random.Random, work: Path, log) 
         shutil.rmtree(out, ignore_errors=True)
     return {
         "kills": done, "stores_broken": broken, "cycles": cycles, "kills_by_mode": dict(by_mode),
-        "kills_by_step": dict(sorted(by_step.items())), "runs_that_finished_before_the_kill": finished_early,
+        "kills_by_step": dict(sorted(by_step.items())), "committed_after_kill": dict(left),
+        "runs_that_finished_before_the_kill": finished_early,
         "reference_seconds": round(duration, 2), "failures": failures,
     }
 
