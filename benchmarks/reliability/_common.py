@@ -53,6 +53,18 @@ def check_against_reference(root: Path, reference) -> int:
     return rows
 
 
+def add_output_options(parser) -> None:
+    """The options every reliability script has: --json, --workdir, --quiet."""
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--workdir", default=None, help="where the stores go (a fresh temp folder inside it)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def progress_logger(quiet: bool):
+    """A print to stderr for progress lines, or a no-op with --quiet."""
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+
 def write_results(path: str | None, name: str, command: str, results: dict) -> None:
     """Print the results and, with ``path``, write them as JSON with the command and the date."""
     doc = {

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import add_output_options, progress_logger, write_results  # noqa: E402
 
 from featstore import FeatureStore  # noqa: E402
 from featstore.cli import main as featstore_cli  # noqa: E402
@@ -141,11 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--flips-per-trial", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the figures here")
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    add_output_options(p)
     args = p.parse_args(argv)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log = progress_logger(args.quiet)
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     by_region: Counter = Counter()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_env, write_results  # noqa: E402
+from _common import add_output_options, child_env, progress_logger, write_results  # noqa: E402
 
 from featstore import FeatureStore  # noqa: E402
 from featstore.errors import WriterConflictError  # noqa: E402
@@ -210,9 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seconds", type=float, default=120, help="how long the readers read (after their workers start)")
     p.add_argument("--readers", type=int, default=8, help="DataLoader workers in all, half fork, half spawn")
     p.add_argument("--race-rounds", type=int, default=50)
-    p.add_argument("--json", default=None)
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    add_output_options(p)
     p.add_argument("--role", choices=["reader", "writer"], help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--stop", help=argparse.SUPPRESS)
@@ -226,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         reader(Path(args.root), args.context, args.readers // 2, args.seconds, Path(args.report))
         return {}
 
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log = progress_logger(args.quiet)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="featstore-concurrency-", dir=args.workdir) as tmp:
         root = Path(tmp) / "store"

@@ -39,7 +39,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TESTS, check_against_reference, child_env, safetensors_bytes, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    TESTS, add_output_options, check_against_reference, child_env, progress_logger, safetensors_bytes, write_results,
+)
 
 from featstore import FeatureStore  # noqa: E402
 from featstore._crashpoints import STEPS  # noqa: E402
@@ -286,12 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--writer-kills", type=int, default=150)
     p.add_argument("--extract-kills", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the figures here")
-    p.add_argument("--workdir", default=None, help="where the stores go (a fresh temp folder inside it)")
-    p.add_argument("--quiet", action="store_true")
+    add_output_options(p)
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log = progress_logger(args.quiet)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="featstore-crash-", dir=args.workdir) as tmp:
         work = Path(tmp)
