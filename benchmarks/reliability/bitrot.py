@@ -136,10 +136,31 @@ def trial(root: Path, regions, rng: random.Random, flips: int) -> tuple[bool, li
             flip(path, byte, bit)
 
 
+def manifest_trial(root: Path, rng: random.Random) -> tuple[bool, str]:
+    """Flip one bit of ``featstore.json``; returns (caught by open or `featstore verify`, the JSON field hit)."""
+    path = root / "featstore.json"
+    raw = path.read_bytes()
+    byte, bit = rng.randrange(len(raw)), rng.randrange(8)
+    start = raw.rfind(b"\n", 0, byte) + 1
+    line = raw[start : raw.find(b"\n", byte) % (len(raw) + 1)].decode().strip()
+    field = line.split('":', 1)[0].strip('"') if '":' in line else "(a value in a list)"
+    flip(path, byte, bit)
+    try:
+        try:
+            FeatureStore.open(root)
+        except FeatureStoreError:
+            return True, field
+        return run_verify_command(root)[0] != 0, field
+    finally:
+        flip(path, byte, bit)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--flips-per-trial", type=int, default=1)
+    p.add_argument("--manifest-trials", type=int, default=0,
+                   help="also flip this many bits of featstore.json, one per trial (reported apart: it has no checksum)")
     p.add_argument("--seed", type=int, default=0)
     add_output_options(p)
     args = p.parse_args(argv)
@@ -155,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         regions = regions_of(store)
         store_bytes = sum(r["features"][2] for r in regions.values())
         del store
+        manifest_missed = [field for _ in range(args.manifest_trials) for caught, field in [manifest_trial(root, rng)]
+                           if not caught]
+        FeatureStore.open(root).verify()
         for i in range(args.trials):
             detected, hit, why = trial(root, regions, rng, args.flips_per_trial)
             by_region.update(hit)
@@ -179,6 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "missed_trials": missed[:20],
     }
+    if args.manifest_trials:
+        figures["manifest_bits_flipped"] = args.manifest_trials
+        figures["manifest_flips_not_caught"] = len(manifest_missed)
+        figures["manifest_fields_where_not_caught"] = dict(Counter(manifest_missed).most_common())
     command = "benchmarks/reliability/bitrot.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_results(args.json, "bitrot", command.strip(), figures)
     return figures
