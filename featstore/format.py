@@ -394,10 +394,11 @@ class FeatureSetRecord:
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise FormatError(f"{at}: field 'metadata' must be an object")
-        if obj.get("rows_committed", sum(b - a for a, b in committed)) != sum(b - a for a, b in committed):
+        rows_committed = sum(b - a for a, b in committed)
+        if obj.get("rows_committed", rows_committed) != rows_committed:
             raise FormatError(f"{at}: field 'rows_committed' is {obj.get('rows_committed')!r} but 'committed' holds "
-                              f"{sum(b - a for a, b in committed)} rows")
-        if complete and sum(b - a for a, b in committed) != n_rows:
+                              f"{rows_committed} rows")
+        if complete and rows_committed != n_rows:
             raise FormatError(f"{at}: marked complete but only some of its {n_rows} rows are committed")
         return cls(
             key=key,

@@ -280,11 +280,7 @@ def create_writer(
     try:
         existing = store._read_records().get(key)
         if not writable and (existing is None or (not existing.complete and fmt.gaps(existing.committed, existing.n_rows))):
-            raise WriterConflictError(
-                f"feature set {key!r}: {path} is read-only" + ("" if existing is None else
-                f" and the manifest says {existing.rows_committed} of {existing.n_rows} rows are committed") +
-                "; featstore makes only finished files read-only, so it was changed outside featstore: "
-                "move it away or choose another key")
+            raise _read_only_conflict(key, path, existing)
         if existing is not None:
             return _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume)
         # A new set. A file here without a manifest entry is an orphan of a crash during creation: it
@@ -359,6 +355,15 @@ def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, res
     if raw != header or zlib.crc32(raw) != existing.header_crc32:
         raise WriterConflictError(f"{path}: header differs from what this run would write; the file was changed")
     return FeatureWriter(store, existing, fd, path, on_disk.data_start)
+
+
+def _read_only_conflict(key: str, path: Path, existing) -> WriterConflictError:
+    if existing is None:
+        why = "the manifest does not list it (left by an interrupted delete, or not featstore's)"
+    else:
+        why = (f"the manifest says only {existing.rows_committed} of {existing.n_rows} rows are committed; featstore "
+               "makes only finished files read-only, so it was changed outside featstore")
+    return WriterConflictError(f"feature set {key!r}: {path} is read-only and {why}: move it away or choose another key")
 
 
 def _already_complete(key: str) -> WriterConflictError:

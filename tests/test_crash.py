@@ -159,7 +159,7 @@ def test_read_only_file_with_missing_rows_is_a_clear_conflict(shared_dir):
     (root / "enc" / "layer_7.safetensors").chmod(0o444)  # changed outside featstore
     code, message = _fill_as_non_root(root, "")
     assert code == 1 and message.startswith("WriterConflictError") and "is read-only" in message
-    assert "50 of 100 rows are committed" in message
+    assert "only 50 of 100 rows are committed" in message
     store = FeatureStore.open(root)
     assert store.info(KEY).rows_committed == 50
     store.verify()
