@@ -334,6 +334,11 @@ class FeatureSetRecord:
             raise FormatError(f"{where}: {exc}") from None
         if not isinstance(obj, dict):
             raise FormatError(f"{at} is not a JSON object")
+        unknown = sorted(set(obj) - _ENTRY_FIELDS) + sorted(
+            f"checksum.{k}" for k in (obj.get("checksum") if isinstance(obj.get("checksum"), dict) else {})
+            if k not in _CHECKSUM_FIELDS)
+        if unknown:
+            raise FormatError(f"{at}: unknown field(s) {unknown}; the manifest is damaged or from another program")
 
         def get(name: str, kind, desc: str):
             value = obj.get(name)
@@ -376,16 +381,24 @@ class FeatureSetRecord:
             b is None or _is_nonneg_int(b) for b in blocks
         ):
             raise FormatError(f"{at}: field 'checksum.blocks' must list {n_blocks} crc32 values or nulls")
+        if checksum.get("algorithm") != "crc32":
+            raise FormatError(f"{at}: field 'checksum.algorithm' is {checksum.get('algorithm')!r}; featstore writes 'crc32'")
         labels_crc = checksum.get("labels")
         header_crc = checksum.get("header")
-        if labels_crc is not None and not _is_nonneg_int(labels_crc):
-            raise FormatError(f"{at}: field 'checksum.labels' must be an integer or null")
+        if has_labels and not _is_nonneg_int(labels_crc):
+            raise FormatError(f"{at}: field 'checksum.labels' must be the crc32 of its labels, got {labels_crc!r}")
+        if not has_labels and labels_crc is not None:
+            raise FormatError(f"{at}: field 'checksum.labels' must be null for a set without labels")
         if not _is_nonneg_int(header_crc):
             raise FormatError(f"{at}: field 'checksum.header' must be an integer")
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise FormatError(f"{at}: field 'metadata' must be an object")
-        if complete and sum(b - a for a, b in committed) != n_rows:
+        rows_committed = sum(b - a for a, b in committed)
+        if obj.get("rows_committed", rows_committed) != rows_committed:
+            raise FormatError(f"{at}: field 'rows_committed' is {obj.get('rows_committed')!r} but 'committed' holds "
+                              f"{rows_committed} rows")
+        if complete and rows_committed != n_rows:
             raise FormatError(f"{at}: marked complete but only some of its {n_rows} rows are committed")
         return cls(
             key=key,
@@ -403,6 +416,11 @@ class FeatureSetRecord:
             created_at=float(obj.get("created_at") or 0.0),
             finished_at=obj.get("finished_at"),
         )
+
+
+_ENTRY_FIELDS = {"file", "dtype", "shape", "labels", "rows_committed", "committed", "complete", "checksum", "metadata",
+                 "created_at", "finished_at"}
+_CHECKSUM_FIELDS = {"algorithm", "block_rows", "blocks", "labels", "header"}
 
 
 def check_member_path(rel: str, where: str) -> str:

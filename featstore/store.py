@@ -291,6 +291,19 @@ def _check_header(path: Path, record: fmt.FeatureSetRecord, header: fmt.Header, 
         raise FormatError(f"{path}: holds tensors {sorted(extra)} that the manifest does not list")
     if zlib.crc32(raw) != record.header_crc32:
         raise CorruptFileError(f"{path}: header checksum mismatch for feature set {record.key!r}; the file is corrupt")
+    # The header repeats the key and the provenance: a manifest damaged there (it has no checksum of
+    # its own) is caught here instead of silently renaming the set or changing its metadata.
+    key = header.metadata.get("featstore.key")
+    if key != record.key:
+        raise FormatError(f"{path}: holds feature set {key!r} but the manifest lists it as {record.key!r}; "
+                          "the manifest is damaged: restore it from a backup")
+    try:
+        metadata = json.loads(header.metadata.get("featstore.metadata", "null"))
+    except ValueError:
+        metadata = None
+    if metadata != record.metadata:
+        raise FormatError(f"{path}: the provenance metadata in its header differs from the manifest's for feature set "
+                          f"{record.key!r}; the manifest is damaged: restore it from a backup")
 
 
 class FeatureStore:

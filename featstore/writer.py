@@ -201,6 +201,7 @@ class FeatureWriter:
                 if blocks[block] is None and fmt.covers(committed, lo, hi):
                     rb = self._layout.row_bytes
                     blocks[block] = crc32_file_range(read_fd, self._data_start + lo * rb, (hi - lo) * rb)
+        crashpoint("blocks-checksummed")
         record.committed = committed
         record.block_crc32 = blocks
         self._store._put_record(record)
@@ -216,6 +217,7 @@ class FeatureWriter:
         self.commit()
         os.fchmod(self._fd, 0o444)
         os.fsync(self._fd)
+        crashpoint("file-read-only")
         self._record.complete = True
         self._record.finished_at = time.time()
         self._store._put_record(self._record)
@@ -257,6 +259,19 @@ class FeatureWriter:
         )
 
 
+def _open_for_writing(path: Path) -> tuple[int, bool]:
+    """Open (creating) a feature set's file for writing; returns (fd, writable).
+
+    finish() makes the file read-only just before the manifest marks the set complete. A crash in
+    between leaves a read-only file whose rows are all committed; for a non-root user opening it for
+    writing fails, so it is opened read-only: a resumed writer has nothing to write, only to finish.
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+
+
 def _lock_file(fd: int, key: str, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -285,11 +300,16 @@ def create_writer(
     labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
 
+    existing = store._read_records().get(key)
+    if existing is not None and existing.complete:
+        raise _already_complete(key)  # before opening: a finished file is never opened for writing
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd, writable = _open_for_writing(path)
     _lock_file(fd, key, path)
     try:
         existing = store._read_records().get(key)
+        if not writable and (existing is None or (not existing.complete and fmt.gaps(existing.committed, existing.n_rows))):
+            raise _read_only_conflict(key, path, existing)
         if existing is not None:
             return _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume)
         # A new set. A file here without a manifest entry is an orphan of a crash during creation: it
@@ -301,6 +321,7 @@ def create_writer(
         os.ftruncate(fd, len(header) + layout.features_bytes + layout.labels_bytes)
         if labels is not None:
             _pwrite_all(fd, labels_bytes, len(header) + layout.features_bytes)
+        crashpoint("header-written")
         os.fsync(fd)
         fmt.fsync_dir(path.parent)
         crashpoint("file-created")
@@ -333,7 +354,7 @@ def create_writer(
 def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, resume) -> FeatureWriter:
     key = existing.key
     if existing.complete:
-        raise WriterConflictError(f"feature set {key!r} is already complete; choose another key to write new features")
+        raise _already_complete(key)
     if not resume:
         raise WriterConflictError(
             f"feature set {key!r} already exists with {existing.rows_committed} of {existing.n_rows} rows committed; "
@@ -363,6 +384,19 @@ def _resume(store, existing, fd, path, layout, header, labels_crc, metadata, res
     if raw != header or zlib.crc32(raw) != existing.header_crc32:
         raise WriterConflictError(f"{path}: header differs from what this run would write; the file was changed")
     return FeatureWriter(store, existing, fd, path, on_disk.data_start)
+
+
+def _read_only_conflict(key: str, path: Path, existing) -> WriterConflictError:
+    if existing is None:
+        why = "the manifest does not list it (left by an interrupted delete, or not featstore's)"
+    else:
+        why = (f"the manifest says only {existing.rows_committed} of {existing.n_rows} rows are committed; featstore "
+               "makes only finished files read-only, so it was changed outside featstore")
+    return WriterConflictError(f"feature set {key!r}: {path} is read-only and {why}: move it away or choose another key")
+
+
+def _already_complete(key: str) -> WriterConflictError:
+    return WriterConflictError(f"feature set {key!r} is already complete; choose another key to write new features")
 
 
 def _check_orphan(path: Path, key: str) -> None:

@@ -1,4 +1,5 @@
-"""Shared test setup: single-threaded torch, and a `backend` fixture over both implementations."""
+"""Shared test setup: single-threaded torch, a `backend` fixture over both implementations, and the
+no-rewrite audit around every test (tests/_rewrite_audit.py)."""
 
 import pytest
 import torch
@@ -36,3 +37,47 @@ def tiny_dinov2_dir(tmp_path_factory, hub_offline):
     from _encoder_models import make_dinov2
 
     return make_dinov2(tmp_path_factory.mktemp("dinov2"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "damages_store: the test damages finished files on purpose (no read-only check)")
+
+
+_audit_totals: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    audit = _audit_totals.get("audit")
+    if audit is not None:
+        terminalreporter.write_line(
+            f"no-rewrite audit: {_audit_totals.get('tests', 0)} tests, {audit.calls_checked} featstore file writes "
+            f"checked, {_audit_totals.get('violations', 0)} violations")
+
+
+@pytest.fixture(scope="session")
+def rewrite_audit():
+    """Installed once for the whole run (so module-scoped fixtures are audited too); see tests/_rewrite_audit.py."""
+    from _rewrite_audit import RewriteAudit
+
+    audit = RewriteAudit().install()
+    _audit_totals["audit"] = audit
+    yield audit
+    audit.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def no_rewrite(request, rewrite_audit):
+    """Fails the test if featstore rewrote committed data during it (or its fixtures), or left a
+    finished file under its tmp_path writable."""
+    check_modes = "tmp_path" in request.fixturenames and not request.node.get_closest_marker("damages_store")
+    folder = request.getfixturevalue("tmp_path") if check_modes else None
+    yield rewrite_audit
+    from _rewrite_audit import writable_finished_files
+
+    problems, rewrite_audit.violations = rewrite_audit.violations, []
+    if folder is not None:
+        problems = problems + writable_finished_files(folder)
+    _audit_totals["tests"] = _audit_totals.get("tests", 0) + 1
+    _audit_totals["violations"] = _audit_totals.get("violations", 0) + len(problems)
+    if problems:
+        pytest.fail("committed data was rewritten or left writable:\n  " + "\n  ".join(problems[:20]), pytrace=False)

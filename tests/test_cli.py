@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
 
 from featstore.cli import main
@@ -36,6 +37,7 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
     assert (tmp_path / "precious.txt").exists()
 
 
+@pytest.mark.damages_store
 def test_info_verify_export_import(tmp_path, capsys):
     make_store(tmp_path / "s", key="enc/l1", n_rows=20, row_shape=(4,))
     assert main(["info", str(tmp_path / "s")]) == 0

@@ -13,6 +13,7 @@ from featstore import CorruptFileError, FeatureStore, FormatError, FormatVersion
 from _util import make_store
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.damages_store  # the tests make files writable to damage them
 
 
 def _damaged(tmp_path, mutate):

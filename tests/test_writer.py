@@ -159,6 +159,7 @@ def test_orphan_file_from_a_crash_during_creation_is_rebuilt(tmp_path):
     assert (tmp_path / "a" / "c.safetensors").read_bytes() == b"user data, not ours"
 
 
+@pytest.mark.damages_store
 def test_verify_detects_a_flipped_bit_and_names_the_set(tmp_path):
     store, _, _ = make_store(tmp_path, key="enc/layer_3", n_rows=200, row_shape=(64,))
     assert store.verify()["feature_sets"] == 1
