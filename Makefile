@@ -6,9 +6,10 @@ STAMP := $(VENV)/.featstore-installed
 
 # `make test-sanitized` runs the suite against an ASan+UBSan build of featstore._core, in its own
 # venv (.venv-asan) and build folder, so the normal .venv is untouched. gcc's libasan is preloaded
-# into Python; leak checking is off (CPython keeps objects alive at exit on purpose).
+# into Python, with libstdc++ (ASan intercepts C++ throws only if libstdc++ is loaded at start);
+# leak checking is off (CPython keeps objects alive at exit on purpose).
 SAN_VENV ?= .venv-asan
-SAN_ENV = LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+SAN_ENV = LD_PRELOAD="$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so.6)" ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 BUILD_ARGS ?=
 RUN_ENV ?=
 

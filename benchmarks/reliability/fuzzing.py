@@ -39,8 +39,15 @@ def find_clang() -> str | None:
     return None
 
 
+def _clean_env(**extra: str) -> dict:
+    """The environment for a compiler or fuzzer subprocess: without an LD_PRELOAD of a sanitizer
+    runtime (set when the suite itself runs sanitised), which would clash with the target's own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    return {**env, **extra}
+
+
 def _compile(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env())
     if done.returncode:
         raise RuntimeError(f"build failed: {' '.join(cmd)}\n{done.stderr[-4000:]}")
 
@@ -104,7 +111,7 @@ def run_gather_fuzz(binary: Path, runs: int, work: Path, seed: int = 1, timeout:
     cmd = [str(binary), f"-runs={runs}", f"-seed={seed}"]
     if binary.name.endswith("libfuzzer"):
         cmd += [f"-artifact_prefix={work}/", "-print_final_stats=1", str(corpus)]
-    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    env = _clean_env(ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     return _run_fuzzer(cmd, env=env, timeout=timeout)
 
 
@@ -136,14 +143,16 @@ def run_parse_fuzz(runs: int, work: Path, seed: int = 1, timeout: float | None =
         (corpus / f"seed{i}").write_bytes(data)
     cmd = [sys.executable, str(Path(__file__).with_name("fuzz_parse.py")), f"-runs={runs}", f"-seed={seed}",
            "-max_len=4096", "-timeout=10", f"-artifact_prefix={work}/", "-print_final_stats=1", str(corpus)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    # The parsers are pure Python: the numpy backend keeps a sanitised _core (which would need its
+    # runtime preloaded) out of the atheris process.
+    env = _clean_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), FEATSTORE_PUREPYTHON="1")
     return _run_fuzzer(cmd, env=env, timeout=timeout)
 
 
 def run_tsan_stress(binary: Path, iterations: int, timeout: float | None = None) -> dict:
     """Run the thread-pool stress under TSan; a data race or deadlock report makes it exit non-zero."""
     t0 = time.perf_counter()
-    env = {**os.environ, "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1"}
+    env = _clean_env(TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1")
     done = subprocess.run([str(binary), str(iterations)], capture_output=True, text=True, env=env, timeout=timeout)
     out = done.stdout + done.stderr
     return {
