@@ -85,6 +85,7 @@ def build_tsan_stress(out_dir: Path) -> Path:
 
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _UNITS = re.compile(r"stat::number_of_executed_units: *(\d+)")
+_COVERAGE = re.compile(r"cov: (\d+) ft: (\d+) corp: (\d+)")
 
 
 def _run_fuzzer(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
@@ -94,7 +95,9 @@ def _run_fuzzer(cmd: list[str], env: dict | None = None, timeout: float | None =
     out = done.stdout + done.stderr
     match = _DONE.search(out)
     units = _UNITS.search(out)  # libFuzzer prints this even when it stops at a finding
+    coverage = _COVERAGE.findall(out)
     return {
+        "coverage": dict(zip(("edges", "features", "corpus"), map(int, coverage[-1]))) if coverage else None,
         "executions": int(match.group(1)) if match else int(units.group(1)) if units else 0,
         "findings": 0 if done.returncode == 0 and match else 1,
         "seconds": round(seconds, 1),
@@ -116,7 +119,8 @@ def run_gather_fuzz(binary: Path, runs: int, work: Path, seed: int = 1, timeout:
 
 
 def parse_seeds() -> list[bytes]:
-    """Valid inputs for the parse target: a safetensors file (first byte odd) and a manifest (even)."""
+    """Seeds for the parse target (first byte = mode, see fuzz_parse.py): a valid safetensors file
+    and manifest for the raw modes, a few byte strings for the structured ones."""
     sys.path.insert(0, str(REPO))
     from featstore import format as fmt
 
@@ -132,7 +136,18 @@ def parse_seeds() -> list[bytes]:
         committed=[(0, 10)], complete=True, block_rows=4, block_crc32=[1, 2, 3], labels_crc32=4, header_crc32=5,
     )
     manifest = {**fmt.empty_manifest(), "feature_sets": {"enc/layer_1": record.to_json()}}
-    return [b"\x01" + safetensors, b"\x00" + json.dumps(manifest, separators=(",", ":")).encode(), b"\x00{}", b"\x01"]
+    raw = [b"\x00" + safetensors, b"\x01" + json.dumps(manifest, separators=(",", ":")).encode(), b"\x01{}", b"\x00"]
+    structured = [bytes([mode]) + bytes(range(i, i + 24)) for mode in (2, 3) for i in (0, 100, 200)]
+    return raw + structured
+
+
+# JSON strings and values of the formats, as a libFuzzer dictionary: mutations then splice in whole
+# field names rather than guessing them byte by byte.
+PARSE_TOKENS = [
+    "__metadata__", "dtype", "shape", "data_offsets", "F16", "F32", "BF16", "I64", "U8", "BOOL", "features", "labels",
+    "format", "featstore", "format_version", "feature_sets", "file", "committed", "complete", "checksum",
+    "block_rows", "blocks", "header", "metadata", "created_at", "finished_at", "float16", "int64", "../x", "/abs",
+]
 
 
 def run_parse_fuzz(runs: int, work: Path, seed: int = 1, timeout: float | None = None) -> dict:
@@ -141,8 +156,11 @@ def run_parse_fuzz(runs: int, work: Path, seed: int = 1, timeout: float | None =
     corpus.mkdir(parents=True, exist_ok=True)
     for i, data in enumerate(parse_seeds()):
         (corpus / f"seed{i}").write_bytes(data)
+    dictionary = work / "parse.dict"
+    dictionary.write_text("".join(f"{json.dumps(json.dumps(t))}\n" for t in PARSE_TOKENS))
     cmd = [sys.executable, str(Path(__file__).with_name("fuzz_parse.py")), f"-runs={runs}", f"-seed={seed}",
-           "-max_len=4096", "-timeout=10", f"-artifact_prefix={work}/", "-print_final_stats=1", str(corpus)]
+           "-max_len=4096", "-timeout=10", f"-dict={dictionary}", f"-artifact_prefix={work}/", "-print_final_stats=1",
+           str(corpus)]
     # The parsers are pure Python: the numpy backend keeps a sanitised _core (which would need its
     # runtime preloaded) out of the atheris process.
     env = _clean_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), FEATSTORE_PUREPYTHON="1")
