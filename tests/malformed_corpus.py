@@ -374,6 +374,8 @@ _CASES: dict[str, tuple] = {
     "checksum header a string": (checksum_set(header="abc"), FormatError, MANIFEST, "checksum.header"),
     "created_at a string": (entry_set(created_at="yesterday"), FormatError, MANIFEST, "'created_at'"),
     "created_at 1e308": (entry_set(created_at=1e308), FormatError, MANIFEST, "'created_at'"),
+    "created_at an int of 400 digits": (entry_set(created_at=10**400), FormatError, MANIFEST, "'created_at'"),
+    "finished_at a list": (entry_set(finished_at=[1]), FormatError, MANIFEST, "'finished_at'"),
     "metadata a list": (entry_set(metadata=[1]), FormatError, MANIFEST, "'metadata'"),
     # -- .pt files: code, TorchScript, forged sizes, junk
     "pt plain pickle with code": (pt_file(lambda c: pickle.dumps({"features": _Evil(str(c))})), CorruptFileError, PT_FILE, "weights-only"),
