@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ MANIFEST_NAME = "featstore.json"
 LOCK_NAME = ".featstore.lock"
 ALIGNMENT = 4096  # the data section (and so row 0 of "features") starts on this boundary
 MAX_HEADER_BYTES = 100_000_000  # the same cap safetensors itself applies
+MAX_TENSOR_BYTES = 1 << 62  # a shape needing more bytes than this (or any file could hold) is corrupt
 FEATURES = "features"
 LABELS = "labels"
 LABELS_DTYPE = "int64"
@@ -169,6 +171,55 @@ def _is_nonneg_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _load_json(text: str, path: str, what: str) -> Any:
+    """json.loads for untrusted text: every way it can fail (bad syntax, nesting too deep for the
+    parser's recursion, integers too long to convert, duplicate keys) is a CorruptFileError naming ``what``."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path}: {what} is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt") from None
+    except RecursionError:
+        raise CorruptFileError(f"{path}: {what} nests JSON arrays/objects too deeply; the file is corrupt") from None
+    except ValueError as exc:  # e.g. an integer with more digits than int() converts
+        raise CorruptFileError(f"{path}: {what} is not valid JSON ({str(exc)[:120]}); the file is corrupt") from None
+
+
+def shape_nbytes(shape: list[int], item_bytes: int, where: str, error=FormatError) -> int:
+    """Bytes a tensor of ``shape`` (non-negative ints) needs; raises ``error`` naming 'shape' when that
+    exceeds MAX_TENSOR_BYTES. Stops multiplying as soon as the product is too big, so a header with
+    thousands of huge dimensions costs no more than one with a few."""
+    total = item_bytes
+    for dim in shape:
+        total *= dim
+        if total > MAX_TENSOR_BYTES:
+            if 0 in shape:
+                return 0
+            raise error(f"{where}: field 'shape' {_short(shape)} needs more than {MAX_TENSOR_BYTES} bytes; the file is corrupt")
+    return total
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """repr() of an untrusted value, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def open_regular_file(path: str | os.PathLike, what: str):
+    """Open ``path`` for binary reading only if it is a regular file (not a FIFO, device or folder,
+    which could block or never end); raises FormatError naming ``what`` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise FormatError(f"{os.fspath(path)}: {what} is {kind}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
     """Validate a safetensors header read from the start of ``path``.
 
@@ -197,10 +248,7 @@ def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
         raise CorruptFileError(f"{path}: header is not valid UTF-8 (byte {exc.start}); the file is corrupt") from None
     if not text.startswith("{"):
         raise CorruptFileError(f"{path}: header does not start with '{{'; not a safetensors file")
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
-    except json.JSONDecodeError as exc:
-        raise CorruptFileError(f"{path}: header is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt") from None
+    obj = _load_json(text, path, "header")
     if not isinstance(obj, dict):
         raise CorruptFileError(f"{path}: header is not a JSON object")
 
@@ -214,22 +262,22 @@ def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
         if not isinstance(entry, dict):
             raise CorruptFileError(f"{where} is not a JSON object")
         code = entry.get("dtype")
-        if code not in SAFETENSORS_CODES:
-            raise CorruptFileError(f"{where}: unknown dtype {code!r}; featstore reads {', '.join(SAFETENSORS_CODES)}")
+        if not isinstance(code, str) or code not in SAFETENSORS_CODES:
+            raise CorruptFileError(f"{where}: unknown dtype {_short(code)}; featstore reads {', '.join(SAFETENSORS_CODES)}")
         dtype = SAFETENSORS_CODES[code]
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(_is_nonneg_int(d) for d in shape):
-            raise CorruptFileError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+            raise CorruptFileError(f"{where}: 'shape' must be a list of non-negative integers, got {_short(shape)}")
         offsets = entry.get("data_offsets")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_nonneg_int(o) for o in offsets):
-            raise CorruptFileError(f"{where}: 'data_offsets' must be [begin, end] integers, got {offsets!r}")
+            raise CorruptFileError(f"{where}: 'data_offsets' must be [begin, end] integers, got {_short(offsets)}")
         begin, end = offsets
         if begin > end:
             raise CorruptFileError(f"{where}: 'data_offsets' begin {begin} is after end {end}")
-        nbytes = math.prod(shape) * itemsize(dtype)  # Python ints: no overflow
+        nbytes = shape_nbytes(shape, itemsize(dtype), where, CorruptFileError)
         if end - begin != nbytes:
             raise CorruptFileError(
-                f"{where}: 'data_offsets' span {end - begin} bytes but shape {shape} of {dtype} needs {nbytes}"
+                f"{where}: 'data_offsets' span {end - begin} bytes but shape {_short(shape)} of {dtype} needs {nbytes}"
             )
         tensors[name] = TensorEntry(dtype, tuple(shape), begin, end)
 
@@ -251,7 +299,7 @@ def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
 def read_header(path: str | os.PathLike) -> tuple[Header, bytes]:
     """Read and validate the header of a safetensors file; returns it and its raw bytes (for checksums)."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular_file(path, "a feature-set file") as f:
         size = os.fstat(f.fileno()).st_size
         first = f.read(8)
         if len(first) < 8:
@@ -353,7 +401,8 @@ class FeatureSetRecord:
             raise FormatError(f"{at}: field 'dtype' is {dtype!r}, not one of {', '.join(DTYPES)}")
         shape = get("shape", list, "a list of non-negative integers")
         if not shape or not all(_is_nonneg_int(d) for d in shape):
-            raise FormatError(f"{at}: field 'shape' must be a non-empty list of non-negative integers, got {shape!r}")
+            raise FormatError(f"{at}: field 'shape' must be a non-empty list of non-negative integers, got {_short(shape)}")
+        shape_nbytes(shape, itemsize(dtype), at)
         n_rows = shape[0]
         has_labels = get("labels", bool, "true or false")
         complete = get("complete", bool, "true or false")
@@ -400,6 +449,12 @@ class FeatureSetRecord:
                               f"{rows_committed} rows")
         if complete and rows_committed != n_rows:
             raise FormatError(f"{at}: marked complete but only some of its {n_rows} rows are committed")
+        created_at, finished_at = obj.get("created_at"), obj.get("finished_at")
+        for name, stamp in (("created_at", created_at), ("finished_at", finished_at)):
+            # abs(x) < 1e12 also rejects NaN and inf, and compares huge ints without converting them
+            if stamp is not None and not (isinstance(stamp, (int, float)) and not isinstance(stamp, bool)
+                                          and abs(stamp) < 1e12):
+                raise FormatError(f"{at}: field {name!r} must be a time in seconds or null, got {_short(stamp)}")
         return cls(
             key=key,
             file=file,
@@ -413,8 +468,8 @@ class FeatureSetRecord:
             labels_crc32=labels_crc,
             header_crc32=header_crc,
             metadata=metadata,
-            created_at=float(obj.get("created_at") or 0.0),
-            finished_at=obj.get("finished_at"),
+            created_at=float(created_at or 0.0),
+            finished_at=finished_at,
         )
 
 
@@ -434,8 +489,11 @@ def check_member_path(rel: str, where: str) -> str:
 def resolve_member(root: Path, rel: str, where: str) -> Path:
     """The absolute path of a store member, refusing symlinks that lead out of the root."""
     check_member_path(rel, where)
-    real_root = root.resolve()
-    target = (root / rel).resolve()
+    try:
+        real_root = root.resolve()
+        target = (root / rel).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop, or a path too long to resolve
+        raise FormatError(f"{where}: path {rel!r} cannot be resolved inside the store root ({exc})") from None
     if real_root != target and real_root not in target.parents:
         raise FormatError(f"{where}: {rel!r} resolves to {target}, outside the store root {real_root} (a symlink?)")
     return target
@@ -450,17 +508,23 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], dict[str, FeatureSetRecor
     path = root / MANIFEST_NAME
     where = str(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path, "the manifest") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_HEADER_BYTES:
                 raise CorruptFileError(f"{where} is {size} bytes, larger than any manifest featstore writes")
             raw = f.read()
     except FileNotFoundError:
         raise FormatError(f"{where} does not exist: {root} is not a featstore root (create one with FeatureStore.create)") from None
+    return parse_manifest(raw, where)
+
+
+def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, FeatureSetRecord]]:
+    """Validate the bytes of a manifest (``where`` names it in errors); see :func:`read_manifest`."""
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys(where))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{where} is not valid UTF-8 JSON ({exc}); restore it from a backup") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{where}: the manifest is not valid UTF-8 (byte {exc.start}); restore it from a backup") from None
+    obj = _load_json(text, where, "the manifest")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
         raise FormatError(f"{where}: not a featstore manifest (field 'format' must be {FORMAT_NAME!r})")
     version = obj.get("format_version")

@@ -76,6 +76,13 @@ def load_pt(path: str | os.PathLike) -> dict[str, Any]:
         dtype_name(features.dtype)
     except ValueError as exc:
         raise FormatError(f"{path}: key 'features': {exc}") from None
+    declared = features.numel() * features.element_size()
+    stored = features.untyped_storage().nbytes()
+    if declared > stored:  # e.g. a stride-0 view declaring 2**40 rows over 16 stored bytes
+        raise FormatError(
+            f"{path}: key 'features' declares shape {tuple(features.shape)} ({declared} bytes) but its storage "
+            f"holds {stored} bytes (a broadcast or expanded view); save a dense tensor (.contiguous())"
+        )
     labels = obj.get("labels")
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.shape != (features.shape[0],):

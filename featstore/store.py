@@ -270,8 +270,6 @@ def _read_header_for(path: Path, where: str) -> tuple[fmt.Header, bytes]:
         return fmt.read_header(path)
     except FileNotFoundError:
         raise FormatError(f"{where}: its file {path} is missing; restore it or remove the entry from the manifest") from None
-    except IsADirectoryError:
-        raise FormatError(f"{where}: {path} is a directory, not a safetensors file") from None
 
 
 def _check_header(path: Path, record: fmt.FeatureSetRecord, header: fmt.Header, raw: bytes) -> None:
