@@ -32,6 +32,7 @@ def valid_store(tmp_path_factory):
     return root
 
 
+@pytest.mark.damages_store  # the cases make files writable to damage them
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_malformed_input_is_a_clear_error(case, valid_store, tmp_path):
     root = tmp_path / "store"
