@@ -15,6 +15,27 @@ void check(cudaError_t err, const char* call) {
     throw Error(std::string(call) + " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
+// Makes `device` current for one call and restores the caller's device afterwards, so a gather on
+// cuda:1 does not leave the calling thread (and torch's next allocation) on GPU 1.
+class DeviceGuard {
+   public:
+    explicit DeviceGuard(int device) {
+        if (cudaGetDevice(&previous_) != cudaSuccess) {
+            cudaGetLastError();
+            previous_ = -1;
+        }
+        check(cudaSetDevice(device), "cudaSetDevice");
+    }
+    ~DeviceGuard() {
+        if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+    }
+    DeviceGuard(const DeviceGuard&) = delete;
+    DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+   private:
+    int previous_ = -1;
+};
+
 // Grid-stride over (row k, vector v) pairs: consecutive threads move consecutive vectors of a row,
 // then of the next row (rows arrive sorted, so host reads walk forward through the file).
 template <typename V>
@@ -76,7 +97,7 @@ bool read_only_register_supported(int device) {
 }
 
 bool host_register(std::uintptr_t ptr, std::size_t bytes, bool read_only, int device) {
-    check(cudaSetDevice(device), "cudaSetDevice");
+    DeviceGuard guard(device);
     unsigned flags = cudaHostRegisterMapped | cudaHostRegisterPortable;
     if (read_only) flags |= cudaHostRegisterReadOnly;
     const cudaError_t err = cudaHostRegister(reinterpret_cast<void*>(ptr), bytes, flags);
@@ -99,7 +120,7 @@ bool host_unregister(std::uintptr_t ptr) {
 }
 
 std::uintptr_t device_pointer(std::uintptr_t ptr, int device) {
-    check(cudaSetDevice(device), "cudaSetDevice");
+    DeviceGuard guard(device);
     void* dev = nullptr;
     check(cudaHostGetDevicePointer(&dev, reinterpret_cast<void*>(ptr), 0), "cudaHostGetDevicePointer");
     return reinterpret_cast<std::uintptr_t>(dev);
@@ -112,7 +133,7 @@ void gather_rows(std::uintptr_t src, std::int64_t n_rows, std::int64_t row_bytes
     if (n_rows < 0 || n < 0) throw std::invalid_argument("n_rows and n must be non-negative");
     if (n == 0) return;
     if (!src || !rows || !out) throw std::invalid_argument("src, rows and out must be non-null device addresses");
-    check(cudaSetDevice(device), "cudaSetDevice");
+    DeviceGuard guard(device);
     auto s = reinterpret_cast<cudaStream_t>(stream);
     // The widest load that every row start in src and out is aligned to.
     const std::uintptr_t align = src | out | static_cast<std::uintptr_t>(row_bytes);

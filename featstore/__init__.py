@@ -21,6 +21,7 @@ from .errors import (
     UnknownEncoderError,
     UnknownLayerError,
     VerificationError,
+    WriterBusyError,
     WriterConflictError,
 )
 from .format import FORMAT_VERSION
@@ -85,6 +86,7 @@ __all__ = [
     "UnknownEncoderError",
     "UnknownLayerError",
     "VerificationError",
+    "WriterBusyError",
     "WriterConflictError",
     "backend",
     "collate",

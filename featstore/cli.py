@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import shutdown
 
     args = build_parser().parse_args(argv)
-    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    where = f" (rank {os.environ.get('RANK', '?')})" if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
     try:
         return args.func(args)
     except FeatureStoreError as exc:

@@ -129,6 +129,11 @@ class HostRegistry:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def pinned_bytes(self, exclude=()) -> int:
+        """Bytes of host memory registrations pin now, leaving out the feature sets in ``exclude``."""
+        skip = {_address(fs) for fs in exclude if fs.nbytes > 0}
+        return sum(e.nbytes for a, e in list(self._entries.items()) if a not in skip)
+
     def __contains__(self, fs: "FeatureSet") -> bool:
         return fs.nbytes > 0 and _address(fs) in self._entries
 
@@ -187,6 +192,10 @@ class HostRegistry:
             if entry is None:
                 return False
             try:
+                # Kernels are asynchronous: one may still read these pages (a gather whose set was a
+                # temporary, collected as the call returned). Wait for every device before letting go.
+                for d in range(torch.cuda.device_count()):
+                    torch.cuda.synchronize(d)
                 self.mod.host_unregister(address)
             except RuntimeError:
                 pass  # left registered: a later registration at this address replaces it (see _register)

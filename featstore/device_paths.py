@@ -47,13 +47,15 @@ def choose_path(
     uva_ok: bool,
     uva_why: str = "",
     host_bytes: int | None = None,
+    pinned_bytes: int = 0,
 ) -> PathChoice:
     """Pick the path for ``cache`` given the facts; raise when a requested path cannot run.
 
     ``set_bytes``: bytes the device cache would hold (features and labels of every set);
     ``free_bytes``: free GPU memory; ``share``: the fraction of it the cache may take;
     ``uva_ok``/``uva_why``: whether the kernel path works here, and why not; ``host_bytes``: the
-    machine's RAM (None: unknown), of which auto lets "uva" pin at most half.
+    machine's RAM (None: unknown), of which auto lets "uva" pin at most half, counting the
+    ``pinned_bytes`` that other sets' registrations pin already.
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
@@ -80,8 +82,9 @@ def choose_path(
             "device", f"the sets ({_mb(set_bytes)}) fit in {share:g} of free GPU memory ({_mb(budget)} of {_mb(free_bytes)})"
         )
     too_big = f"the sets ({_mb(set_bytes)}) exceed {share:g} of free GPU memory ({_mb(budget)})"
-    if uva_ok and host_bytes is not None and set_bytes > host_bytes // 2:
-        uva_ok, uva_why = False, f"registering would pin more than half of the RAM ({_mb(host_bytes)})"
+    if uva_ok and host_bytes is not None and set_bytes + pinned_bytes > host_bytes // 2:
+        uva_ok, uva_why = False, (f"registering would pin more than half of the RAM ({_mb(host_bytes)}), with "
+                                  f"{_mb(pinned_bytes)} pinned by other sets' registrations")
     if uva_ok:
         return PathChoice("uva", f"{too_big}; the CUDA kernel gathers from the registered file pages")
     return PathChoice("pinned", f"{too_big}, and the CUDA kernel path is unavailable ({uva_why}); pinned staging")
@@ -102,15 +105,19 @@ def device_share(share: float | None) -> float:
     return float(share)
 
 
-def loader_path(cache: str, device: torch.device, set_bytes: int, share: float | None) -> tuple[PathChoice, dict]:
-    """Gather the facts for ``choose_path`` on this machine; returns the choice and the facts (for info)."""
+def loader_path(cache: str, device: torch.device, set_bytes: int, share: float | None,
+                sets=()) -> tuple[PathChoice, dict]:
+    """Gather the facts for ``choose_path`` on this machine (``sets``: the loader's feature sets, whose own
+    registrations are not counted as pinned by others); returns the choice and the facts (for info)."""
     facts: dict = {"cache": cache, "set_bytes": set_bytes}
     cuda_ok = device.type == "cuda" and torch.cuda.is_available()
-    free, uva_ok, uva_why = 0, False, "not a CUDA device"
+    free, uva_ok, uva_why, pinned = 0, False, "not a CUDA device", 0
     if cuda_ok and cache in ("auto", "uva"):
-        from .cuda import uva_support
+        from .cuda import REGISTRY, uva_support
 
         uva_ok, uva_why = uva_support(device)
+        pinned = REGISTRY.pinned_bytes(exclude=sets) if uva_ok else 0
+        facts["pinned_bytes"] = pinned
     if share is not None:
         device_share(share)  # a bad argument is an error wherever it runs
     if cuda_ok and cache == "auto":
@@ -126,6 +133,7 @@ def loader_path(cache: str, device: torch.device, set_bytes: int, share: float |
         uva_ok=uva_ok,
         uva_why=uva_why,
         host_bytes=host_ram(),
+        pinned_bytes=pinned,
     )
     return choice, facts
 

@@ -174,6 +174,31 @@ def all_sum(ranks: Ranks, value: int) -> int:
     return int(t.item())
 
 
+def all_sum_or_fail(ranks: Ranks, value: int, failure: BaseException | None = None) -> int:
+    """:func:`all_sum` that also carries failures, for loops where every rank makes the same collectives.
+
+    A rank that failed calls it once with its exception (``value`` is then ignored) and raises its own
+    error afterwards; every other rank's matching call raises DistributedError naming the failed
+    rank(s) and their messages, instead of waiting in its next collective until the timeout.
+    """
+    if not ranks.distributed:
+        return int(value)
+    import torch.distributed as dist
+
+    from .errors import DistributedError
+
+    t = torch.tensor([0 if failure else int(value), int(failure is not None)], dtype=torch.int64,
+                     device=_collective_device())
+    dist.all_reduce(t)
+    if int(t[1].item()) == 0:
+        return int(t[0].item())
+    messages: list = [None] * ranks.world_size
+    dist.all_gather_object(messages, None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        return 0  # the caller raises its own error
+    raise DistributedError("; ".join(f"rank {r} failed: {m}" for r, m in enumerate(messages) if m is not None))
+
+
 def barrier(ranks: Ranks) -> None:
     """Wait until every rank is here (nothing without a group)."""
     if ranks.distributed:

@@ -34,6 +34,10 @@ class WriterConflictError(FeatureStoreError):
     """Another writer holds the feature set, or the requested write would change committed rows."""
 
 
+class WriterBusyError(WriterConflictError):
+    """Another process holds the feature set's writer lock right now (wait for it, or stop it, then resume)."""
+
+
 class VerificationError(FeatureStoreError):
     """store.verify() found data that does not match its recorded checksums."""
 

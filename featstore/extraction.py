@@ -31,7 +31,7 @@ import torch
 from . import format as fmt
 from ._dtypes import TORCH_DTYPES, dtype_name
 from .encoders import Encoder, build_encoder, pool
-from .errors import ExtractionError, WriterConflictError
+from .errors import ExtractionError, WriterBusyError, WriterConflictError
 
 DEFAULT_COMMIT_EVERY = 8
 
@@ -408,6 +408,8 @@ def _open_writer(store, plan: Plan, lp, key: str, n_rows: int, row_shape, store_
     try:
         writer = store.create_feature_set(key, n_rows, row_shape, store_dtype, plan.metadata[lp],
                                           plan.labels, resume=True)
+    except WriterBusyError:
+        raise  # another run is writing it: --overwrite would not help
     except WriterConflictError as exc:
         raise ExtractionError(f"{exc}; pass --overwrite (overwrite=True) to write it anew") from None
     writers[key] = writer

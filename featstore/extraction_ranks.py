@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 
-from .distributed import Ranks, all_sum, barrier, on_main, split_evenly
+from .distributed import Ranks, all_sum_or_fail, barrier, on_main, split_evenly
+from .errors import DistributedError
 from .extraction import ExtractResult, Plan, _batches_to_do, _progress, encode_batches, take_sets
 from .shards import RankShard, fold_progress
 
@@ -61,7 +62,7 @@ def _write_share(store, plan: Plan, active: dict, n_rows: int, store_dtype: str,
     state = {"images": 0, "unreported": 0, "rounds": 0}
 
     def report() -> None:  # one all-reduce per round on every rank: the same number on all of them
-        bar.update(all_sum(ranks, state["unreported"]))
+        bar.update(all_sum_or_fail(ranks, state["unreported"]))
         state["unreported"] = 0
         state["rounds"] += 1
 
@@ -75,21 +76,26 @@ def _write_share(store, plan: Plan, active: dict, n_rows: int, store_dtype: str,
     try:
         if mine:
             plan.encoder.model  # load the weights before the clock starts
-        writers = {key: shard.join(key, plan.metadata[lp]) for lp, key in active.items()}
+        writers = {key: shard.join(key, plan.metadata[lp], owner=ranks.is_main) for lp, key in active.items()}
         start = time.perf_counter()
         encode_batches(plan, mine, active, n_rows, store_dtype, num_workers, lambda lp, key, shape: writers[key],
                        after_batch)
         shard.commit()
         while state["rounds"] < rounds:
             report()
-        result.images_encoded = all_sum(ranks, state["images"])
+        result.images_encoded = all_sum_or_fail(ranks, state["images"])
         result.seconds = time.perf_counter() - start
-    except BaseException:
+    except BaseException as exc:
         # keep what this rank wrote: a rerun continues from it (a failure here must not hide the error)
         try:
             shard.commit()
         except Exception:
             pass
+        if not isinstance(exc, DistributedError):  # this rank failed: tell the others at their next collective
+            try:
+                all_sum_or_fail(ranks, 0, exc)
+            except Exception:
+                pass
         raise
     finally:
         shard.close()

@@ -96,7 +96,7 @@ class BatchLoader:
         self.prefetch = prefetch
         self.epoch = int(epoch)
         self.ranks = resolve_ranks(rank, world_size)
-        if seed is None and self.ranks.distributed:
+        if seed is None and shuffle and self.ranks.distributed:
             raise ValueError(f"rank {self.ranks.rank} of {self.ranks.world_size}: every rank must shuffle with the same "
                              "seed to get disjoint shares; pass seed=<int>")
         self.rows = self._check_rows(rows)
@@ -114,7 +114,7 @@ class BatchLoader:
         from .device_paths import loader_path
 
         set_bytes = sum(fs.nbytes for fs in self.sets.values()) + (8 * self.n_rows if self.labels is not None else 0)
-        choice, facts = loader_path(cache, self.device, set_bytes, cache_share)
+        choice, facts = loader_path(cache, self.device, set_bytes, cache_share, sets=list(self.sets.values()))
         info = {"path": choice.path, "why": choice.why, **facts}
         if choice.path == "uva":
             from . import cuda

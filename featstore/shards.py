@@ -57,7 +57,7 @@ def _read_progress(path: Path, record: fmt.FeatureSetRecord) -> list[tuple[int, 
     set's, stale (the set was recreated) or unreadable (its rows are then written again)."""
     try:
         obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, absurdly deep or long
         return None
     if not isinstance(obj, dict) or obj.get("format") != _PROGRESS_FORMAT or obj.get("key") != record.key:
         return None
@@ -130,9 +130,11 @@ class RankShard:
         self.rank = int(rank)
         self.writers: dict[str, ShardWriter] = {}
 
-    def join(self, key: str, metadata: dict) -> ShardWriter:
+    def join(self, key: str, metadata: dict, owner: bool = False) -> ShardWriter:
         """Open a writer of ``key``, which rank 0 of this job has created and holds; refuse when nobody
-        holds it or its header is not what this rank would write (other model, dtype, labels)."""
+        holds it or its header is not what this rank would write (other model, dtype, labels).
+        ``owner``: this process is the one holding the lock (rank 0), so there is nothing to check; on
+        NFS, where flock is emulated with per-process POSIX locks, probing it here would release it."""
         record = self.store._read_records().get(key)
         if record is None or record.complete:
             state = "does not exist" if record is None else "is already complete"
@@ -140,7 +142,8 @@ class RankShard:
         path = fmt.resolve_member(self.store.root, record.file, f"feature set {key!r}")
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            _check_owned(fd, key, path)
+            if not owner:
+                _check_owned(fd, key, path)
             on_disk, raw = fmt.read_header(path)
             if raw != expected_header(key, record.layout, metadata):
                 raise WriterConflictError(f"{path}: its header differs from what rank {self.rank} would write "

@@ -25,7 +25,7 @@ import numpy as np
 from . import format as fmt
 from ._crashpoints import crashpoint
 from ._dtypes import as_tensor, byte_view, dtype_name
-from .errors import IncompleteFeatureSetError, WriterConflictError
+from .errors import FeatureStoreError, IncompleteFeatureSetError, WriterBusyError, WriterConflictError
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -268,7 +268,10 @@ def _open_for_writing(path: Path) -> tuple[int, bool]:
     """
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-    except PermissionError:
+    except PermissionError as exc:
+        if not path.exists():
+            raise FeatureStoreError(f"{path}: cannot create it ({exc.strerror}); the store's folder "
+                                    f"{path.parent} must be writable by this user") from None
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
 
 
@@ -277,7 +280,7 @@ def _lock_file(fd: int, key: str, path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise WriterConflictError(
+        raise WriterBusyError(
             f"feature set {key!r} ({path}) is being written by another process; wait for it or kill it, then resume"
         ) from None
 

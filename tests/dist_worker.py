@@ -72,3 +72,27 @@ def failing_rank(rank: int, port: int, report) -> None:
         barrier(ranks)
     except Exception as exc:
         report.put((rank, "barrier", f"{type(exc).__name__} after {time.perf_counter() - start:.0f} s"))
+
+
+def rank_failing_in_a_loop(rank: int, port: int, report) -> None:
+    """Spawned by test_distributed.py: both ranks run rounds of all_sum_or_fail; rank 1 fails in round 2
+    and tells rank 0 at its next collective, as an extraction's share loop does."""
+    import os
+
+    from featstore.distributed import all_sum_or_fail
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), FEATSTORE_DIST_TIMEOUT_S="30")
+    ranks = ensure_process_group("cpu")
+    sums = []
+    try:
+        for round_ in range(5):
+            if rank == 1 and round_ == 2:
+                try:
+                    raise OSError("image 7 is unreadable")
+                except OSError as exc:
+                    all_sum_or_fail(ranks, 0, exc)
+                    raise
+            sums.append(all_sum_or_fail(ranks, round_ + 1))
+    except Exception as exc:
+        report.put((rank, type(exc).__name__, str(exc), sums))

@@ -227,31 +227,48 @@ def test_killed_rank_resumes_bit_identical(inputs, reference, tmp_path):
     FeatureStore.open(tmp_path).verify()
 
 
-def test_a_failed_rank_stops_the_others_with_its_error():
-    """A step of rank 0 that fails raises on every rank with its message; a rank that waits in a
-    collective for a rank gone quiet gives up after the process group's timeout (3 s here)."""
+def _two_spawned_ranks(target, n_reports: int) -> list[tuple]:
+    """Run ``target(rank, port, queue)`` in two spawned processes (a gloo group on a free port); return the
+    first ``n_reports`` items they put on the queue, then kill both."""
     import multiprocessing
     import socket
-
-    from dist_worker import failing_rank
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     report = ctx.Queue()
-    procs = [ctx.Process(target=failing_rank, args=(r, port, report), daemon=True) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, report), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:
-        seen = {}
-        for _ in range(3):
-            rank, kind, message = report.get(timeout=120)
-            seen[(rank, kind)] = message
+        return [report.get(timeout=120) for _ in range(n_reports)]
     finally:
         for p in procs:
             p.kill()
             p.join()
+
+
+def test_a_failed_rank_stops_the_others_with_its_error():
+    """A step of rank 0 that fails raises on every rank with its message; a rank that waits in a
+    collective for a rank gone quiet gives up after the process group's timeout (3 s here)."""
+    from dist_worker import failing_rank
+
+    seen = {(rank, kind): message for rank, kind, message in _two_spawned_ranks(failing_rank, 3)}
     assert seen[(0, "ValueError")] == "cannot take the feature sets"
     assert seen[(1, "DistributedError")] == "rank 0 failed: ValueError: cannot take the feature sets"
     assert re.fullmatch(r"RuntimeError after [2-9] s", seen[(0, "barrier")])  # the 3 s timeout, not a hang
+
+
+def test_a_rank_failing_mid_loop_stops_the_others_at_once():
+    """A rank other than 0 that fails between collectives makes the others raise DistributedError with
+    its message at their next all_sum_or_fail, well before the process group's 30 s timeout."""
+    import time
+
+    from dist_worker import rank_failing_in_a_loop
+
+    start = time.perf_counter()
+    seen = {rank: (kind, message, sums) for rank, kind, message, sums in _two_spawned_ranks(rank_failing_in_a_loop, 2)}
+    assert seen[1] == ("OSError", "image 7 is unreadable", [2, 4])
+    assert seen[0] == ("DistributedError", "rank 1 failed: OSError: image 7 is unreadable", [2, 4])
+    assert time.perf_counter() - start < 30  # told, not timed out

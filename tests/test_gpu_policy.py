@@ -42,6 +42,10 @@ def test_auto_does_not_pin_more_than_half_of_the_ram_for_the_kernel_path():
     choice = choose_path("auto", **facts, set_bytes=601 * MB, host_bytes=1200 * MB)
     assert choice.path == "pinned" and "pin more than half of the RAM" in choice.why
     assert choose_path("uva", **facts, set_bytes=2000 * MB, host_bytes=1200 * MB).path == "uva"  # asked for
+    # what other sets' registrations pin already counts too (a sweep over many layers keeps each one)
+    choice = choose_path("auto", **facts, set_bytes=550 * MB, host_bytes=1200 * MB, pinned_bytes=51 * MB)
+    assert choice.path == "pinned" and "51.0 MiB pinned by other sets" in choice.why
+    assert choose_path("auto", **facts, set_bytes=550 * MB, host_bytes=1200 * MB, pinned_bytes=50 * MB).path == "uva"
 
 
 def test_explicit_modes_are_honoured_or_refused_with_a_reason():
