@@ -132,3 +132,25 @@ def test_task_and_errors(store, ds):
     assert wilson_interval(0, 0) == (0.0, 1.0)
     lo, hi = wilson_interval(50, 100)
     assert lo < 0.5 < hi and abs((0.5 - lo) - (hi - 0.5)) < 1e-9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cache", ["device", "pinned"])
+def test_probes_on_cuda_match_the_cpu(store, ds, cache, monkeypatch):
+    """The same probes trained from the store's CUDA batches reach the CPU's accuracies (float32 sums in
+    another order: equal within a few test rows), and a CUDA run repeats itself exactly."""
+    from featstore import loader
+
+    real = loader.BatchLoader.__init__
+
+    def with_cache(self, *args, **kw):  # the probe's CUDA loaders take this path; its CPU ones stay CPU
+        if torch.device(kw.get("device") or "cpu").type == "cuda":
+            kw["cache"] = cache
+        real(self, *args, **kw)
+
+    monkeypatch.setattr(loader.BatchLoader, "__init__", with_cache)
+    cpu = by_head(train_probes(store, ds, "toy/*", "relation", device="cpu", **FAST))
+    gpu_out = train_probes(store, ds, "toy/*", "relation", device="cuda", **FAST)
+    assert gpu_out == train_probes(store, ds, "toy/*", "relation", device="cuda", **FAST)
+    for key, r in by_head(gpu_out).items():
+        assert abs(r["test_acc"] - cpu[key]["test_acc"]) <= 0.05, key
