@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from featstore import FeatureStore
-from featstore._crashpoints import STEPS
 
 HERE = Path(__file__).parent
 N_ROWS, CHUNK = 600, 50

@@ -5,7 +5,6 @@ resumed, fs.batches' shares and a probe with DistributedDataParallel."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path

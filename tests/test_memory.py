@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 SCRIPT = r"""
 import json, sys, psutil, torch
