@@ -330,7 +330,7 @@ def _extract_here(store, plan: Plan, active: dict, n_rows: int, store_dtype: str
                 for w in writers.values():
                     w.commit()
 
-        encode_batches(plan, todo, active, n_rows, store_dtype, num_workers, writer_for, after_batch)
+        encode_batches(plan, todo, active, store_dtype, num_workers, writer_for, after_batch)
         for w in writers.values():
             w.finish()
         result.seconds = time.perf_counter() - start
@@ -350,7 +350,7 @@ def _extract_here(store, plan: Plan, active: dict, n_rows: int, store_dtype: str
             bar.close()
 
 
-def encode_batches(plan: Plan, todo: list[list[int]], active: dict, n_rows: int, store_dtype: str, num_workers: int,
+def encode_batches(plan: Plan, todo: list[list[int]], active: dict, store_dtype: str, num_workers: int,
                    writer_for, after_batch) -> None:
     """Encode each batch of distinct images in ``todo`` (decoded in DataLoader workers) and write every
     (layer, pooling)'s rows that its writer, ``writer_for(lp, key, row_shape)``, has not committed;
@@ -363,16 +363,13 @@ def encode_batches(plan: Plan, todo: list[list[int]], active: dict, n_rows: int,
         prefetch_factor=2 if num_workers else None)
     for done, (idx, inputs) in enumerate(loader, 1):
         tokens = plan.encoder.forward(inputs, plan.layers)
-        rows = np.sort(np.concatenate([plan.rows_of[j] for j in idx]))
-        # dataset row -> position of its image in this batch
-        where = np.empty(n_rows, dtype=np.int64)
-        for pos, j in enumerate(idx):
-            where[plan.rows_of[j]] = pos
+        rows, where = _batch_rows(plan, idx)
         for (layer, p), key in active.items():
             feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[store_dtype])
             writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
             for a, b in _runs(_uncommitted(writer, rows)):
-                writer.write(a, feats[torch.from_numpy(where[a:b])].contiguous())
+                first = int(np.searchsorted(rows, a))  # rows a..b-1 are consecutive entries of the sorted rows
+                writer.write(a, feats[torch.from_numpy(where[first:first + b - a])].contiguous())
         after_batch(done, len(idx))
 
 
@@ -414,6 +411,16 @@ def _open_writer(store, plan: Plan, lp, key: str, n_rows: int, row_shape, store_
         raise ExtractionError(f"{exc}; pass --overwrite (overwrite=True) to write it anew") from None
     writers[key] = writer
     return writer
+
+
+def _batch_rows(plan: Plan, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset rows of a batch of distinct images (sorted), and for each the image's position in
+    the batch: sized by the batch, not by the dataset."""
+    parts = [plan.rows_of[j] for j in idx]
+    rows = np.concatenate(parts)
+    where = np.repeat(np.arange(len(idx), dtype=np.int64), [len(r) for r in parts])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], where[order]
 
 
 def _uncommitted(writer, rows: np.ndarray) -> np.ndarray:
