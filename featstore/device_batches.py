@@ -84,10 +84,8 @@ class UvaAssembler(_SideStreamAssembler):
     """The CUDA kernel reads each batch's rows from the sets' registered file pages (featstore.cuda)."""
 
     def __init__(self, loader: "BatchLoader"):
-        index = loader.device.index if loader.device.index is not None else torch.cuda.current_device()
-        self.sources = {key: cuda.REGISTRY.device_pointer(fs, index) for key, fs in loader.sets.items()}
+        self.sources = {key: cuda.REGISTRY.device_pointer(fs, loader.device.index) for key, fs in loader.sets.items()}
         super().__init__(loader)
-        self.device = torch.device("cuda", index)
 
     def assemble(self, idx: np.ndarray):
         n = len(idx)

@@ -18,7 +18,8 @@ import torch
 
 DEFAULT_TIMEOUT_S = 1800.0
 
-__all__ = ["Ranks", "current_ranks", "ensure_process_group", "resolve_ranks", "shard_order", "split_evenly"]
+__all__ = ["Ranks", "all_sum_or_fail", "current_ranks", "ensure_process_group", "resolve_ranks", "shard_order",
+           "split_evenly"]
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ class BatchLoader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(self.device)!r}")
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
         self.info: dict[str, Any] = self._choose_path(cache, cache_share)
         self._assembler_cache = None  # the device cache / registrations, built once, reused across epochs
 
@@ -120,7 +122,7 @@ class BatchLoader:
             from . import cuda
             from .errors import CudaUnavailableError
 
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            index = self.device.index
             try:
                 for fs in self.sets.values():
                     cuda.REGISTRY.device_pointer(fs, index)

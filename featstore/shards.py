@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import format as fmt
-from .errors import WriterConflictError
+from .errors import FeatureStoreError, WriterConflictError
 from .writer import FeatureWriter, expected_header
 
 if TYPE_CHECKING:
@@ -56,8 +56,9 @@ def _read_progress(path: Path, record: fmt.FeatureSetRecord) -> list[tuple[int, 
     """The committed ranges a progress file records for ``record``'s set; None when it is another
     set's, stale (the set was recreated) or unreadable (its rows are then written again)."""
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, absurdly deep or long
+        with fmt.open_regular_file(path, "a rank's progress file") as f:  # a FIFO here must not hang rank 0
+            obj = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError, RecursionError, FeatureStoreError):  # unreadable, not JSON, absurd, not a file
         return None
     if not isinstance(obj, dict) or obj.get("format") != _PROGRESS_FORMAT or obj.get("key") != record.key:
         return None
