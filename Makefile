@@ -39,7 +39,7 @@ $(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wil
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation --no-deps $(BUILD_ARGS) -e .
 	$(RUN_ENV) $(BIN)/python -c "import featstore; assert featstore.backend() == 'core', 'compiled core missing'"
-	$(RUN_ENV) $(BIN)/python -c "import shutil, featstore.cuda as c; assert not shutil.which('nvcc') or c.status().built, 'nvcc is on PATH but featstore._cuda was not built'"
+	$(RUN_ENV) $(BIN)/python -c "import shutil, featstore.batches.cuda as c; assert not shutil.which('nvcc') or c.status().built, 'nvcc is on PATH but featstore._cuda was not built'"
 	touch $(STAMP)
 
 clean:

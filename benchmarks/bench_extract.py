@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         args.images, args.repeats = 16, 1
     torch.set_num_threads(args.threads)
 
-    from featstore.spatial_synth import generate
+    from featstore.spatial.synth import generate
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_extract_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets  # imported before timing: the API is measured in a warm process
     import PIL
 
-    from featstore.spatial_synth import default_workers, generate
+    from featstore.spatial.synth import default_workers, generate
 
     workers = args.workers or default_workers()
     command = f"featstore dataset synth --out datasets/spatial_hf --n {args.n} --seed {args.seed} --size {args.size}"

@@ -10,7 +10,7 @@ scikit-build-core must be installed, as they are on the GPU machines) and starts
 1. Bit-exactness, against the CPU gather (``fs.gather``), of every path of ``fs.batches(device="cuda",
    cache=...)``: "device" (the set copied to the GPU once, ``index_select`` there), "uva" (the CUDA
    kernel over the registered file pages), "pinned" (CPU gather into pinned buffers, async copies),
-   plus ``featstore.cuda.gather`` itself. float16, bfloat16, float32; pooled rows (768,) and
+   plus ``featstore.batches.cuda.gather`` itself. float16, bfloat16, float32; pooled rows (768,) and
    patch-grid rows (50, 33) (row bytes not a multiple of 16, so the kernel's narrower loads run
    too); the first rows, the last rows and random rows (with repeats); batch sizes 1, 1024, 8192.
    Rows hold NaN, -0.0 and +-inf too; results are compared as bytes, labels and row numbers as well.
@@ -78,11 +78,11 @@ def ensure_gpu_and_module(no_install: bool) -> None:
             stop("the build failed (see above): it needs nvcc, cmake, ninja, pybind11 and scikit-build-core", 3)
         os.execv(sys.executable, [sys.executable, *sys.argv, "--no-install"])
     import featstore
-    import featstore.cuda
+    import featstore.batches.cuda
 
     if featstore.backend() != "core":
         stop("featstore's compiled core is not in use (FEATSTORE_PUREPYTHON set, or it failed to import)", 3)
-    status = featstore.cuda.status()
+    status = featstore.batches.cuda.status()
     if not status.usable:
         stop(f"featstore._cuda cannot use the GPU: {status.why}", 3)
 
@@ -119,9 +119,9 @@ def index_sets(n: int, bs: int, rng: np.random.Generator) -> dict[str, np.ndarra
 def one_batch(fs, idx: np.ndarray, path: str):
     """The single batch of a loader over exactly the rows ``idx``, in order, through ``path``."""
     if path == "kernel":
-        import featstore.cuda
+        import featstore.batches.cuda
 
-        return featstore.cuda.gather(fs, idx), None, None
+        return featstore.batches.cuda.gather(fs, idx), None, None
     loader = fs.batches(len(idx), shuffle=False, rows=idx, device="cuda", cache=path, prefetch=0)
     if loader.info["path"] != path:
         raise AssertionError(f"cache={path!r} ran {loader.info}")
@@ -188,7 +188,7 @@ def epoch_batches(n: int, bs: int, rep: int) -> list[np.ndarray]:
 
 
 def measure_set(fs, bs: int, repeats: int, uva_ok: bool) -> dict[str, dict[str, Any]]:
-    import featstore.cuda as fcuda
+    import featstore.batches.cuda as fcuda
 
     dev = torch.device("cuda", torch.cuda.current_device())
     n_batches = len(fs) // bs
@@ -376,12 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     ensure_gpu_and_module(args.no_install)
 
-    import featstore.cuda
+    import featstore.batches.cuda
     from featstore import FeatureStore
 
     started = time.perf_counter()
     repeats = 1 if args.quick else args.repeats
-    uva_ok, uva_why = featstore.cuda.uva_support(torch.device("cuda"))
+    uva_ok, uva_why = featstore.batches.cuda.uva_support(torch.device("cuda"))
     work = Path(tempfile.mkdtemp(prefix="featstore-gpu-check-", dir=args.workdir))
     try:
         print("gpu_check: 1/3 bit-exactness", flush=True)

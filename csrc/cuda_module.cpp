@@ -10,7 +10,7 @@ namespace py = pybind11;
 namespace fc = featstore::cuda;
 
 PYBIND11_MODULE(_cuda, m) {
-    m.doc() = "featstore CUDA module: row gather from host-registered memory (raw addresses; see featstore.cuda).";
+    m.doc() = "featstore CUDA module: row gather from host-registered memory (raw addresses; see featstore.batches.cuda).";
 
     m.def(
         "device_count",

@@ -4,9 +4,14 @@
 >>> store = featstore.FeatureStore.open("datasets/features")      # doctest: +SKIP
 >>> for x, y, rows in store["dinov2/layer_10"].batches(1024):     # doctest: +SKIP
 ...     ...
+
+The package is layered, arrows pointing down (CI checks it with import-linter):
+``cli`` -> ``demo`` -> ``extraction`` | ``probe`` -> ``spatial`` | ``encoders`` -> ``batches`` -> ``store``
+-> the shared base here (errors, dtypes, indexing, distributed, hookspecs, plugins, the compiled core).
+This module is the public face: it re-exports what users need from the layers below.
 """
 
-from . import _backend
+from . import _backend, _moved
 from .errors import (
     CorruptFileError,
     CudaUnavailableError,
@@ -24,11 +29,8 @@ from .errors import (
     WriterBusyError,
     WriterConflictError,
 )
-from .format import FORMAT_VERSION
-from .loader import Batch, BatchLoader
-from .store import FeatureSet, FeatureStore
-from .torch_data import FeatureDataset, GatheredBatch, collate
-from .writer import FeatureWriter
+from .batches import Batch, BatchLoader, FeatureDataset, FeatureSet, FeatureStore, GatheredBatch, collate
+from .store import FORMAT_VERSION, FeatureWriter, Manifest
 
 __version__ = "0.1.0"
 
@@ -36,17 +38,17 @@ __version__ = "0.1.0"
 def extract(dataset, encoder: str, model: str, out="datasets/features", **options):
     """Extract encoder features of a spatial dataset into a store; see :func:`featstore.extraction.extract`
     for every option. Imports the encoder machinery (and ``datasets``) only when called."""
-    from .extraction import extract as _extract
+    from .extraction import extract as run_extraction
 
-    return _extract(dataset, encoder, model, out, **options)
+    return run_extraction(dataset, encoder, model, out, **options)
 
 
 def train_probes(store, dataset, keys="*", task: str = "relation", **options):
     """Train linear probes on a store's feature sets; see :func:`featstore.probe.train_probes` for every
     option. Imports the dataset machinery only when called. (Not named ``probe``: that is the module.)"""
-    from .probe import train_probes as _train_probes
+    from .probe import train_probes as run_probes
 
-    return _train_probes(store, dataset, keys, task, **options)
+    return run_probes(store, dataset, keys, task, **options)
 
 
 def set_num_threads(n: int) -> None:
@@ -80,6 +82,7 @@ __all__ = [
     "FormatError",
     "FormatVersionError",
     "GatheredBatch",
+    "Manifest",
     "IncompleteFeatureSetError",
     "MissingKeyError",
     "ModelLoadError",
@@ -95,3 +98,14 @@ __all__ = [
     "set_num_threads",
     "train_probes",
 ]
+
+
+def __getattr__(name: str):
+    """``featstore.<old module name>`` for modules that moved into subpackages (see featstore._moved)."""
+    full = f"{__name__}.{name}"
+    if full in _moved.MOVED:
+        return _moved.resolve(full)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_moved.install()

@@ -25,13 +25,13 @@ hookimpl = HookimplMarker("featstore")
 @hookspec
 def register_importers(register: Callable[..., None]) -> None:
     """Register dataset importers, used as ``featstore dataset import NAME SOURCE --out DIR [options]``
-    and from Python as ``featstore.plugins.get_importers()[NAME](SOURCE, **options)``.
+    and from Python as ``featstore.spatial.importers.get_importers()[NAME](SOURCE, **options)``.
 
     Arguments:
         register: call ``register(name, importer, help="one line")`` once per importer.
             ``name`` is the command-line name (letters, digits, ``-``, ``_``; unique across plugins:
             a clash keeps the first registered and warns). ``importer`` is either a callable
-            ``importer(source: str, **options) -> datasets.Dataset | featstore.importers.ImportResult``
+            ``importer(source: str, **options) -> datasets.Dataset | featstore.spatial.importers.ImportResult``
             or an object with such a ``__call__`` and an optional ``add_arguments(parser)`` method that
             adds its options to an ``argparse.ArgumentParser``; parsed options are passed as keywords
             (``--skip-bad`` arrives as ``skip_bad=...``). The dataset must follow the spatial schema
@@ -60,7 +60,7 @@ def register_importers(register: Callable[..., None]) -> None:
 @hookspec
 def register_encoders(register: Callable[..., None]) -> None:
     """Register vision encoders, used as ``featstore extract --encoder NAME`` and from Python as
-    ``featstore.plugins.get_encoders()[NAME]``.
+    ``featstore.encoders.get_encoders()[NAME]``.
 
     Arguments:
         register: call ``register(encoder, aliases=())`` once per encoder. ``encoder`` is a subclass

@@ -1,5 +1,9 @@
 """featstore's plugin manager: built-in and third-party plugins, loaded lazily and once.
 
+It is generic: it knows the hooks (featstore.hookspecs) but no registry. Each registry calls its own
+hook through :func:`collect` (encoders: featstore.encoders.get_encoders; dataset importers:
+featstore.spatial.importers.get_importers).
+
 - Built-in plugins are modules inside featstore, registered by module path exactly as third-party
   plugins are (:data:`BUILTIN_PLUGINS`).
 - Third-party plugins are the entry points of the group ``featstore``. ``FEATSTORE_LOAD_PLUGINS``
@@ -28,7 +32,7 @@ from . import hookspecs
 ENTRY_POINT_GROUP = "featstore"
 ENV_VAR = "FEATSTORE_LOAD_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "featstore.importers",
+    "featstore.spatial.importers",
     "featstore_encoders.dinov2",
     "featstore_encoders.clip",
     "featstore_encoders.qwen",
@@ -153,17 +157,12 @@ def collect(hook_name: str, make: Callable[..., Any], kind: str,
     return found
 
 
-def get_importers() -> dict[str, Any]:
-    """Every registered dataset importer: name -> :class:`featstore.importers.Importer`."""
-    from .importers import Importer
-
-    return dict(sorted(collect("register_importers", Importer.make, "importer").items()))
+_REGISTRIES = {"get_importers": "featstore.spatial.importers", "get_encoders": "featstore.encoders"}
 
 
-def get_encoders() -> dict[str, Any]:
-    """Every registered encoder: name -> :class:`featstore.encoders.EncoderEntry` (class, plugin, aliases).
-
-    Aliases are not keys here; :func:`featstore.encoders.find_encoder` resolves them."""
-    from .encoders import EncoderEntry
-
-    return dict(sorted(collect("register_encoders", EncoderEntry.make, "encoder", EncoderEntry.unpack).items()))
+def __getattr__(name: str) -> Any:
+    """``get_importers`` and ``get_encoders`` moved to their registries; kept here as deprecated aliases."""
+    if name in _REGISTRIES:
+        warnings.warn(f"featstore.plugins.{name} moved to {_REGISTRIES[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_REGISTRIES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Test helpers: the tiny random-init encoders (now in featstore.tiny_models), random images, a small saved dataset, offline hub."""
+"""Test helpers: the tiny random-init encoders (now in featstore.demo.tiny_models), random images, a small saved dataset, offline hub."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.tiny_models import DINO_MEAN, DINO_STD, _quiet, make_clip, make_dinov2, make_qwen  # noqa: F401
+from featstore.demo.tiny_models import DINO_MEAN, DINO_STD, _quiet, make_clip, make_dinov2, make_qwen  # noqa: F401
 
 
 def random_images(n: int, seed: int = 0, size=(240, 200)):

@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from featstore import format as fmt
+from featstore.store import format as fmt
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 

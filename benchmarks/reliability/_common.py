@@ -13,8 +13,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))  # crash_writer.py, _encoder_models.py
+TEST_HELPERS = (TESTS, TESTS / "store")  # _encoder_models.py; crash_writer.py, malformed_corpus.py
+for _folder in TEST_HELPERS:
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Two workloads, each a real process killed with SIGKILL:
 
-- ``writer``: ``tests/crash_writer.py`` fills a 600-row float16 feature set (with labels) 50 rows at a
+- ``writer``: ``tests/store/crash_writer.py`` fills a 600-row float16 feature set (with labels) 50 rows at a
   time in a shuffled order, committing after each chunk, then finishes it;
 - ``extract``: the real ``featstore extract`` command on a tiny random-init DINOv2 over a 24-image
   dataset (layers 2 and last, pooling cls and patch: 4 feature sets, a commit after every batch of 3).
@@ -44,8 +44,8 @@ from _common import (  # noqa: E402
 )
 
 from featstore import FeatureStore  # noqa: E402
-from featstore._crashpoints import STEPS  # noqa: E402
-from featstore import format as fmt  # noqa: E402
+from featstore.store.crashpoints import STEPS  # noqa: E402
+from featstore.store import format as fmt  # noqa: E402
 
 WRITER_ROWS, WRITER_CHUNK, WRITER_SLOW = 600, 50, 0.03
 EXTRACT_IMAGES, EXTRACT_REPEATS, EXTRACT_BATCH, EXTRACT_SETS = 24, (2, 9), 3, 4
@@ -103,7 +103,7 @@ class Workload:
 
 
 class WriterWorkload(Workload):
-    """tests/crash_writer.py's fill(), in a child forked from this process (featstore and torch are
+    """tests/store/crash_writer.py's fill(), in a child forked from this process (featstore and torch are
     imported once here, so a kill costs milliseconds instead of an interpreter start)."""
 
     name = "writer"
@@ -111,7 +111,7 @@ class WriterWorkload(Workload):
     def start(self, out: Path, crash_at: str = "") -> Child:
         from crash_writer import fill
 
-        from featstore import _crashpoints
+        from featstore.store import crashpoints as _crashpoints
 
         sys.stderr.flush()
         pid = os.fork()

@@ -3,7 +3,7 @@ the thread pool under TSan, and >= 10^4 property cases of gather vs numpy; write
 
     nice -n 10 .venv/bin/python benchmarks/reliability/fuzz.py --runs 1000000 --properties 10000
 
-The CI-sized version of the same runs is tests/test_fuzz.py.
+The CI-sized version of the same runs is tests/store/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "store"))  # the fuzz targets
 
 import fuzzing  # noqa: E402
 import gather_properties  # noqa: E402

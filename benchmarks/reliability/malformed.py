@@ -1,4 +1,4 @@
-"""Times every case of the malformed-input corpus (tests/malformed_corpus.py) and checks its error.
+"""Times every case of the malformed-input corpus (tests/store/malformed_corpus.py) and checks its error.
 
     nice -n 10 .venv/bin/python benchmarks/reliability/malformed.py --repeats 20
 
@@ -21,7 +21,7 @@ import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "store"))
 
 import torch  # noqa: E402
 

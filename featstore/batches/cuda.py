@@ -1,0 +1,259 @@
+"""featstore's CUDA module, from Python: is it built, does it see a GPU, and the kernel path.
+
+``featstore._cuda`` (csrc/cuda_gather.cu) is built only where CMake finds a CUDA compiler and
+``FEATSTORE_CUDA`` is not OFF; everything here works, and says why not, without it.
+
+The kernel path ("uva"): a feature set's mapped file pages are registered with CUDA once
+(``cudaHostRegister``, mapped and read-only, so no page is copied), and a kernel on the caller's
+stream reads the requested rows straight from them into a device tensor: indices sorted so reads
+walk forward through the file, each row written to its original position.
+
+Registration lifecycle (``REGISTRY``): one registration per mapping, keyed by its address. It holds
+the mapping open, so the pages cannot be unmapped while registered, and it is undone by
+``unregister(fs)`` or when the FeatureSet is garbage-collected (before the pages are unmapped).
+An address the CUDA driver already holds (a registration left behind by an earlier mapping at the
+same address) is unregistered and registered again, so a reused address never fails the next run.
+Note: the kernel reads the file's pages; private writes to a set's views after registration are
+not seen by it (they are copy-on-write pages of the process, never of the file).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import weakref
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import CudaUnavailableError
+from ..indexing import normalize_rows
+
+if TYPE_CHECKING:
+    from ..store import FeatureSet
+
+_REBUILD = (
+    "featstore._cuda is not built: install with a CUDA compiler (nvcc) on PATH, "
+    "`pip install --no-build-isolation -e .`, or use cache='pinned' / cache='auto'"
+)
+
+
+def module() -> ModuleType | None:
+    """The compiled ``featstore._cuda`` module, or None where it was not built."""
+    try:
+        return importlib.import_module("featstore._cuda")
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class CudaStatus:
+    """What the CUDA path can do here: ``built`` (featstore._cuda imports), ``devices`` (GPUs its
+    runtime sees), ``why`` (empty when usable, else the reason, e.g. no driver)."""
+
+    built: bool
+    devices: int
+    why: str
+
+    @property
+    def usable(self) -> bool:
+        return self.built and self.devices > 0
+
+
+def status() -> CudaStatus:
+    """Whether the CUDA module is built and sees a GPU; never raises (no GPU is not an error)."""
+    mod = module()
+    if mod is None:
+        return CudaStatus(False, 0, _REBUILD)
+    count, why = mod.device_count()
+    return CudaStatus(True, int(count), "" if count else f"the CUDA runtime sees no GPU ({why})")
+
+
+def uva_support(device: torch.device, mod: ModuleType | None = None) -> tuple[bool, str]:
+    """(ok, why not): can the kernel path run on ``device``? Needs the module, a GPU, and read-only
+    registration of host memory (cudaDevAttrHostRegisterReadOnlySupported)."""
+    mod = module() if mod is None else mod
+    if mod is None:
+        return False, _REBUILD
+    count, why = mod.device_count()
+    if not count:
+        return False, f"the CUDA runtime of featstore._cuda sees no GPU ({why})"
+    index = _device_index(device)
+    if not mod.read_only_register_supported(index):
+        return False, f"cuda:{index} cannot map registered host memory read-only"
+    return True, ""
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _address(fs: "FeatureSet") -> int:
+    """Address of the first feature byte in the set's mapping (page-aligned: data starts at 4096)."""
+    return np.frombuffer(fs.data, dtype=np.uint8).ctypes.data
+
+
+class _Registration:
+    """One registered mapping: holds the mapping open while registered; device pointers per GPU."""
+
+    def __init__(self, mapped: Any, address: int, nbytes: int, replaced_stale: bool):
+        self.mapped = mapped  # keeps the pages mapped until unregistered
+        self.address = address
+        self.nbytes = nbytes
+        self.replaced_stale = replaced_stale
+        self.device_pointers: dict[int, int] = {}
+        self.finalizer: weakref.finalize | None = None
+
+
+class HostRegistry:
+    """Registers each FeatureSet's mapped feature bytes with CUDA once; see the module docstring.
+
+    ``mod`` is the featstore._cuda module (injectable, so the lifecycle logic is tested without a GPU).
+    """
+
+    def __init__(self, mod: ModuleType | None = None):
+        self._mod = mod
+        self._lock = threading.RLock()  # a finalizer may run (garbage collection) while it is held
+        self._entries: dict[int, _Registration] = {}
+
+    @property
+    def mod(self) -> ModuleType:
+        mod = self._mod if self._mod is not None else module()
+        if mod is None:
+            raise CudaUnavailableError(_REBUILD)
+        return mod
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def pinned_bytes(self, exclude=()) -> int:
+        """Bytes of host memory registrations pin now, leaving out the feature sets in ``exclude``."""
+        skip = {_address(fs) for fs in exclude if fs.nbytes > 0}
+        return sum(e.nbytes for a, e in list(self._entries.items()) if a not in skip)
+
+    def __contains__(self, fs: "FeatureSet") -> bool:
+        return fs.nbytes > 0 and _address(fs) in self._entries
+
+    def device_pointer(self, fs: "FeatureSet", device: int) -> int:
+        """The device address of ``fs``'s feature bytes on GPU ``device``, registering them first if
+        needed. Raises CudaUnavailableError (naming the set) when CUDA refuses."""
+        if fs.nbytes == 0:
+            return 0
+        address = _address(fs)
+        with self._lock:
+            entry = self._entries.get(address)
+            if entry is None:
+                entry = self._register(fs, address, device)
+            if device not in entry.device_pointers:
+                entry.device_pointers[device] = self._call(fs, "map", self.mod.device_pointer, address, device)
+            return entry.device_pointers[device]
+
+    def _register(self, fs: "FeatureSet", address: int, device: int) -> _Registration:
+        mod = self.mod
+        fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, True, device)
+        if not fresh:
+            # The driver still holds this address from a mapping that is gone (we hold every mapping
+            # we registered open, so it is not one of ours): drop the stale pages, register these.
+            self._call(fs, "unregister a stale registration at", mod.host_unregister, address)
+            if not self._call(fs, "register", mod.host_register, address, fs.nbytes, True, device):
+                raise CudaUnavailableError(
+                    f"feature set {fs.key!r}: its pages at {address:#x} stay registered by someone else; "
+                    "use cache='pinned'"
+                )
+        entry = _Registration(fs.mapped_file, address, fs.nbytes, replaced_stale=not fresh)
+        entry.finalizer = weakref.finalize(fs, self._release, address)
+        self._entries[address] = entry
+        return entry
+
+    def _call(self, fs: "FeatureSet", what: str, fn, *args):
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            raise CudaUnavailableError(
+                f"feature set {fs.key!r} ({fs.path}): could not {what} its mapped pages with CUDA ({exc}); "
+                "use cache='pinned' (or cache='auto', which falls back to it)"
+            ) from None
+
+    def unregister(self, fs: "FeatureSet") -> bool:
+        """Undo ``fs``'s registration now (True if it was registered)."""
+        if fs.nbytes == 0:
+            return False
+        entry = self._entries.get(_address(fs))
+        if entry is None or entry.finalizer is None:
+            return False
+        return bool(entry.finalizer())  # runs _release once, and never again at garbage collection
+
+    def _release(self, address: int) -> bool:
+        with self._lock:
+            entry = self._entries.pop(address, None)
+            if entry is None:
+                return False
+            try:
+                # Kernels are asynchronous: one may still read these pages (a gather whose set was a
+                # temporary, collected as the call returned). Wait for every device before letting go.
+                for d in range(torch.cuda.device_count()):
+                    torch.cuda.synchronize(d)
+                self.mod.host_unregister(address)
+            except RuntimeError:
+                pass  # left registered: a later registration at this address replaces it (see _register)
+            entry.mapped = None  # only now may the pages be unmapped
+            return True
+
+
+REGISTRY = HostRegistry()
+
+
+def unregister(fs: "FeatureSet") -> bool:
+    """Release ``fs``'s CUDA registration now (it is released anyway when ``fs`` is collected)."""
+    return REGISTRY.unregister(fs)
+
+
+def sorted_plan(rows: np.ndarray) -> np.ndarray:
+    """(2, n) int64: the rows in ascending order, and where each goes in the output (stable)."""
+    order = np.argsort(rows, kind="stable")
+    return np.stack([rows[order], order]).astype(np.int64, copy=False)
+
+
+def launch_gather(
+    fs: "FeatureSet", src: int, plan: torch.Tensor, out: torch.Tensor, stream: torch.cuda.Stream, bad: int = 0
+) -> None:
+    """Enqueue the kernel on ``stream``: ``out[plan[1, k]] = fs[plan[0, k]]``. ``plan`` is a validated
+    (2, n) int64 device tensor from sorted_plan, ``src`` the device pointer of ``fs``'s bytes."""
+    n = plan.shape[1]
+    if n == 0 or fs.row_bytes == 0:
+        return
+    REGISTRY.mod.gather(
+        src, len(fs), fs.row_bytes, plan[0].data_ptr(), plan[1].data_ptr(), n, out.data_ptr(), bad,
+        out.device.index, stream.cuda_stream,
+    )
+
+
+def gather(fs: "FeatureSet", index, device: str | torch.device = "cuda") -> torch.Tensor:
+    """Rows ``index`` (numpy-style) of ``fs`` as a new tensor on ``device``, gathered by the CUDA
+    kernel straight from the set's registered file pages, on the current CUDA stream.
+
+    Indices are checked on the host before anything is launched (IndexError names the bad one).
+    Raises CudaUnavailableError when there is no GPU or featstore._cuda is not built.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise CudaUnavailableError(
+            f"featstore.batches.cuda.gather needs a CUDA device (got {str(device)!r}, "
+            f"torch.cuda.is_available()={torch.cuda.is_available()}); use fs.gather() on the CPU"
+        )
+    ok, why = uva_support(device)
+    if not ok:
+        raise CudaUnavailableError(f"feature set {fs.key!r}: the CUDA gather cannot run: {why}")
+    device = torch.device("cuda", _device_index(device))
+    rows, lead = normalize_rows(index, len(fs))
+    fs.check_committed(rows)
+    out = torch.empty((len(rows), *fs.row_shape), dtype=fs.dtype, device=device)
+    if len(rows) and fs.row_bytes:
+        src = REGISTRY.device_pointer(fs, device.index)
+        stream = torch.cuda.current_stream(device)
+        plan = torch.from_numpy(sorted_plan(rows)).pin_memory().to(device, non_blocking=True)
+        launch_gather(fs, src, plan, out, stream)
+    return out.view(*lead, *fs.row_shape)

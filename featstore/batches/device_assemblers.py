@@ -1,0 +1,94 @@
+"""Batch assemblers for the "device" and "uva" paths of BatchLoader (see featstore.batches.device_paths).
+
+Both work like the pinned path: the prefetch thread enqueues batch b+1.. on a side stream and
+records an event; ``finish`` makes the consumer's stream wait on it. Labels go to the GPU once.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+import numpy as np
+import torch
+
+from ..store import FeatureSet
+from . import cuda
+from .assemblers import Batch, BatchSpec, finish_on_current_stream
+
+
+class _SideStreamAssembler:
+    """Shared by both paths: the side stream, labels on the device, and the index upload."""
+
+    def __init__(self, spec: BatchSpec):
+        self.spec = spec
+        self.device = spec.device
+        self.stream = torch.cuda.Stream(device=self.device)
+        # Whatever the caller's stream did before (e.g. filling the cache) happens before our reads.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.labels = None
+        if spec.labels is not None:
+            self.labels = torch.from_numpy(spec.labels).to(self.device)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """An int64 host array on the device, copied asynchronously on the side stream (call inside it)."""
+        return torch.from_numpy(array).pin_memory().to(self.device, non_blocking=True)
+
+    def done(self, feats: dict[str, torch.Tensor], labels: torch.Tensor | None, idx: np.ndarray):
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return Batch(self.spec.features(feats), labels, torch.from_numpy(idx)), event
+
+    def finish(self, item) -> Batch:
+        return finish_on_current_stream(item, self.device)
+
+
+_device_copies: dict[tuple[int, str], tuple[weakref.ref, weakref.ref]] = {}
+_copies_lock = threading.Lock()
+
+
+def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
+    """``fs`` on ``device``, shared by every loader that holds it (e.g. a probe's training and
+    evaluation loaders): copied once, freed when the last holder drops it."""
+    key = (id(fs), str(device))
+    with _copies_lock:
+        refs = _device_copies.get(key)
+        if refs is not None and refs[0]() is fs and refs[1]() is not None:
+            return refs[1]()
+        tensor = fs.to_torch().to(device)
+        _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda _: _device_copies.pop(key, None)))
+        return tensor
+
+
+class DeviceCacheAssembler(_SideStreamAssembler):
+    """Holds every set on the GPU (copied once, reused across epochs and loaders); a batch is an index_select."""
+
+    def __init__(self, spec: BatchSpec):
+        self.cache = {key: device_copy(fs, spec.device) for key, fs in spec.sets.items()}
+        super().__init__(spec)
+
+    def assemble(self, idx: np.ndarray):
+        with torch.cuda.stream(self.stream):
+            rows = self.upload(idx)
+            feats = {k: torch.index_select(t, 0, rows) for k, t in self.cache.items()}
+            labels = torch.index_select(self.labels, 0, rows) if self.labels is not None else None
+            return self.done(feats, labels, idx)
+
+
+class UvaAssembler(_SideStreamAssembler):
+    """The CUDA kernel reads each batch's rows from the sets' registered file pages (featstore.batches.cuda)."""
+
+    def __init__(self, spec: BatchSpec):
+        self.sources = {key: cuda.REGISTRY.device_pointer(fs, spec.device.index) for key, fs in spec.sets.items()}
+        super().__init__(spec)
+
+    def assemble(self, idx: np.ndarray):
+        n = len(idx)
+        with torch.cuda.stream(self.stream):
+            plan = self.upload(np.concatenate([cuda.sorted_plan(idx), idx[None]]))
+            feats = {}
+            for key, fs in self.spec.sets.items():
+                feats[key] = torch.empty((n, *fs.row_shape), dtype=fs.dtype, device=self.device)
+                cuda.launch_gather(fs, self.sources[key], plan[:2], feats[key], self.stream)
+            labels = torch.index_select(self.labels, 0, plan[2]) if self.labels is not None else None
+            return self.done(feats, labels, idx)

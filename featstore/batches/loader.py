@@ -1,0 +1,221 @@
+"""BatchLoader: the epochs of a training loop over feature sets: a seeded order, each rank's share of
+it, and a prefetch thread.
+
+A background thread assembles batch b+1.. while the caller trains on batch b (the compiled gather
+releases the GIL). How a batch is assembled is the assemblers' job: on the CPU into recycled
+buffers, on CUDA through one of the paths of featstore.batches.device_paths (the sets cached on the
+device, the kernel over registered file pages, or a ring of pinned buffers). In every CUDA path the
+consumer's stream waits on the batch's event. On a machine without CUDA the same loop runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..distributed import resolve_ranks, shard_order
+from ..errors import CudaUnavailableError
+from ..indexing import normalize_rows
+from ..store import FeatureSet
+from . import cuda
+from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler
+from .device_assemblers import DeviceCacheAssembler, UvaAssembler
+from .device_paths import loader_path
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class BatchLoader:
+    """Iterate over batches of one or several feature sets; one epoch per ``iter()``.
+
+    Arguments: ``batch_size``; ``shuffle`` (default True) with ``seed`` (epoch ``e`` uses the
+    permutation of ``(seed, e)``, so runs repeat exactly); ``drop_last``; ``device`` (None or 'cpu',
+    or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
+    a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
+    length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does);
+    ``rank`` and ``world_size`` (default: those of an initialised torch.distributed process group, else
+    0 and 1): each rank serves its share of every epoch's order, split as DistributedSampler splits it
+    (padded by wrapping to a multiple of ``world_size``, or cut to one with ``drop_last``).
+    On CUDA, ``cache`` picks how batches reach the device: "auto" (default), "device", "uva" or
+    "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
+    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``info`` says which path runs and why.
+    """
+
+    def __init__(
+        self,
+        sets: dict[str, FeatureSet],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int | None = 0,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+        prefetch: int = 2,
+        rows=None,
+        labels=True,
+        epoch: int = 0,
+        single: bool | None = None,
+        cache: str = "auto",
+        cache_share: float | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        if not sets:
+            raise ValueError("batches need at least one feature set")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be a non-negative integer, got {prefetch!r}")
+        self.sets = dict(sets)
+        first = next(iter(self.sets.values()))
+        self.n_rows = len(first)
+        for key, fs in self.sets.items():
+            if len(fs) != self.n_rows:
+                raise ValueError(
+                    f"feature sets in one batch must have the same rows: {first.key!r} has {self.n_rows}, {key!r} has {len(fs)}"
+                )
+        self.single = len(self.sets) == 1 if single is None else single
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.epoch = int(epoch)
+        self.ranks = resolve_ranks(rank, world_size)
+        if seed is None and shuffle and self.ranks.distributed:
+            raise ValueError(f"rank {self.ranks.rank} of {self.ranks.world_size}: every rank must shuffle with the same "
+                             "seed to get disjoint shares; pass seed=<int>")
+        self.rows = self._check_rows(rows)
+        for fs in self.sets.values():
+            fs.check_committed(self.rows)  # only for sets opened with allow_incomplete
+        self.labels = self._check_labels(labels)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(self.device)!r}")
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
+        self.info: dict[str, Any] = self._choose_path(cache, cache_share)
+        self._assembler_cache = None  # the device cache / registrations, built once, reused across epochs
+
+    def _choose_path(self, cache: str, cache_share: float | None) -> dict[str, Any]:
+        """The device path (featstore.batches.device_paths); auto falls back to pinned if registration fails."""
+        set_bytes = sum(fs.nbytes for fs in self.sets.values()) + (8 * self.n_rows if self.labels is not None else 0)
+        choice, facts = loader_path(cache, self.device, set_bytes, cache_share, sets=list(self.sets.values()))
+        info = {"path": choice.path, "why": choice.why, **facts}
+        if choice.path == "uva":
+            index = self.device.index
+            try:
+                for fs in self.sets.values():
+                    cuda.REGISTRY.device_pointer(fs, index)
+            except CudaUnavailableError as exc:
+                if cache == "uva":
+                    raise
+                info.update(path="pinned", why=f"{choice.why}, but registration failed ({exc}); pinned staging")
+        return info
+
+    def _check_rows(self, rows) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.n_rows, dtype=np.int64)
+        idx, _ = normalize_rows(rows, self.n_rows)
+        return idx
+
+    def _check_labels(self, labels) -> np.ndarray | None:
+        if labels is False or labels is None:
+            return None
+        if labels is True:
+            for fs in self.sets.values():
+                if fs.labels is not None:
+                    return fs.labels.numpy()
+            return None
+        arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if arr.shape != (self.n_rows,):
+            raise ValueError(f"labels must have shape ({self.n_rows},), got {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    # ---- the epoch --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        n, ws = len(self.rows), self.ranks.world_size
+        n = n // ws if self.drop_last else -(-n // ws)  # this rank's rows per epoch
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation the next ``iter()`` uses."""
+        self.epoch = int(epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The row numbers this rank serves in ``epoch``, in order: its share of the epoch's order,
+        which is the same on every rank (the permutation of ``(seed, epoch)``)."""
+        order = self.rows
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = self.rows[rng.permutation(len(self.rows))]
+        return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.epoch_order(self.epoch)
+        self.epoch += 1
+        bs = self.batch_size
+        chunks = [order[i * bs : (i + 1) * bs] for i in range(len(self))]
+        make = self._assembler()
+        if self.prefetch == 0:
+            for idx in chunks:
+                yield make.finish(make.assemble(idx))
+            return
+        yield from self._prefetched(chunks, make)
+
+    def _assembler(self):
+        path = self.info["path"]
+        spec = BatchSpec(self.sets, self.batch_size, self.prefetch, self.labels, self.device, self.single)
+        if path in ("device", "uva"):
+            if self._assembler_cache is None:
+                self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(spec)
+            return self._assembler_cache
+        return PinnedAssembler(spec) if path == "pinned" else CpuAssembler(spec)
+
+    def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for idx in chunks:
+                    if stop.is_set() or not put(make.assemble(idx)):
+                        return
+                put(_END)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(_Failure(exc))
+
+        thread = threading.Thread(target=produce, name="featstore-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield make.finish(item)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)

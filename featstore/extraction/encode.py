@@ -1,0 +1,112 @@
+"""Encoding: distinct images decoded and preprocessed in DataLoader workers, one forward pass per
+batch for every layer and pooling, and each writer given exactly the rows it has not committed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._dtypes import TORCH_DTYPES
+from ..encoders import Encoder, pool
+from ..errors import ExtractionError
+from .plan import Plan
+
+
+# ---- reading images in workers -----------------------------------------------------------------
+# ---- reading images in workers -----------------------------------------------------------------
+class _Images(torch.utils.data.Dataset):
+    """Distinct image ``j`` -> (j, PIL image); decoded in DataLoader workers."""
+
+    def __init__(self, paths: list[Path], first_row: list[int]):
+        self.paths = paths
+        self.first_row = first_row
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, j: int):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[j]) as im:
+                return j, im.convert("RGB")
+        except Exception as exc:
+            raise ExtractionError(f"row {self.first_row[j]}: cannot read image {self.paths[j]} ({exc}); "
+                                  "replace the file or remove the row") from None
+
+
+class _Collate:
+    """A batch of (j, image) -> (indices, model inputs); the encoder's preprocessing runs in the worker."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def __call__(self, items):
+        idx = [j for j, _ in items]
+        return idx, self.encoder.preprocess([im for _, im in items])
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted rows -> contiguous [start, end) runs."""
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(s[0]), int(s[-1]) + 1) for s in np.split(rows, breaks)]
+
+
+def encode_batches(plan: Plan, todo: list[list[int]], active: dict, store_dtype: str, num_workers: int,
+                   writer_for, after_batch) -> None:
+    """Encode each batch of distinct images in ``todo`` (decoded in DataLoader workers) and write every
+    (layer, pooling)'s rows that its writer, ``writer_for(lp, key, row_shape)``, has not committed;
+    ``after_batch(batches_done, images)`` after each batch."""
+    if not todo:
+        return
+    loader = torch.utils.data.DataLoader(
+        _Images(plan.paths, plan.first_row), batch_sampler=todo, num_workers=num_workers,
+        collate_fn=_Collate(plan.encoder), persistent_workers=False,
+        prefetch_factor=2 if num_workers else None)
+    for done, (idx, inputs) in enumerate(loader, 1):
+        tokens = plan.encoder.forward(inputs, plan.layers)
+        rows, where = _batch_rows(plan, idx)
+        for (layer, p), key in active.items():
+            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[store_dtype])
+            writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
+            for a, b in _runs(_uncommitted(writer, rows)):
+                first = int(np.searchsorted(rows, a))  # rows a..b-1 are consecutive entries of the sorted rows
+                writer.write(a, feats[torch.from_numpy(where[first:first + b - a])].contiguous())
+        after_batch(done, len(idx))
+
+
+def row_shapes(plan: Plan, active: dict, store_dtype: str) -> dict[str, tuple[int, ...]]:
+    """The row shape of every active set, from one forward pass of the first image."""
+    _, inputs = _Collate(plan.encoder)([_Images(plan.paths, plan.first_row)[0]])
+    tokens = plan.encoder.forward(inputs, plan.layers)
+    return {key: tuple(pool(tokens[layer], p).shape[1:]) for (layer, p), key in active.items()}
+
+
+def _batch_rows(plan: Plan, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset rows of a batch of distinct images (sorted), and for each the image's position in
+    the batch: sized by the batch, not by the dataset."""
+    parts = [plan.rows_of[j] for j in idx]
+    rows = np.concatenate(parts)
+    where = np.repeat(np.arange(len(idx), dtype=np.int64), [len(r) for r in parts])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], where[order]
+
+
+def _uncommitted(writer, rows: np.ndarray) -> np.ndarray:
+    keep = np.ones(len(rows), dtype=bool)
+    for a, b in writer.committed_ranges:
+        keep &= ~((rows >= a) & (rows < b))
+    return rows[keep]
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar of images on stderr (disabled: counts silently)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extract", disable=not enabled, file=sys.stderr, smoothing=0.1)

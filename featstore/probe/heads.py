@@ -1,0 +1,106 @@
+"""Linear probe heads, stacked: every (learning rate, weight decay) setting of one input view of one
+feature set is a column block of one matrix, so one matmul serves them all; AdamW per column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..distributed import Ranks
+from ..store import FeatureSet
+
+
+@dataclass
+class HeadGroup:
+    """The stacked heads of one input view of one feature set."""
+
+    view: str                   # 'linear' (a vector set), 'flat' or 'mean' (a patch grid)
+    dim: int
+    settings: list[tuple[float, float]]
+    n_out: int
+    weight: torch.Tensor = field(init=False)
+    bias: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.h = len(self.settings)
+
+    def setup(self, device, mean: torch.Tensor, std: torch.Tensor):
+        self.weight = torch.nn.Parameter(torch.zeros(self.dim, self.h * self.n_out, device=device))
+        self.bias = torch.nn.Parameter(torch.zeros(self.h * self.n_out, device=device))
+        self.mean, self.inv_std = mean.to(device), (1.0 / std).to(device)
+        self.lr = torch.tensor([lr for lr, _ in self.settings], device=device).repeat_interleave(self.n_out)
+        self.wd = torch.tensor([wd for _, wd in self.settings], device=device).repeat_interleave(self.n_out)
+        self.state = [torch.zeros_like(t) for t in (self.weight, self.weight, self.bias, self.bias)]
+        self.step = 0
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x.mean(1) if self.view == "mean" else x.flatten(1)
+        return (x - self.mean) * self.inv_std
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, outputs) from the view's input: one matmul for all heads."""
+        return (x @ self.weight + self.bias).view(len(x), self.h, self.n_out)
+
+
+class StackedHeads(torch.nn.Module):
+    """Every view's stacked heads of one feature set as one module, so DistributedDataParallel can wrap it:
+    ``forward(x)`` is the list of each view's (batch, heads, outputs) logits."""
+
+    def __init__(self, groups: list[HeadGroup]):
+        super().__init__()
+        self.groups = groups
+        for g in groups:
+            self.register_parameter(f"{g.view}_weight", g.weight)
+            self.register_parameter(f"{g.view}_bias", g.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [g.logits(g.inputs(x)) for g in self.groups]
+
+
+def data_parallel(heads: StackedHeads, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """``heads`` wrapped in DistributedDataParallel under torchrun (gradients averaged over the ranks), else itself."""
+    if not ranks.distributed:
+        return heads
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def scores(group: HeadGroup, logits: torch.Tensor, y: torch.Tensor, rel: torch.Tensor, binary: bool):
+    """Per-head loss (summed over heads) and per-head predictions."""
+    if binary:
+        picked = logits.gather(2, rel.view(-1, 1, 1).expand(-1, group.h, 1)).squeeze(2)  # (batch, heads)
+        target = y.float().view(-1, 1).expand_as(picked)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(picked, target, reduction="mean") * group.h
+        return loss, (picked > 0).long()
+    flat = logits.reshape(-1, group.n_out)
+    loss = torch.nn.functional.cross_entropy(flat, y.repeat_interleave(group.h), reduction="mean") * group.h
+    return loss, logits.argmax(2)
+
+
+def adamw_step(group: HeadGroup, gw: torch.Tensor, gb: torch.Tensor, b1=0.9, b2=0.999, eps=1e-8):
+    """One AdamW step of every head, each column with its own learning rate and weight decay."""
+    group.step += 1
+    c1, c2 = 1 - b1 ** group.step, 1 - b2 ** group.step
+    mw, vw, mb, vb = group.state
+    for p, g, m, v, decay in ((group.weight, gw, mw, vw, True), (group.bias, gb, mb, vb, False)):
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        if decay:
+            p.mul_(1 - group.lr * group.wd)
+        p.sub_(group.lr * (m / c1) / ((v / c2).sqrt() + eps))
+
+
+def views(fs: FeatureSet) -> list[str]:
+    return ["linear"] if len(fs.row_shape) == 1 else ["flat", "mean"]
+
+
+def standardisation(fs: FeatureSet, rows: np.ndarray, view: str, seed: int, sample: int = 4096):
+    rng = np.random.default_rng([seed, 7])
+    pick = np.sort(rng.choice(rows, size=min(sample, len(rows)), replace=False))
+    x = fs[pick].float()
+    x = x.mean(1) if view == "mean" else x.flatten(1)
+    return x.mean(0), x.std(0).clamp_min(1e-6)

@@ -1,0 +1,247 @@
+"""FeatureSet: one stored feature matrix, memory-mapped read-only, indexed like a numpy array.
+
+Opening checks the file's header against the manifest entry; rows are read on demand from the
+mapping, so opening 10 GB of features costs a few pages of memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _backend
+from .._dtypes import TORCH_DTYPES, byte_view
+from ..errors import CorruptFileError, IncompleteFeatureSetError
+from ..indexing import normalize_rows
+from .manifest import FORMAT_VERSION, MANIFEST_NAME
+from .members import checked_header
+from .pt_io import write_pt
+from .record import FeatureSetRecord
+
+
+class FeatureSet:
+    """One stored feature matrix of shape ``(N, *row_shape)``, memory-mapped read-only.
+
+    Indexing follows numpy along the first axis and returns torch tensors: ``fs[3]``, ``fs[-1]``,
+    ``fs[10:20]`` (a zero-copy view), ``fs[[5, 1, 5]]``, ``fs[mask]``. ``fs.gather(idx, out=buf)``
+    fills a preallocated tensor. Views are copy-on-write: writing to them never touches the file.
+
+    For code that reads the bytes itself (the CUDA path, other loaders): ``mapped_file`` is the
+    compiled core's mapping of the whole file and ``data`` a memoryview of the feature rows in it
+    (``nbytes`` bytes from ``header.data_start``, ``row_bytes`` per row).
+    """
+
+    def __init__(self, root: Path, record: FeatureSetRecord, allow_incomplete: bool = False):
+        self.root = root
+        self.record = copy.deepcopy(record)  # a snapshot: a writer in this process may move on
+        self.path, self.header, _ = checked_header(root, record)
+        if not record.complete and not allow_incomplete:
+            raise IncompleteFeatureSetError(
+                f"feature set {record.key!r} ({self.path}) has {record.rows_committed} of {record.n_rows} rows committed; "
+                "resume its writer, or open it with store.get(key, allow_incomplete=True)"
+            )
+        self.mapped_file = _backend.MappedFile(str(self.path))
+        expected = self.header.data_start + record.layout.features_bytes + record.layout.labels_bytes
+        if self.mapped_file.size != expected:
+            raise CorruptFileError(f"{self.path}: file is {self.mapped_file.size} bytes, expected {expected}; it changed or was truncated")
+        start = self.header.data_start
+        self.data = memoryview(self.mapped_file)[start : start + record.layout.features_bytes]
+        self._labels: torch.Tensor | None = None
+        self._committed_starts = np.array([a for a, _ in record.committed], dtype=np.int64)
+        self._committed_ends = np.array([b for _, b in record.committed], dtype=np.int64)
+
+    # ---- what it is -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.record.shape
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.record.row_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.record.dtype]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.record.layout.row_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.record.layout.features_bytes
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.record.metadata
+
+    @property
+    def complete(self) -> bool:
+        return self.record.complete
+
+    @property
+    def rows_committed(self) -> int:
+        return self.record.rows_committed
+
+    @property
+    def committed_ranges(self) -> list[tuple[int, int]]:
+        return list(self.record.committed)
+
+    def __len__(self) -> int:
+        return self.record.n_rows
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else f"{self.rows_committed}/{len(self)} rows committed"
+        return f"FeatureSet({self.key!r}, shape={self.shape}, dtype={self.record.dtype}, {state})"
+
+    # ---- zero-copy views --------------------------------------------------------------------
+    def to_torch(self) -> torch.Tensor:
+        """The whole matrix as a tensor view of the mapped file (no copy; writes stay private)."""
+        if self.nbytes == 0:
+            return torch.empty(self.shape, dtype=self.dtype)
+        flat = torch.frombuffer(self.data, dtype=torch.uint8)
+        return flat.view(self.dtype).view(self.shape)
+
+    def to_numpy(self) -> np.ndarray:
+        """The whole matrix as a numpy view (no copy); bfloat16 has no numpy dtype, use to_torch()."""
+        if self.record.dtype == "bfloat16":
+            raise TypeError(f"feature set {self.key!r} is bfloat16, which numpy cannot represent; use to_torch()")
+        return np.frombuffer(self.data, dtype=np.dtype(self.record.dtype)).reshape(self.shape)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Per-row int64 labels stored with the features, or None."""
+        if not self.record.has_labels:
+            return None
+        if self._labels is None:
+            start = self.header.data_start + self.record.layout.features_bytes
+            raw = memoryview(self.mapped_file)[start : start + self.record.layout.labels_bytes]
+            arr = np.frombuffer(raw, dtype=np.int64) if len(raw) else np.empty(0, np.int64)
+            if arr.ctypes.data % 8:
+                arr = arr.copy()  # unaligned (odd row sizes): a small private copy
+            self._labels = torch.from_numpy(arr)
+        return self._labels
+
+    def advise(self, advice: str) -> None:
+        """madvise the feature data: 'random', 'sequential', 'willneed' (prefetch into page cache), 'normal'."""
+        if self.nbytes:
+            self.mapped_file.advise(self.header.data_start, self.nbytes, advice)
+
+    # ---- reading rows -----------------------------------------------------------------------
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, tuple):
+            if not index or index[0] is Ellipsis or index[0] is None:
+                self.check_all_committed()
+                return self.to_torch()[index]
+            first, rest = index[0], index[1:]
+            head = self[first]
+            lead = 0 if _is_scalar_index(first) else 1
+            return head[(slice(None),) * lead + rest]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step > 0:
+                if not self.complete:
+                    self.check_committed(np.arange(start, stop, step, dtype=np.int64))
+                return self.to_torch()[start:stop:step]
+            return self.gather(np.arange(start, stop, step, dtype=np.int64))
+        rows, lead = normalize_rows(index, len(self))
+        out = self._gather_checked(rows)
+        return out.view(*lead, *self.row_shape)
+
+    def gather(self, index, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Copy the rows ``index`` (numpy-style) into ``out`` (allocated when None) and return it.
+
+        ``out`` must be a contiguous CPU tensor (pinned is fine) of this set's dtype with
+        ``len(rows)`` rows; the copy runs in the compiled core with the GIL released.
+        """
+        rows, lead = normalize_rows(index, len(self))
+        if lead == ():
+            lead = (1,)
+        result = self._gather_checked(rows, out)
+        return result if out is not None else result.view(*lead, *self.row_shape)
+
+    def _gather_checked(self, rows: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_committed(rows)
+        expected = (len(rows), *self.row_shape)
+        if out is None:
+            out = torch.empty(expected, dtype=self.dtype)
+        else:
+            _check_out(out, expected, self.dtype, self.key)
+        self.gather_into(rows, out)
+        return out
+
+    def gather_into(self, rows: np.ndarray, out: torch.Tensor, threads: int = 0) -> None:
+        """Hot path for loaders: ``rows`` is a valid int64 array, ``out`` a matching contiguous tensor.
+        ``threads``: 0 uses the gather pool, 1 copies on the calling thread."""
+        if self.row_bytes and len(rows):
+            _backend.gather(self.data, self.row_bytes, rows, byte_view(out), threads)
+
+    def check_all_committed(self) -> None:
+        """Raise IncompleteFeatureSetError unless every row is committed."""
+        if not self.complete and self.rows_committed != len(self):
+            raise IncompleteFeatureSetError(
+                f"feature set {self.key!r}: rows outside {self.committed_ranges[:5]} are not committed"
+            )
+
+    def check_committed(self, rows: np.ndarray) -> None:
+        """Raise IncompleteFeatureSetError naming the first of ``rows`` (valid int64 row numbers) not committed yet."""
+        if self.complete or not len(rows):
+            return
+        if not len(self._committed_starts):
+            ok = np.zeros(len(rows), dtype=bool)
+        else:
+            slot = np.searchsorted(self._committed_starts, rows, side="right") - 1
+            ok = (slot >= 0) & (rows < self._committed_ends[np.maximum(slot, 0)])
+        if not ok.all():
+            bad = int(rows[np.argmin(ok)])
+            raise IncompleteFeatureSetError(
+                f"feature set {self.key!r}: row {bad} is not committed yet (committed: {self.committed_ranges[:5]})"
+            )
+
+    # ---- export -----------------------------------------------------------------------------
+    def export_pt(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the seed's ``.pt`` format beside the safetensors file (or to ``path``) and return the path.
+
+        The features are saved straight from the mapped file (no private copy of the matrix); labels
+        are included when the set has them."""
+        self.check_all_committed()
+        target = Path(path) if path is not None else self.path.with_suffix(".pt")
+        metadata = {"featstore_key": self.key, "featstore_format_version": FORMAT_VERSION, "dtype": self.record.dtype,
+                    **self.metadata}
+        write_pt(target, self.to_torch(), self.labels, metadata)
+        return target
+
+    def __reduce__(self):
+        # Worker processes reopen the file from the same manifest snapshot; nothing mapped is pickled.
+        return (_reopen_feature_set, (type(self), str(self.root), self.record.to_json(), self.key, not self.complete))
+
+
+def _reopen_feature_set(cls: type[FeatureSet], root: str, record_json: dict, key: str, allow_incomplete: bool):
+    record = FeatureSetRecord.from_json(key, record_json, f"{root}/{MANIFEST_NAME}")
+    return cls(Path(root), record, allow_incomplete=allow_incomplete)
+
+
+def _is_scalar_index(index) -> bool:
+    if isinstance(index, (torch.Tensor, np.ndarray)):
+        return index.ndim == 0 and index.dtype not in (torch.bool, np.bool_)
+    return isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_))
+
+
+def _check_out(out: torch.Tensor, expected: tuple[int, ...], dtype: torch.dtype, key: str) -> None:
+    if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
+        raise ValueError(f"feature set {key!r}: out must be a CPU tensor (pinned is fine)")
+    if out.dtype != dtype or tuple(out.shape) != expected or not out.is_contiguous():
+        raise ValueError(
+            f"feature set {key!r}: out must be a contiguous {dtype} tensor of shape {expected}, "
+            f"got {out.dtype} {tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}"
+        )
+
