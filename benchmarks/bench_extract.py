@@ -41,7 +41,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 HERE = Path(__file__).resolve().parent
 VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     lines += ["", "| ratio | measured | target | met |", "|---|---|---|---|"]
     for n, r in ratios.items():
         t = targets[n]
-        lines.append(f"| {n} | {r:.3f} | {'<= %.2f' % t if t else '-'} | {('yes' if r <= t else 'no') if t else '-'} |")
+        lines.append(f"| {n} | {r:.3f} | {f'<= {t:.2f}' if t else '-'} | {('yes' if r <= t else 'no') if t else '-'} |")
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

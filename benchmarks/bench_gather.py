@@ -50,10 +50,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,9 +189,9 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    import datasets
     import safetensors
 
+    import datasets
     import featstore
 
     cpu = "unknown"
@@ -482,8 +483,9 @@ def open_peers(ctx: Context) -> dict[str, Any]:
 
 def build_hf_dataset(ctx: Context) -> Path:
     """An arrow dataset of the same rows (a fixed-size-list column of the stored dtype), saved to disk."""
-    import datasets
     import pyarrow as pa
+
+    import datasets
 
     datasets.disable_progress_bars()
     width = int(np.prod(ctx.spec.row_shape))
@@ -614,14 +616,14 @@ def run_section(spec: SectionSpec, workdir: Path, repeats: int, k_batches: dict[
 # ---- memory, in a subprocess ---------------------------------------------------------------------
 def memory_child(root: str, key: str, batch_size: int, prefetch: int) -> None:
     """Runs in the subprocess: one shuffled epoch of fs.batches, RSS sampled every batch; prints JSON."""
-    import featstore  # noqa: F401  (imports counted in the baseline)
+    import featstore
 
     base = proc_status()
     fs = featstore.FeatureStore.open(root)[key]
     opened = proc_status()
     peak_anon, peak_file, n = opened["RssAnon"], opened["RssFile"], 0
     t0 = time.perf_counter()
-    for x, _, _ in fs.batches(batch_size, seed=0, prefetch=prefetch):
+    for _batch in fs.batches(batch_size, seed=0, prefetch=prefetch):
         s = proc_status()
         peak_anon, peak_file, n = max(peak_anon, s["RssAnon"]), max(peak_file, s["RssFile"]), n + 1
     seconds = time.perf_counter() - t0
@@ -791,7 +793,7 @@ def write_report(report: dict, quick: bool) -> tuple[Path, Path]:
         ["peak RssAnon (private)", f"{mem['peak_rss_anon'] / MB:.0f}"],
         ["peak RssAnon - baseline", f"{mem['private_delta'] / MB:.0f}"],
         ["peak RssFile (page-cache pages mapped, shared)", f"{mem['peak_rss_file'] / MB:.0f}"],
-        [f"prefetch buffers ((prefetch+1) x batch bytes)", f"{mem['prefetch_buffer_bytes'] / MB:.0f}"],
+        ["prefetch buffers ((prefetch+1) x batch bytes)", f"{mem['prefetch_buffer_bytes'] / MB:.0f}"],
     ])
     lines += ["", "## Targets", ""]
     lines += md_table(["target", "measured", "needed", "result"], [
@@ -819,7 +821,6 @@ def main() -> None:
         memory_child(root, key, int(bs), int(prefetch))
         return
 
-    import featstore
 
     t_start = time.perf_counter()
     counters_start = cpu_counters()
@@ -863,9 +864,9 @@ def main() -> None:
     machine["loadavg_end"] = os.getloadavg()
     machine["cpu_busy_by_others_during_run"] = others_busy(counters_start)
     notes = [
-        f"Data: random uniform [0, 1) rows written with the featstore writer. Same permutation per repetition for featstore gather, (a)-(f) "
-        f"(np.random.default_rng(rep)); featstore batches uses its own seeded permutation (seed=rep) and (g) torch's RandomSampler "
-        f"(generator seeded with rep): equally random, not the same rows.",
+        "Data: random uniform [0, 1) rows written with the featstore writer. Same permutation per repetition for featstore gather, (a)-(f) "
+        "(np.random.default_rng(rep)); featstore batches uses its own seeded permutation (seed=rep) and (g) torch's RandomSampler "
+        "(generator seeded with rep): equally random, not the same rows.",
         "Each method ran one untimed epoch first (page cache warm, pages mapped); methods are interleaved in a rotated order within a repetition.",
         f"(f) and (g) are timed on the first K batches of each repetition only ({k_batches[1024]} at batch 1024, {k_batches[8192]} at batch 8192); "
         "(g) excludes the epoch's sampler setup (first batch pulled untimed).",

@@ -30,17 +30,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gather import command_line, machine_info, md_table  # noqa: E402
+from bench_gather import command_line, machine_info, md_table
 
-import featstore  # noqa: E402
+import featstore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_CLASSES = 4
@@ -106,8 +106,9 @@ def write_store(root: Path, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_hf(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     """The same rows as an arrow dataset: a fixed-size-list float16 column and an int64 label column."""
-    import datasets
     import pyarrow as pa
+
+    import datasets
 
     datasets.disable_progress_bars()
     column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
@@ -157,8 +158,9 @@ def measure(n: int, dim: int, batch_sizes: list[int], reps: int, log) -> dict:
         x_np, y_np = write_store(tmp / "store", n, dim)
         write_hf(tmp / "hf", x_np, y_np)
         log(f"wrote {n} x {dim} float16 rows to a store and an arrow dataset in {time.perf_counter() - t0:.1f} s")
-        import datasets
         from torch.utils.data import TensorDataset
+
+        import datasets
 
         fs = featstore.FeatureStore.open(tmp / "store")["bench/f16"]
         hf = datasets.load_from_disk(str(tmp / "hf")).with_format("torch", dtype=torch.float16)
@@ -182,7 +184,7 @@ def measure(n: int, dim: int, batch_sizes: list[int], reps: int, log) -> dict:
                 times: dict[str, list[float]] = {f: [] for f in FEEDERS}
                 batches_per_epoch = n // bs
                 # One untimed short pass per feeder: pages mapped, allocator and threads warm.
-                for f, feed in feeders.items():
+                for feed in feeders.values():
                     heads = make(dim, mean, std)
                     src = presliced(x_t, y_t, bs, 0)[:4] if feed is None else feed(bs, 0)
                     for i, (xb, yb) in enumerate(src):

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="default: one per CPU, as the command line does")
     args = ap.parse_args(argv)
 
-    import datasets  # imported before timing: the API is measured in a warm process
     import PIL
 
+    import datasets  # imported before timing: the API is measured in a warm process
     from featstore.spatial.synth import default_workers, generate
 
     workers = args.workers or default_workers()

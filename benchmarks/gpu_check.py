@@ -44,8 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,7 +292,8 @@ def machine_info() -> dict[str, Any]:
     import featstore
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     return {
         "gpu": props.name,
         "gpu_memory_gib": round(props.total_memory / 2**30, 1),

@@ -12,6 +12,7 @@ This module is the public face: it re-exports what users need from the layers be
 """
 
 from . import _backend, _moved
+from .batches import Batch, BatchLoader, FeatureDataset, FeatureSet, FeatureStore, GatheredBatch, collate
 from .errors import (
     CorruptFileError,
     CudaUnavailableError,
@@ -29,7 +30,6 @@ from .errors import (
     WriterBusyError,
     WriterConflictError,
 )
-from .batches import Batch, BatchLoader, FeatureDataset, FeatureSet, FeatureStore, GatheredBatch, collate
 from .store import FORMAT_VERSION, FeatureWriter, Manifest
 
 __version__ = "0.1.0"
@@ -67,13 +67,13 @@ def backend() -> str:
 
 
 __all__ = [
+    "FORMAT_VERSION",
     "Batch",
     "BatchLoader",
     "CorruptFileError",
     "CudaUnavailableError",
     "EncoderError",
     "ExtractionError",
-    "FORMAT_VERSION",
     "FeatureDataset",
     "FeatureSet",
     "FeatureStore",
@@ -82,8 +82,8 @@ __all__ = [
     "FormatError",
     "FormatVersionError",
     "GatheredBatch",
-    "Manifest",
     "IncompleteFeatureSetError",
+    "Manifest",
     "MissingKeyError",
     "ModelLoadError",
     "UnknownEncoderError",

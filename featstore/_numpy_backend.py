@@ -15,7 +15,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["MappedFile", "gather", "set_num_threads", "get_num_threads"]
+__all__ = ["MappedFile", "gather", "get_num_threads", "set_num_threads"]
 
 _ADVICE = {
     "normal": mmap.MADV_NORMAL,

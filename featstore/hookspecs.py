@@ -14,7 +14,7 @@ featstore's own built-ins are written the same way (see ``featstore/plugins.py``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pluggy import HookimplMarker, HookspecMarker
 

@@ -22,8 +22,9 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 

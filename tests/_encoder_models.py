@@ -21,7 +21,6 @@ def make_dataset(folder: Path, n_images: int = 10, repeats: tuple[int, ...] = (0
     """A saved spatial dataset of ``n_images`` random PNG images; the images at ``repeats`` appear in a
     second row too (rows sharing an image), so rows > images. Returns the dataset folder."""
     import datasets
-
     from featstore.spatial import save_to_disk, schema_features
 
     images = folder / "images"

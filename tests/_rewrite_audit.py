@@ -155,7 +155,7 @@ class RewriteAudit:
         # wraps: the wrapper keeps the original's name, so pickling a reference to it still works
         setattr(owner, name, functools.wraps(original)(make(original)))
 
-    def install(self) -> "RewriteAudit":
+    def install(self) -> RewriteAudit:
         guarded = self._guarded
 
         def os_open(original):

@@ -7,10 +7,9 @@ import shlex
 from pathlib import Path
 
 import torch
+from test_spatial_importers import make_whatsup
 
 from featstore import cli
-
-from test_spatial_importers import make_whatsup
 
 torch.set_num_threads(1)
 README = Path(__file__).resolve().parent.parent / "datasets" / "README.md"

@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_output_options, progress_logger, write_results  # noqa: E402
+from _common import add_output_options, progress_logger, write_results
 
-from featstore import FeatureStore  # noqa: E402
-from featstore.cli import main as featstore_cli  # noqa: E402
-from featstore.errors import FeatureStoreError  # noqa: E402
+from featstore import FeatureStore
+from featstore.cli import main as featstore_cli
+from featstore.errors import FeatureStoreError
 
 SETS = {  # key: (rows, row shape, dtype, labels)
     "dinov2/layer_10": (2000, (768,), "float32", True),  # 6 MB: two checksum blocks

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_output_options, child_env, progress_logger, write_results  # noqa: E402
+from _common import add_output_options, child_env, progress_logger, write_results
 
-from featstore import FeatureStore  # noqa: E402
-from featstore.errors import WriterConflictError  # noqa: E402
+from featstore import FeatureStore
+from featstore.errors import WriterConflictError
 
 BASE_KEY, BASE_ROWS, DIM = "base/layer_1", 8192, 256
 WRITER_ROWS, WRITER_CHUNK = 2048, 128

@@ -39,13 +39,18 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    TESTS, add_output_options, check_against_reference, child_env, progress_logger, safetensors_bytes, write_results,
+from _common import (
+    add_output_options,
+    check_against_reference,
+    child_env,
+    progress_logger,
+    safetensors_bytes,
+    write_results,
 )
 
-from featstore import FeatureStore  # noqa: E402
-from featstore.store.crashpoints import STEPS  # noqa: E402
-from featstore.store import format as fmt  # noqa: E402
+from featstore import FeatureStore
+from featstore.store import format as fmt
+from featstore.store.crashpoints import STEPS
 
 WRITER_ROWS, WRITER_CHUNK, WRITER_SLOW = 600, 50, 0.03
 EXTRACT_IMAGES, EXTRACT_REPEATS, EXTRACT_BATCH, EXTRACT_SETS = 24, (2, 9), 3, 4

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "store"))  # the fuzz targets
 
-import fuzzing  # noqa: E402
-import gather_properties  # noqa: E402
+import fuzzing
+import gather_properties
 
 
 def main(argv=None) -> int:

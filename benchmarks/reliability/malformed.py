@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "store"))
 
 import torch  # noqa: E402
+from malformed_corpus import CASES, make_valid_store  # noqa: E402
 
 from featstore import FeatureStoreError  # noqa: E402
-from malformed_corpus import CASES, make_valid_store  # noqa: E402
 
 
 def _damaged_call(case, valid: Path, work: Path):

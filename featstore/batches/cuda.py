@@ -91,7 +91,7 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _address(fs: "FeatureSet") -> int:
+def _address(fs: FeatureSet) -> int:
     """Address of the first feature byte in the set's mapping (page-aligned: data starts at 4096)."""
     return np.frombuffer(fs.data, dtype=np.uint8).ctypes.data
 
@@ -134,10 +134,10 @@ class HostRegistry:
         skip = {_address(fs) for fs in exclude if fs.nbytes > 0}
         return sum(e.nbytes for a, e in list(self._entries.items()) if a not in skip)
 
-    def __contains__(self, fs: "FeatureSet") -> bool:
+    def __contains__(self, fs: FeatureSet) -> bool:
         return fs.nbytes > 0 and _address(fs) in self._entries
 
-    def device_pointer(self, fs: "FeatureSet", device: int) -> int:
+    def device_pointer(self, fs: FeatureSet, device: int) -> int:
         """The device address of ``fs``'s feature bytes on GPU ``device``, registering them first if
         needed. Raises CudaUnavailableError (naming the set) when CUDA refuses."""
         if fs.nbytes == 0:
@@ -151,7 +151,7 @@ class HostRegistry:
                 entry.device_pointers[device] = self._call(fs, "map", self.mod.device_pointer, address, device)
             return entry.device_pointers[device]
 
-    def _register(self, fs: "FeatureSet", address: int, device: int) -> _Registration:
+    def _register(self, fs: FeatureSet, address: int, device: int) -> _Registration:
         mod = self.mod
         fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, True, device)
         if not fresh:
@@ -168,7 +168,7 @@ class HostRegistry:
         self._entries[address] = entry
         return entry
 
-    def _call(self, fs: "FeatureSet", what: str, fn, *args):
+    def _call(self, fs: FeatureSet, what: str, fn, *args):
         try:
             return fn(*args)
         except RuntimeError as exc:
@@ -177,7 +177,7 @@ class HostRegistry:
                 "use cache='pinned' (or cache='auto', which falls back to it)"
             ) from None
 
-    def unregister(self, fs: "FeatureSet") -> bool:
+    def unregister(self, fs: FeatureSet) -> bool:
         """Undo ``fs``'s registration now (True if it was registered)."""
         if fs.nbytes == 0:
             return False
@@ -206,7 +206,7 @@ class HostRegistry:
 REGISTRY = HostRegistry()
 
 
-def unregister(fs: "FeatureSet") -> bool:
+def unregister(fs: FeatureSet) -> bool:
     """Release ``fs``'s CUDA registration now (it is released anyway when ``fs`` is collected)."""
     return REGISTRY.unregister(fs)
 
@@ -218,7 +218,7 @@ def sorted_plan(rows: np.ndarray) -> np.ndarray:
 
 
 def launch_gather(
-    fs: "FeatureSet", src: int, plan: torch.Tensor, out: torch.Tensor, stream: torch.cuda.Stream, bad: int = 0
+    fs: FeatureSet, src: int, plan: torch.Tensor, out: torch.Tensor, stream: torch.cuda.Stream, bad: int = 0
 ) -> None:
     """Enqueue the kernel on ``stream``: ``out[plan[1, k]] = fs[plan[0, k]]``. ``plan`` is a validated
     (2, n) int64 device tensor from sorted_plan, ``src`` the device pointer of ``fs``'s bytes."""
@@ -231,7 +231,7 @@ def launch_gather(
     )
 
 
-def gather(fs: "FeatureSet", index, device: str | torch.device = "cuda") -> torch.Tensor:
+def gather(fs: FeatureSet, index, device: str | torch.device = "cuda") -> torch.Tensor:
     """Rows ``index`` (numpy-style) of ``fs`` as a new tensor on ``device``, gathered by the CUDA
     kernel straight from the set's registered file pages, on the current CUDA stream.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+
 import numpy as np
 import torch
 

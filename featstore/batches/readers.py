@@ -8,7 +8,8 @@ only stores and reads rows may use ``featstore.store.FeatureStore``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 from .. import store
 from .loader import BatchLoader

@@ -9,6 +9,7 @@ Worker processes (fork or spawn) reopen the files themselves: nothing mapped is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
@@ -40,7 +41,7 @@ class FeatureDataset(Dataset):
         rows, _ = normalize_rows(index, len(self))
         return GatheredBatch(*self._gather_batch(rows))[0]
 
-    def __getitems__(self, indices) -> "GatheredBatch":
+    def __getitems__(self, indices) -> GatheredBatch:
         rows, _ = normalize_rows(np.asarray(indices, dtype=np.int64), len(self))
         return GatheredBatch(*self._gather_batch(rows))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def add_demo_command(sub) -> None:
     """Add ``demo`` to the ``featstore`` parser's subcommands."""
     d = sub.add_parser("demo", help="the main job: synthetic dataset, tiny random-init encoders, extraction, probes")

@@ -44,10 +44,9 @@ def add_probe_commands(subparsers) -> None:
 
 
 def _cmd_probe(args) -> int:
+    from ..distributed import ensure_process_group
     from ..probe import train_probes
     from ..probe.report import write_results
-
-    from ..distributed import ensure_process_group
 
     main = ensure_process_group(args.device).is_main  # under torchrun: every rank trains, rank 0 reports
     out = train_probes(args.store, args.dataset, args.keys or "*", args.task, split=args.split, lrs=args.lrs,

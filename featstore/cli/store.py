@@ -51,7 +51,7 @@ def _cmd_info(args) -> int:
     for r in rows:
         state = "complete" if r["complete"] else f"{r['rows_committed']}/{r['shape'][0]} rows committed"
         problem = f"  PROBLEM: {r['problem']}" if r["problem"] else ""
-        print(f"  {r['key']:32} {str(tuple(r['shape'])):>20} {r['dtype']:>9}  {state}{problem}")
+        print(f"  {r['key']:32} {tuple(r['shape'])!s:>20} {r['dtype']:>9}  {state}{problem}")
         provenance = ", ".join(
             f"{k}={r['metadata'][k]}" for k in ("encoder", "model", "revision", "layer", "pooling") if k in r["metadata"]
         )

@@ -49,7 +49,14 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: i
 def make_clip(folder: Path, full: bool = False, image_size: int = 224) -> Path:
     """A CLIP vision tower of width 64 for ``image_size`` images (``full``: a whole CLIPModel with a tiny text tower)."""
     _quiet()
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModel
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+    )
 
     torch.manual_seed(1)
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -159,6 +160,13 @@ class Encoder:
         return list(dict.fromkeys(items))
 
     # ---- lazy loading -----------------------------------------------------------------------
+    def load(self, weights: bool = True) -> None:
+        """Load the image processor now, and with ``weights`` the model too, instead of on first use
+        (before DataLoader workers fork, or before a timer starts)."""
+        self.processor  # noqa: B018 (the properties load on first access)
+        if weights:
+            self.model  # noqa: B018
+
     @property
     def model(self) -> torch.nn.Module:
         """The model, loaded on first use, in eval mode on :attr:`device` with :attr:`dtype`."""
@@ -273,7 +281,7 @@ class Encoder:
 
 
 @contextmanager
-def _needs_packages(encoder: "Encoder"):
+def _needs_packages(encoder: Encoder):
     """Turn a missing optional package (``transformers``...) into an error that says what to install."""
     try:
         yield

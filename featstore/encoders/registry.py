@@ -8,8 +8,9 @@ like any other, in the ``featstore_encoders`` package.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import EncoderError, UnknownEncoderError
 from ..plugins import collect
@@ -44,7 +45,7 @@ class EncoderEntry:
         return encoder.name, encoder, {"aliases": tuple(aliases)}
 
     @classmethod
-    def make(cls, name: str, obj: type, plugin: str | None = None, aliases: tuple[str, ...] = ()) -> "EncoderEntry":
+    def make(cls, name: str, obj: type, plugin: str | None = None, aliases: tuple[str, ...] = ()) -> EncoderEntry:
         """Build the entry ``plugins.collect`` stores for one ``register`` call."""
         return cls(name, obj, plugin, tuple(a for a in aliases if a != name))
 

@@ -77,7 +77,7 @@ def _write_share(store, plan: Plan, active: dict, n_rows: int, store_dtype: str,
 
     try:
         if mine:
-            plan.encoder.model  # load the weights before the clock starts
+            plan.encoder.load()  # before the clock starts
         writers = {key: shard.join(key, plan.metadata[lp], owner=ranks.is_main) for lp, key in active.items()}
         start = time.perf_counter()
         encode_batches(plan, mine, active, store_dtype, num_workers, lambda lp, key, shape: writers[key],

@@ -71,7 +71,7 @@ def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "dataset
         result.already_complete = True
         result.exports = write_exports(store, plan, export_pt) if ranks.is_main else []
         return result
-    plan.encoder.processor  # load once here, so workers inherit it instead of each loading it
+    plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
     if ranks.distributed:
         extract_ranks(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress,
                       ranks, result)
@@ -91,7 +91,7 @@ def _extract_here(store: FeatureStore, plan: Plan, active: dict, n_rows: int, st
     try:
         todo = batches_to_do(plan, active.values(), store.refresh(), n_rows, batch_size)
         if todo:
-            plan.encoder.model  # load the weights before the clock starts: result.seconds is the extraction itself
+            plan.encoder.load()  # before the clock starts: result.seconds is the extraction itself
         start = time.perf_counter()
         bar = progress_bar(sum(len(b) for b in todo), progress)
 

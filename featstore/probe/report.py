@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 CSV_FIELDS = ("key", "encoder", "layer", "pooling", "head", "dim", "best_lr", "best_wd", "val_acc", "test_acc",
               "ci_low", "ci_high", "n_test", "chance")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
     return {"settings": {"task": task, "classes": t.classes, "relations": list(t.relations), "keys": selected,
                          "lrs": lrs, "wds": wds, "epochs": epochs, "batch_size": batch_size, "seed": seed,
                          "fractions": list(fractions), "device": str(run_device), "world_size": ranks.world_size,
-                         "rows": {k: int(len(v)) for k, v in rows.items()}},
+                         "rows": {k: len(v) for k, v in rows.items()}},
             "results": results, "sweep": sweep}
 
 
@@ -165,7 +166,7 @@ def _test_scores(ok: np.ndarray, test_rel: np.ndarray, t: TaskData) -> dict[str,
             c, n = int(ok[sel].sum()), int(sel.sum())
             rlo, rhi = wilson_interval(c, n)
             per_rel[name] = {"acc": c / n, "ci_low": rlo, "ci_high": rhi, "n": n}
-    return {"test_acc": float(ok.mean()), "ci_low": lo, "ci_high": hi, "n_test": int(len(ok)), "per_relation": per_rel,
+    return {"test_acc": float(ok.mean()), "ci_low": lo, "ci_high": hi, "n_test": len(ok), "per_relation": per_rel,
             "chance": 1.0 / len(t.classes)}
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 from .schema import DatasetValidationError, SpatialDatasetError, dataset_root
 from .validate import validate

@@ -52,7 +52,7 @@ class RowTargets:
         self.labels(target)
         classes = ["false", "true"] if target == "label" else list(self.relations)
         return {METADATA_KEY: {"target": target, "classes": classes, "relations": list(self.relations),
-                               "rows": int(len(self.label)), "dataset_fingerprint": self.dataset_fingerprint}}
+                               "rows": len(self.label), "dataset_fingerprint": self.dataset_fingerprint}}
 
 
 def row_targets(ds, relations: tuple[str, ...] | None = None) -> RowTargets:

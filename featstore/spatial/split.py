@@ -31,7 +31,7 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
 def image_counts(n_images: int, fractions: tuple[float, float, float]) -> list[int]:
     """Images per split: rounded shares, each non-zero fraction getting at least one image when possible."""
     positive = sum(f > 0 for f in fractions)
-    rest = [int(round(f * n_images)) for f in fractions[1:]]
+    rest = [round(f * n_images) for f in fractions[1:]]
     if n_images >= positive:
         rest = [max(c, 1) if f > 0 else c for c, f in zip(rest, fractions[1:])]
     need_train = 1 if fractions[0] > 0 and n_images >= positive else 0

@@ -19,8 +19,8 @@ import math
 import multiprocessing as mp
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -211,7 +211,7 @@ def _place_pair(r: random.Random, actual: str, S: int) -> tuple[tuple, tuple]:
         gap = gmin + _uniform(r, 0, slack)
         first_pos = m + _uniform(r, 0, slack - (gap - gmin))
         subject_first = actual in ("left", "top")
-        s_first, s_second = (sa, sb) if subject_first else (sb, sa)
+        s_first = sa if subject_first else sb
         p_first, p_second = first_pos, first_pos + s_first + gap
         pa, pb = (p_first, p_second) if subject_first else (p_second, p_first)
         cb = _uniform(r, m + sb / 2, S - m - sb / 2)
@@ -375,8 +375,9 @@ def generate(out: str | os.PathLike = "datasets/spatial_hf", n: int = 2000, seed
     ``distractors`` is the probability that a row gets one or two distractor objects. ``workers``
     processes render in parallel (default: one per CPU); the result does not depend on it.
     """
-    import datasets
     from tqdm.auto import tqdm
+
+    import datasets
 
 
     for name, value, lo in (("n", n, 1), ("size", size, 32), ("seed", seed, None)):

@@ -12,6 +12,7 @@ from .header import Header, read_header
 from .paths import resolve_member
 from .record import FeatureSetRecord
 
+
 def checked_header(root: Path, record: FeatureSetRecord) -> tuple[Path, Header, bytes]:
     """Resolve a feature set's file inside ``root`` and check its header against the manifest record."""
     where = f"feature set {record.key!r}"

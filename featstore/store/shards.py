@@ -26,6 +26,7 @@ import json
 import os
 import re
 from pathlib import Path
+
 from ..errors import FeatureStoreError, WriterConflictError
 from .files import fsync_dir, open_regular_file, write_json_atomic
 from .header import read_header
@@ -95,7 +96,7 @@ class ShardWriter(FeatureWriter):
     """One rank's writer of a feature set that rank 0 owns: writes rows like a FeatureWriter, but its
     ``commit()`` records them in the rank's progress file instead of the manifest (see the module doc)."""
 
-    def __init__(self, shard: "RankShard", record: FeatureSetRecord, fd: int, path: Path, data_start: int):
+    def __init__(self, shard: RankShard, record: FeatureSetRecord, fd: int, path: Path, data_start: int):
         super().__init__(shard.store.manifest, record, fd, path, data_start)
         self._shard = shard
         self._mine: list[tuple[int, int]] = []

@@ -11,8 +11,9 @@ import fcntl
 import fnmatch
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch

@@ -32,6 +32,7 @@ from .paths import file_for_key, resolve_member
 from .ranges import covers, gaps, merge_ranges, overlaps, subtract_ranges
 from .record import FeatureSetRecord
 
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -218,7 +219,7 @@ class FeatureWriter:
         if self._closed:
             raise WriterConflictError(f"feature set {self.key!r}: this writer is closed or finished")
 
-    def __enter__(self) -> "FeatureWriter":
+    def __enter__(self) -> FeatureWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

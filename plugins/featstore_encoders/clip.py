@@ -4,7 +4,8 @@ checkpoint: layers ``layer_0`` (embeddings after the pre-layernorm) to ``layer_L
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -16,8 +16,9 @@ missing or unexpected weight is an error.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -84,7 +85,9 @@ class QwenVisionEncoder(Encoder):
         if self.family == "qwen2-vl":
             from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel as Tower
         else:
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel as Tower
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+                Qwen2_5_VisionTransformerPretrainedModel as Tower,
+            )
         model = Tower._from_config(self.config)
         load_tower_weights(model, self.model_folder())
         return model

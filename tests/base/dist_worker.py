@@ -32,7 +32,7 @@ def check_epoch_shares(store: str, key: str) -> None:
         mine = np.concatenate([b.indices.numpy() for b in loader]).tolist()
         shares: list = [None] * ranks.world_size
         dist.all_gather_object(shares, mine)
-        assert sorted(sum(shares, [])) == list(range(len(fs))), f"epoch {epoch}: shares not disjoint and complete"
+        assert sorted(r for share in shares for r in share) == list(range(len(fs))), f"epoch {epoch}: shares not disjoint and complete"
 
 
 if __name__ == "__main__":

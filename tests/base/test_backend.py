@@ -368,7 +368,7 @@ def test_gather_from_many_python_threads(backend):
                 o = np.empty(4096 * 256, np.uint8)
                 B.gather(src, 256, i, o, int(rng.integers(0, 3)))
                 np.testing.assert_array_equal(o, _expected(src, 256, i))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
@@ -417,9 +417,8 @@ def test_backend_switching(backend):
     with B.use(other):
         assert B.name() == other
     assert B.name() == backend
-    with pytest.raises(ValueError):
-        with B.use("fortran"):
-            pass
+    with pytest.raises(ValueError), B.use("fortran"):
+        pass
 
 
 _SELECTION_SCRIPT = r"""

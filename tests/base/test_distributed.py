@@ -142,6 +142,7 @@ def reference(inputs, tmp_path_factory):
 
 def extract_one_process(model, dataset, out):
     from _encoder_models import offline_hub
+
     from featstore.cli import main
 
     with offline_hub():
@@ -166,9 +167,10 @@ PROBE = dict(lrs=(0.003, 0.01), wds=(0.0,), epochs=4, batch_size=32)
 @pytest.fixture(scope="module")
 def one_launch(inputs, tmp_path_factory):
     """One torchrun of tests/base/dist_worker.py: featstore.extract in the process group, fs.batches' shares, a probe."""
+    from test_probe import write_store
+
     from featstore.spatial import load_from_disk
     from featstore.spatial.synth import generate
-    from test_probe import write_store
 
     model, dataset = inputs
     root = tmp_path_factory.mktemp("launch")

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _util import make_store
 
 import featstore.batches.cuda as fcuda
 from featstore import FeatureStore
 from featstore.errors import CudaUnavailableError
-from _util import make_store
 
 ROOT = Path(__file__).resolve().parents[2]
 

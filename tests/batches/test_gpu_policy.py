@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _util import make_store
 
 import featstore.batches.cuda as fcuda
 from featstore.batches.device_paths import DEFAULT_DEVICE_SHARE, choose_path, device_share
 from featstore.errors import CudaUnavailableError
-from _util import make_store
 
 MB = 2**20
 GPU = dict(device_type="cuda", cuda_ok=True)

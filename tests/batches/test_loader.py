@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _util import make_store, rows_for
 
 from featstore import Batch, FeatureStore
-from _util import make_store, rows_for
 
 torch.set_num_threads(1)
 N = 103
@@ -121,7 +121,7 @@ def test_cpu_batches_stay_valid_after_the_next_one(store):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_match_cpu(store):
     fs = store["enc/layer_10"]
-    for x, y, r in fs.batches(16, device="cuda", prefetch=2):
+    for x, _, r in fs.batches(16, device="cuda", prefetch=2):
         assert x.is_cuda and torch.equal(x.cpu(), fs[r.numpy()])
 
 

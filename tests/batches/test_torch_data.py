@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _util import make_store
 from torch.utils.data import DataLoader
 
 import featstore
 from featstore import FeatureStore
-from _util import make_store
 
 torch.set_num_threads(1)
 N = 90

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from _util import make_store
 
 from featstore.cli import main
-from _util import make_store
 
 torch.set_num_threads(1)
 

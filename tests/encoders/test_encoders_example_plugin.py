@@ -72,6 +72,7 @@ def test_listed_and_used_by_the_command_line(installed, fresh, tmp_path, capsys)
     store = FeatureStore.open(tmp_path / "f")
     assert store.keys() == ["patchcolor/color/cls", "patchcolor/color/patch", "patchcolor/contrast/cls", "patchcolor/contrast/patch"]
     from PIL import Image
+
     import datasets
 
     first = np.asarray(Image.open(datasets.load_from_disk(str(data))[0]["image_path"]), dtype=np.float32) / 255

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-
 from _encoder_models import make_clip, make_dinov2, random_images
+
 from featstore.encoders import build_encoder, pool
 from featstore.errors import ModelLoadError, UnknownLayerError
 
@@ -160,4 +160,4 @@ def test_a_missing_weight_is_an_error(tmp_path, which):
     del weights[dropped]
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"1 weight\(s\) .* missing from the checkpoint"):
-        build_encoder(which, folder).model
+        build_encoder(which, folder).load()

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from _encoder_models import make_qwen, random_images
 from PIL import Image
 
-from _encoder_models import make_qwen, random_images
 from featstore.encoders import build_encoder, find_encoder, pool
 from featstore.errors import EncoderError, ModelLoadError, UnknownLayerError
 
@@ -65,7 +65,7 @@ def test_a_missing_weight_is_an_error(tmp_path):
     del index["weight_map"]["visual.blocks.2.mlp.fc1.weight"]
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match=r"1 missing \(e.g. \['blocks.2.mlp.fc1.weight'\]\)"):
-        build_encoder("qwen", folder).model
+        build_encoder("qwen", folder).load()
 
 
 def test_layers_match_the_towers_own_hidden_states(checkpoint, images):
@@ -143,8 +143,9 @@ def test_mixed_grids_in_a_batch_are_refused(checkpoint):
 
 
 def test_extract_with_qwen(checkpoint, tmp_path):
-    import featstore
     from _encoder_models import make_dataset
+
+    import featstore
     from featstore import FeatureStore
 
     family, folder, _ = checkpoint

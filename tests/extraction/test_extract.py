@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+from _encoder_models import make_dataset
 
 import featstore
-from _encoder_models import make_dataset
 from featstore import FeatureStore
 from featstore.cli import main
 from featstore.encoders import build_encoder, pool
@@ -45,8 +45,9 @@ def test_keys():
 
 
 def test_writes_every_layer_and_pooling(extracted, model_dir, dataset_dir):
-    import datasets
     from PIL import Image
+
+    import datasets
 
     out, result = extracted
     assert not result.already_complete and result.rows == 12 and result.images == 10 and result.images_encoded == 10

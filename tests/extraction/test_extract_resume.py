@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from _encoder_models import make_dataset, make_dinov2, offline_hub
 
 import featstore
-from _encoder_models import offline_hub, make_dataset, make_dinov2
 from featstore import FeatureStore
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from test_probe import write_store
 
 import featstore
 from featstore.cli import main
 from featstore.spatial.synth import generate
-from test_probe import write_store
 
 torch.set_num_threads(1)
 
@@ -35,7 +35,8 @@ def test_cli_writes_every_file(paths, tmp_path, capsys):
     res = json.loads((out / "probe_results.json").read_text())
     assert [(r["key"], r["head"]) for r in res["results"]] == [("toy/layer_1/cls", "linear"), ("toy/layer_1/patch", "flat"),
                                                                ("toy/layer_1/patch", "mean")]
-    rows = list(csv.DictReader(open(out / "probe_results.csv")))
+    with open(out / "probe_results.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"acc_left", "ci_low", "ci_high", "best_lr"} <= set(rows[0])
     assert (out / "probe_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test" in printed and "toy" in printed and "probe_accuracy.png" in printed

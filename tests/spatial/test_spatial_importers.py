@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
+import datasets
 from featstore import cli, spatial
 from featstore.spatial.importers.table import import_table
 from featstore.spatial.importers.whatsup import caption_relation, filename_relation, import_whatsup

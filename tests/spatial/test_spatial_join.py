@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pickle
 
-import datasets
 import numpy as np
 import pytest
 import torch
+from _util import rows_for
 
+import datasets
 from featstore import FeatureStore, cli, spatial
 from featstore.spatial.split import image_counts
-
-from _util import rows_for
 
 torch.set_num_threads(1)
 

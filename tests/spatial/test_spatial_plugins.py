@@ -8,10 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
+import datasets
 from featstore import cli, plugins, spatial
 from featstore.hookspecs import hookimpl
 from featstore.spatial.importers import get_importers

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import datasets
 import pytest
 import torch
 
+import datasets
 from featstore import FeatureStoreError, spatial
 
 torch.set_num_threads(1)

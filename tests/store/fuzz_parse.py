@@ -19,8 +19,8 @@ import types
 
 import atheris
 
-from featstore.store import format as fmt
 from featstore.errors import FeatureStoreError
+from featstore.store import format as fmt
 
 
 def _instrument_module(module) -> int:

@@ -10,13 +10,10 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
-
-import pytest
 
 import fuzzing
 import gather_properties
+import pytest
 
 RUNS = 20_000
 

@@ -12,9 +12,9 @@ import tracemalloc
 
 import pytest
 import torch
+from malformed_corpus import CASES, make_valid_store
 
 from featstore import FeatureStoreError
-from malformed_corpus import CASES, make_valid_store
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,9 @@ own, so each entry is held to a strict schema and to what the file's header repe
 from __future__ import annotations
 
 import pytest
+from test_open_errors import _damaged, _edit_manifest
 
 from featstore import FeatureStore, FormatError
-from test_open_errors import _damaged, _edit_manifest
 
 pytestmark = pytest.mark.damages_store
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-
 SCRIPT = r"""
 import json, sys, psutil, torch
 from featstore import FeatureStore

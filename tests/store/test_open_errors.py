@@ -8,9 +8,9 @@ import struct
 
 import pytest
 import torch
+from _util import make_store
 
 from featstore import CorruptFileError, FeatureStore, FormatError, FormatVersionError
-from _util import make_store
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.damages_store  # the tests make files writable to damage them

@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 import torch
+from _util import make_store
 
 from featstore import CorruptFileError, FeatureStore, FormatError
-from _util import make_store
 
 torch.set_num_threads(1)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _util import make_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featstore import FeatureStore, MissingKeyError
-from _util import make_store
 
 torch.set_num_threads(1)
 N = 53

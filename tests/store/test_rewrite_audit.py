@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-
 from _rewrite_audit import writable_finished_files
 from _util import make_store, rows_for
+
 from featstore import FeatureStore
 
 

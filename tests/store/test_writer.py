@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 import torch
+from _util import make_store, rows_for
 from safetensors.torch import load_file
 
 from featstore import (
@@ -18,7 +19,6 @@ from featstore import (
     WriterConflictError,
 )
 from featstore.store import format as fmt
-from _util import make_store, rows_for
 
 torch.set_num_threads(1)
 
@@ -141,10 +141,9 @@ def test_context_manager_commits_and_finishes_or_keeps_progress(tmp_path):
         w.write(0, torch.ones(2, 2))
     info = FeatureStore.open(tmp_path).info("a/half")
     assert not info.complete and info.committed == [(0, 2)]
-    with pytest.raises(RuntimeError):
-        with store.create_feature_set("a/half", 4, (2,), "float32", resume=True) as w:
-            w.write(2, torch.ones(2, 2))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.create_feature_set("a/half", 4, (2,), "float32", resume=True) as w:
+        w.write(2, torch.ones(2, 2))
+        raise RuntimeError("boom")
     assert FeatureStore.open(tmp_path).info("a/half").committed == [(0, 2)]
 
 

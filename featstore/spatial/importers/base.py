@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import FeatureStoreError
 from ...plugins import collect
@@ -46,7 +47,7 @@ class Importer:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
     @classmethod
-    def make(cls, name: str, obj: Any, plugin: str | None = None, help: str | None = None) -> "Importer":
+    def make(cls, name: str, obj: Any, plugin: str | None = None, help: str | None = None) -> Importer:
         """Wrap what a plugin passed to ``register``: a callable, optionally with ``add_arguments``."""
         if not callable(obj):
             raise TypeError(f"importer {name!r} must be callable (source, **options), got {type(obj).__name__}")

@@ -8,7 +8,8 @@ encoder has (see README.md beside pyproject.toml). The "model" argument names th
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class PatchColorEncoder(Encoder):
 
     def encode(self, model, inputs, layers: Sequence[str]) -> dict[str, LayerTokens]:
         pooled = model(inputs["pixel_values"])                  # (B, 3, h, w)
-        b, d, h, w = pooled.shape
+        h, w = pooled.shape[2:]
         patches = pooled.flatten(2).transpose(1, 2)             # (B, h*w, 3), raster order
         image_mean = patches.mean(1, keepdim=True)              # a "CLS" token: the whole image's colour
         out = {}
