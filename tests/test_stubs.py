@@ -37,8 +37,14 @@ def _import(name: str):
 
 
 def _stub(module) -> ast.Module:
-    path = Path(module.__file__).parent / (module.__name__.rsplit(".", 1)[-1] + ".pyi")
-    assert path.is_file(), f"no stub next to {module.__file__}"
+    """The module's .pyi: beside the compiled file (a wheel), or in the package's source folder (an
+    editable install keeps the compiled files in site-packages and the rest in the source tree)."""
+    import featstore
+
+    name = module.__name__.rsplit(".", 1)[-1] + ".pyi"
+    folders = [Path(module.__file__).parent, *map(Path, featstore.__path__)]
+    path = next((f / name for f in folders if (f / name).is_file()), None)
+    assert path is not None, f"no {name} in {folders}"
     return ast.parse(path.read_text(), filename=str(path))
 
 
