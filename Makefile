@@ -34,8 +34,9 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the dependencies or the C++ sources change (the editable install compiles csrc/).
-$(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+# Reinstall when the dependencies, the C++ sources (csrc/ and its subfolders) or the version
+# (featstore/__init__.py's __version__, read by pyproject.toml) change: the editable install compiles csrc/.
+$(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.*) featstore/__init__.py
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation --no-deps $(BUILD_ARGS) -e .
 	$(RUN_ENV) $(BIN)/python -c "import featstore; assert featstore.backend() == 'core', 'compiled core missing'"

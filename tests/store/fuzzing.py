@@ -8,6 +8,11 @@ Targets:
   else with g++ and csrc/fuzz/standalone_main.cpp (random inputs, same sanitizers).
 - tsan: csrc/fuzz/tsan_pool_stress.cpp, the gather thread pool under ThreadSanitizer (g++ or clang++).
 
+The C++ targets are built with CMake where it is found (`cmake -DFEATSTORE_FUZZ=ON -DFEATSTORE_PYTHON=OFF`:
+targets fuzz_gather_standalone, fuzz_gather_libfuzzer (clang only) and tsan_pool_stress, each linked
+with a sanitised build of the gather library), in build/fuzz/<compiler>; without CMake, or with
+FEATSTORE_FUZZ_BUILD=direct, by calling the compiler on the same sources.
+
 Each run returns {"executions", "findings", "seconds", ...}; a finding is a non-zero exit (a sanitizer
 report, an abort from a failed check, an unexpected exception) and its output is kept in "log".
 """
@@ -26,8 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
+# The direct build (no CMake): the same flags as CMakeLists.txt's FEATSTORE_FUZZ targets.
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-CXXFLAGS = ["-std=c++17", "-O1", "-g", "-pthread"]
+CXXFLAGS = ["-std=c++17", "-O1", "-g", "-pthread", "-Wall", "-Wextra", f"-I{CSRC}"]
 
 
 def find_clang() -> str | None:
@@ -37,6 +43,30 @@ def find_clang() -> str | None:
         if path:
             return path
     return None
+
+
+def find_tool(name: str) -> str | None:
+    """cmake or ninja: next to the running Python (pip's cmake/ninja in a venv), from the Python
+    package of that name, or on PATH; None if there is none."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    try:
+        module = __import__(name)
+        bin_dir = getattr(module, "CMAKE_BIN_DIR" if name == "cmake" else "BIN_DIR", None)
+        if bin_dir and (Path(bin_dir) / name).is_file():
+            return str(Path(bin_dir) / name)
+    except ImportError:
+        pass
+    return shutil.which(name)
+
+
+def gather_library_sources() -> list[Path]:
+    """The gather library's sources, as CMakeLists.txt lists them (FEATSTORE_GATHER_SOURCES)."""
+    match = re.search(r"set\(FEATSTORE_GATHER_SOURCES([^)]*)\)", (REPO / "CMakeLists.txt").read_text())
+    if not match:
+        raise RuntimeError("CMakeLists.txt does not set FEATSTORE_GATHER_SOURCES")
+    return [REPO / name for name in match.group(1).split()]
 
 
 def _clean_env(**extra: str) -> dict:
@@ -49,37 +79,77 @@ def _clean_env(**extra: str) -> dict:
 def _compile(cmd: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env())
     if done.returncode:
-        raise RuntimeError(f"build failed: {' '.join(cmd)}\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"build failed: {' '.join(cmd)}\n{(done.stdout + done.stderr)[-4000:]}")
+
+
+def _use_cmake() -> bool:
+    """FEATSTORE_FUZZ_BUILD=cmake|direct|auto (default): build with CMake's FEATSTORE_FUZZ targets,
+    or by calling the compiler directly (the fallback where CMake is missing)."""
+    mode = os.environ.get("FEATSTORE_FUZZ_BUILD", "auto")
+    if mode not in ("auto", "cmake", "direct"):
+        raise ValueError(f"FEATSTORE_FUZZ_BUILD must be auto, cmake or direct, got {mode!r}")
+    if mode == "cmake" and not find_tool("cmake"):
+        raise RuntimeError("FEATSTORE_FUZZ_BUILD=cmake but no cmake was found")
+    return mode == "cmake" or (mode == "auto" and find_tool("cmake") is not None)
+
+
+def cmake_build_dir(cxx: str) -> Path:
+    """The CMake build folder of the fuzz targets for compiler ``cxx``: build/fuzz/<compiler> in the
+    repository (kept between runs, so a rebuild is incremental), or under $FEATSTORE_FUZZ_BUILD_DIR."""
+    return Path(os.environ.get("FEATSTORE_FUZZ_BUILD_DIR") or REPO / "build" / "fuzz") / Path(cxx).name
+
+
+def _cmake_target(cxx: str, target: str, out_dir: Path) -> Path:
+    """Configure (FEATSTORE_FUZZ=ON, no Python modules) and build one CMake target with compiler
+    ``cxx``; the binary is copied into ``out_dir``."""
+    cmake = find_tool("cmake")
+    build = cmake_build_dir(cxx)
+    configure = [cmake, "-S", str(REPO), "-B", str(build), "-DFEATSTORE_FUZZ=ON", "-DFEATSTORE_PYTHON=OFF",
+                 "-DFEATSTORE_CUDA=OFF", f"-DCMAKE_CXX_COMPILER={cxx}"]
+    ninja = find_tool("ninja")
+    if ninja and not (build / "CMakeCache.txt").exists():  # the generator is fixed at the first configure
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    _compile(configure)
+    _compile([cmake, "--build", str(build), "--target", target, "--parallel", str(os.cpu_count() or 2)])
+    binary = out_dir / target
+    shutil.copy2(build / target, binary)
+    return binary
 
 
 def build_gather_fuzzer(out_dir: Path, engine: str = "auto") -> tuple[Path, str]:
-    """Compile the gather fuzz target; ``engine`` 'libfuzzer' (clang), 'standalone' (g++) or 'auto'.
-    Returns the binary and the engine used."""
+    """Build the gather fuzz target; ``engine`` 'libfuzzer' (clang), 'standalone' (g++) or 'auto'.
+    With CMake: the target fuzz_gather_<engine> of FEATSTORE_FUZZ=ON, linked with the ASan+UBSan
+    build of the gather library. Returns the binary (in ``out_dir``) and the engine used."""
     out_dir.mkdir(parents=True, exist_ok=True)
     clang = find_clang()
     if engine == "auto":
         engine = "libfuzzer" if clang else "standalone"
-    sources = [str(CSRC / "fuzz" / "fuzz_gather.cpp"), str(CSRC / "gather.cpp")]
+    if engine == "libfuzzer" and not clang:
+        raise RuntimeError("libFuzzer needs clang++ (apt-get install clang-14 libclang-rt-14-dev)")
+    cxx = clang if engine == "libfuzzer" else os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if _use_cmake():
+        return _cmake_target(cxx, f"fuzz_gather_{engine}", out_dir), engine
+    sources = [str(CSRC / "fuzz" / "fuzz_gather.cpp"), *map(str, gather_library_sources())]
     binary = out_dir / f"fuzz_gather_{engine}"
     if engine == "libfuzzer":
-        if not clang:
-            raise RuntimeError("libFuzzer needs clang++ (apt-get install clang-14 libclang-rt-14-dev)")
         flags = [*SANITIZE_FLAGS]
         flags[0] = "-fsanitize=fuzzer,address,undefined"
-        _compile([clang, *CXXFLAGS, *flags, *sources, "-o", str(binary)])
+        _compile([cxx, *CXXFLAGS, *flags, *sources, "-o", str(binary)])
     else:
-        cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
         _compile([cxx, *CXXFLAGS, *SANITIZE_FLAGS, *sources, str(CSRC / "fuzz" / "standalone_main.cpp"), "-o", str(binary)])
     return binary, engine
 
 
 def build_tsan_stress(out_dir: Path) -> Path:
-    """Compile the thread-pool stress test with ThreadSanitizer."""
+    """Build the thread-pool stress test with ThreadSanitizer (with CMake: the target tsan_pool_stress,
+    linked with the TSan build of the gather library)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cxx = os.environ.get("CXX") or shutil.which("g++") or find_clang()
+    if _use_cmake():
+        return _cmake_target(cxx, "tsan_pool_stress", out_dir)
     binary = out_dir / "tsan_pool_stress"
-    _compile([cxx, *CXXFLAGS, "-fsanitize=thread", str(CSRC / "fuzz" / "tsan_pool_stress.cpp"), str(CSRC / "gather.cpp"),
-              "-o", str(binary)])
+    _compile([cxx, *CXXFLAGS, "-fsanitize=thread", str(CSRC / "fuzz" / "tsan_pool_stress.cpp"),
+              *map(str, gather_library_sources()), "-o", str(binary)])
     return binary
 
 

@@ -1,0 +1,44 @@
+"""featstore compiled core: copy-on-write file mappings and a multithreaded row gather."""
+
+import os
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from typing_extensions import Buffer
+
+class MappedFile:
+    """A whole file mapped copy-on-write (MAP_PRIVATE); its buffer is a writable 1-D byte view."""
+
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
+        """Map the whole file at ``path`` (opened read-only; OSError with errno and filename on failure)."""
+    @property
+    def path(self) -> str:
+        """The mapped file's path, as given (os.fsdecode)."""
+    @property
+    def size(self) -> int:
+        """The file's size in bytes (0 for an empty file)."""
+    def advise(
+        self, offset: int, length: int, advice: Literal["normal", "random", "sequential", "willneed", "dontneed"]
+    ) -> None:
+        """madvise(2) on [offset, offset+length), offset rounded down to the page (ValueError outside the file)."""
+    def __repr__(self) -> str:  # noqa: PYI029 (pybind11 defines it; the stub lists every export)
+        """``<featstore._core.MappedFile path=... size=...>``."""
+    def __buffer__(self, flags: int, /) -> memoryview:
+        """A writable 1-D uint8 view of the mapping that keeps it alive (writes never reach the file)."""
+
+def gather(
+    src: Buffer | torch.Tensor,
+    row_bytes: int,
+    indices: npt.NDArray[np.int64],
+    out: Buffer | torch.Tensor,
+    threads: int = 0,
+) -> None:
+    """Copy row ``indices[i]`` of ``src`` (rows of ``row_bytes`` bytes) to row i of ``out``, GIL released."""
+
+def set_num_threads(n: int) -> None:
+    """Set the size of the persistent gather thread pool (>= 1; else ValueError)."""
+
+def get_num_threads() -> int:
+    """Size of the gather thread pool (FEATSTORE_NUM_THREADS, else min(8, CPUs), unless set)."""
