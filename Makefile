@@ -34,9 +34,12 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the dependencies, the C++ sources (csrc/ and its subfolders) or the version
-# (featstore/__init__.py's __version__, read by pyproject.toml) change: the editable install compiles csrc/.
-$(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.*) featstore/__init__.py
+# Reinstall when the dependencies, the C++ sources (csrc/ and its subfolders), the version
+# (featstore/__init__.py's __version__, read by pyproject.toml) or the package's module list change: the
+# editable install compiles csrc/ and maps each module to its file (a folder's mtime changes when a file in
+# it is added, removed or renamed).
+PACKAGE_DIRS := $(shell find featstore plugins/featstore_encoders -type d -not -name __pycache__)
+$(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.*) featstore/__init__.py $(PACKAGE_DIRS)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation --no-deps $(BUILD_ARGS) -e .
 	$(RUN_ENV) $(BIN)/python -c "import featstore; assert featstore.backend() == 'core', 'compiled core missing'"
