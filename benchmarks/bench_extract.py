@@ -44,8 +44,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 HERE = Path(__file__).resolve().parent
-VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-             image_size=224, patch_size=14)
+VIT_S = dict(
+    hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224, patch_size=14
+)
 
 
 def make_model(folder: Path) -> Path:
@@ -56,8 +57,13 @@ def make_model(folder: Path) -> Path:
     logging.disable_progress_bar()
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(**VIT_S)).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
     return folder
 
 
@@ -78,8 +84,18 @@ def extract_once(dataset: Path, model_dir: Path, out: Path, layers: str, args) -
     import featstore
 
     shutil.rmtree(out, ignore_errors=True)
-    result = featstore.extract(str(dataset), "dinov2", str(model_dir), out, layers=layers, pooling="cls",
-                               batch_size=args.batch_size, num_workers=args.workers, progress=False, export_pt=False)
+    result = featstore.extract(
+        str(dataset),
+        "dinov2",
+        str(model_dir),
+        out,
+        layers=layers,
+        pooling="cls",
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=False,
+        export_pt=False,
+    )
     assert result.images_encoded == args.images, result
     return result.seconds
 
@@ -94,7 +110,7 @@ def preprocessed_batches(dataset: Path, model_dir: Path, batch_size: int) -> lis
     paths = image_paths(load_from_disk(dataset))
     out = []
     for i in range(0, len(paths), batch_size):
-        images = [Image.open(p).convert("RGB") for p in paths[i:i + batch_size]]
+        images = [Image.open(p).convert("RGB") for p in paths[i : i + batch_size]]
         out.append(enc.preprocess(images)["pixel_values"])
     return out
 
@@ -132,7 +148,7 @@ def main(argv=None) -> int:
         times: dict[str, list[float]] = {n: [] for n in names}
         runs["bare loop"]()  # warm-up: page cache, allocator, kernels
         for rep in range(args.repeats):
-            for name in names[rep % 3:] + names[:rep % 3]:
+            for name in names[rep % 3 :] + names[: rep % 3]:
                 times[name].append(runs[name]())
                 print(f"repeat {rep}: {name}: {times[name][-1]:.2f} s", file=sys.stderr)
     finally:
@@ -140,31 +156,53 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     med = {n: statistics.median(v) for n, v in times.items()}
-    ratios = {"3 layers / 1 layer": med["extract 3 layers"] / med["extract 1 layer"],
-              "extract 1 layer / bare loop": med["extract 1 layer"] / med["bare loop"],
-              "extract 3 layers / bare loop": med["extract 3 layers"] / med["bare loop"]}
+    ratios = {
+        "3 layers / 1 layer": med["extract 3 layers"] / med["extract 1 layer"],
+        "extract 1 layer / bare loop": med["extract 1 layer"] / med["bare loop"],
+        "extract 3 layers / bare loop": med["extract 3 layers"] / med["bare loop"],
+    }
     targets = {"3 layers / 1 layer": 1.10, "extract 1 layer / bare loop": 1.05, "extract 3 layers / bare loop": None}
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], HERE.parent) if sys.argv[0] else "bench_extract.py", *(argv or sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version()},
-        "settings": {"model": "random-init DINOv2 ViT-S/14 (384 wide, 12 blocks), 224 px", "images": args.images,
-                     "batch_size": args.batch_size, "repeats": args.repeats, "torch_threads": args.threads,
-                     "workers": args.workers, "store_dtype": "float16", "pooling": "cls"},
-        "seconds": times, "median_seconds": med,
+        "command": " ".join(
+            [os.path.relpath(sys.argv[0], HERE.parent) if sys.argv[0] else "bench_extract.py", *(argv or sys.argv[1:])]
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "model": "random-init DINOv2 ViT-S/14 (384 wide, 12 blocks), 224 px",
+            "images": args.images,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "torch_threads": args.threads,
+            "workers": args.workers,
+            "store_dtype": "float16",
+            "pooling": "cls",
+        },
+        "seconds": times,
+        "median_seconds": med,
         "images_per_second": {n: args.images / t for n, t in med.items()},
-        "ratios": ratios, "targets": targets,
+        "ratios": ratios,
+        "targets": targets,
     }
     stem = "extract-quick" if args.quick else "extract"
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# Extraction benchmark ({result['date']})", "",
-             f"`{result['command']}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
-             f"{result['settings']['model']}; {args.images} images, batch {args.batch_size}, torch threads {args.threads}, "
-             f"{args.workers} decoding worker(s), medians of {args.repeats}.", "",
-             "| run | seconds (median) | min..max | images/s |", "|---|---|---|---|"]
+    lines = [
+        f"# Extraction benchmark ({result['date']})",
+        "",
+        f"`{result['command']}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"{result['settings']['model']}; {args.images} images, batch {args.batch_size}, torch threads {args.threads}, "
+        f"{args.workers} decoding worker(s), medians of {args.repeats}.",
+        "",
+        "| run | seconds (median) | min..max | images/s |",
+        "|---|---|---|---|",
+    ]
     for n in names:
         lines.append(f"| {n} | {med[n]:.2f} | {min(times[n]):.2f}..{max(times[n]):.2f} | {args.images / med[n]:.1f} |")
     lines += ["", "| ratio | measured | target | met |", "|---|---|---|---|"]

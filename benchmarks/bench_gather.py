@@ -82,7 +82,20 @@ RAM_1T = "(b1) = (b), torch at 1 thread"
 SAFETENSORS_1T = "(c1) = (c), torch at 1 thread"
 TORCH_LOAD_1T = "(d1) = (d), torch at 1 thread"
 
-POOLED_METHODS = [GATHER, BATCHES, CEILING, RAM, SAFETENSORS, TORCH_LOAD, MEMMAP, HF, DATALOADER, RAM_1T, SAFETENSORS_1T, TORCH_LOAD_1T]
+POOLED_METHODS = [
+    GATHER,
+    BATCHES,
+    CEILING,
+    RAM,
+    SAFETENSORS,
+    TORCH_LOAD,
+    MEMMAP,
+    HF,
+    DATALOADER,
+    RAM_1T,
+    SAFETENSORS_1T,
+    TORCH_LOAD_1T,
+]
 PATCH_METHODS = [GATHER, BATCHES, CEILING, RAM, SAFETENSORS, MEMMAP, RAM_1T, SAFETENSORS_1T]
 PARTIAL = {HF, DATALOADER}  # slow peers: only the first K batches of each repetition are timed
 
@@ -248,7 +261,9 @@ def write_feature_set(store, spec: SectionSpec) -> None:
     row_elems = int(np.prod(spec.row_shape))
     chunk = max(1, min(16384, (64 * MB) // (row_elems * np.dtype(spec.dtype).itemsize)))
     tdtype = getattr(torch, spec.dtype)
-    with store.create_feature_set(spec.key, n_rows=spec.n_rows, row_shape=spec.row_shape, dtype=spec.dtype, metadata={}) as w:
+    with store.create_feature_set(
+        spec.key, n_rows=spec.n_rows, row_shape=spec.row_shape, dtype=spec.dtype, metadata={}
+    ) as w:
         for start in range(0, spec.n_rows, chunk):
             k = min(chunk, spec.n_rows - start)
             rows = torch.from_numpy(rng.random((k, *spec.row_shape), dtype=np.float32)).to(tdtype)
@@ -583,7 +598,11 @@ def run_section(spec: SectionSpec, workdir: Path, repeats: int, k_batches: dict[
         results[str(bs)] = time_methods(ctx, bs, repeats)
         others[str(bs)] = others_busy(counters)
         short = {m: m.split(" ", 1)[0] if m.startswith("(") else m for m in spec.methods}
-        log(f"  batch {bs}: " + ", ".join(f"{short[m]}={s['median_gbs']:.2f}" for m, s in results[str(bs)].items()) + " GB/s")
+        log(
+            f"  batch {bs}: "
+            + ", ".join(f"{short[m]}={s['median_gbs']:.2f}" for m, s in results[str(bs)].items())
+            + " GB/s"
+        )
     status = proc_status()
     out = {
         "name": spec.name,
@@ -627,11 +646,22 @@ def memory_child(root: str, key: str, batch_size: int, prefetch: int) -> None:
         s = proc_status()
         peak_anon, peak_file, n = max(peak_anon, s["RssAnon"]), max(peak_file, s["RssFile"]), n + 1
     seconds = time.perf_counter() - t0
-    print(json.dumps({
-        "baseline": base, "after_open": opened, "peak_rss_anon": peak_anon, "peak_rss_file": peak_file,
-        "batches": n, "epoch_s": seconds, "file_bytes": fs.path.stat().st_size, "features_bytes": fs.nbytes,
-        "row_bytes": fs.row_bytes, "backend": featstore.backend(),
-    }))
+    print(
+        json.dumps(
+            {
+                "baseline": base,
+                "after_open": opened,
+                "peak_rss_anon": peak_anon,
+                "peak_rss_file": peak_file,
+                "batches": n,
+                "epoch_s": seconds,
+                "file_bytes": fs.path.stat().st_size,
+                "features_bytes": fs.nbytes,
+                "row_bytes": fs.row_bytes,
+                "backend": featstore.backend(),
+            }
+        )
+    )
 
 
 def run_memory(spec: SectionSpec, workdir: Path, batch_size: int, prefetch: int, log) -> dict[str, Any]:
@@ -640,8 +670,19 @@ def run_memory(spec: SectionSpec, workdir: Path, batch_size: int, prefetch: int,
 
     root = workdir / "store-memory"
     t_write, _ = timed(write_feature_set, FeatureStore.create(root), spec)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(root), spec.key, str(batch_size), str(prefetch)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-child",
+        str(root),
+        spec.key,
+        str(batch_size),
+        str(prefetch),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode:
         raise RuntimeError(f"memory subprocess failed:\n{proc.stderr}")
@@ -651,8 +692,10 @@ def run_memory(spec: SectionSpec, workdir: Path, batch_size: int, prefetch: int,
     r["prefetch_buffer_bytes"] = (prefetch + 1) * batch_size * r["row_bytes"]
     r["private_delta"] = r["peak_rss_anon"] - r["baseline"]["RssAnon"]
     r["limit_bytes"] = 100 * MB + r["prefetch_buffer_bytes"]
-    log(f"  memory: peak RssAnon +{r['private_delta'] / MB:.0f} MB over the {r['baseline']['RssAnon'] / MB:.0f} MB baseline, "
-        f"peak RssFile {r['peak_rss_file'] / MB:.0f} MB, file {r['file_bytes'] / MB:.0f} MB")
+    log(
+        f"  memory: peak RssAnon +{r['private_delta'] / MB:.0f} MB over the {r['baseline']['RssAnon'] / MB:.0f} MB baseline, "
+        f"peak RssFile {r['peak_rss_file'] / MB:.0f} MB, file {r['file_bytes'] / MB:.0f} MB"
+    )
     shutil.rmtree(root)
     return r
 
@@ -675,26 +718,46 @@ def compute_targets(sections: dict[str, dict], memory: dict) -> tuple[list[dict]
 
     targets = [
         item(f"float16 bs{b16}: featstore gather / max((c), (d))", med(f16, b16, GATHER), mmap_peer, 1.5),
-        item(f"float16 bs{b16}: featstore gather / (a) copy ceiling", med(f16, b16, GATHER), med(f16, b16, CEILING), 0.75),
-        item(f"float16 bs{b16}: featstore batches / (g) DataLoader", med(f16, b16, BATCHES), med(f16, b16, DATALOADER), 30),
-        item(f"patch grid bs{bp}: featstore gather / (a) copy ceiling", med(patch, bp, GATHER), med(patch, bp, CEILING), 0.85),
+        item(
+            f"float16 bs{b16}: featstore gather / (a) copy ceiling", med(f16, b16, GATHER), med(f16, b16, CEILING), 0.75
+        ),
+        item(
+            f"float16 bs{b16}: featstore batches / (g) DataLoader",
+            med(f16, b16, BATCHES),
+            med(f16, b16, DATALOADER),
+            30,
+        ),
+        item(
+            f"patch grid bs{bp}: featstore gather / (a) copy ceiling",
+            med(patch, bp, GATHER),
+            med(patch, bp, CEILING),
+            0.85,
+        ),
     ]
     mem_ok = memory["private_delta"] < memory["limit_bytes"]
-    targets.append({
-        "name": f"memory: peak private (RssAnon) growth < 100 MB + prefetch buffers ({memory['prefetch_buffer_bytes'] / MB:.0f} MB)",
-        "ratio": memory["private_delta"] / memory["limit_bytes"],
-        "threshold": "< 1 (measured / limit)",
-        "passed": mem_ok,
-        "detail": f"+{memory['private_delta'] / MB:.0f} MB over the import baseline, limit {memory['limit_bytes'] / MB:.0f} MB; "
-                  f"absolute peak RssAnon {memory['peak_rss_anon'] / MB:.0f} MB",
-    })
+    targets.append(
+        {
+            "name": f"memory: peak private (RssAnon) growth < 100 MB + prefetch buffers ({memory['prefetch_buffer_bytes'] / MB:.0f} MB)",
+            "ratio": memory["private_delta"] / memory["limit_bytes"],
+            "threshold": "< 1 (measured / limit)",
+            "passed": mem_ok,
+            "detail": f"+{memory['private_delta'] / MB:.0f} MB over the import baseline, limit {memory['limit_bytes'] / MB:.0f} MB; "
+            f"absolute peak RssAnon {memory['peak_rss_anon'] / MB:.0f} MB",
+        }
+    )
     mmap_peer_1t = max(med(f16, b16, SAFETENSORS_1T), med(f16, b16, TORCH_LOAD_1T))
     informative = [
-        item(f"float16 bs{b16}: featstore gather / max((c1), (d1)) (peers at 1 torch thread)", med(f16, b16, GATHER), mmap_peer_1t),
+        item(
+            f"float16 bs{b16}: featstore gather / max((c1), (d1)) (peers at 1 torch thread)",
+            med(f16, b16, GATHER),
+            mmap_peer_1t,
+        ),
         item(f"float16 bs{b16}: featstore batches / max((c), (d))", med(f16, b16, BATCHES), mmap_peer),
         item(f"float16 bs{b16}: featstore batches / max((c1), (d1))", med(f16, b16, BATCHES), mmap_peer_1t),
         item(f"float16 bs{b16}: featstore batches / (a) copy ceiling", med(f16, b16, BATCHES), med(f16, b16, CEILING)),
-        item(f"patch grid bs{bp}: featstore batches / (a) copy ceiling", med(patch, bp, BATCHES), med(patch, bp, CEILING)),
+        item(
+            f"patch grid bs{bp}: featstore batches / (a) copy ceiling", med(patch, bp, BATCHES), med(patch, bp, CEILING)
+        ),
     ]
     return targets, informative
 
@@ -729,15 +792,26 @@ def section_tables(sec: dict) -> list[str]:
     rows = []
     for ours in (GATHER, BATCHES):
         for bs in bss:
-            rows.append([f"{ours}, batch {bs}"] + [f"{sec['results'][bs][ours]['median_gbs'] / sec['results'][bs][p]['median_gbs']:.2f}x" for p in peers])
+            rows.append(
+                [f"{ours}, batch {bs}"]
+                + [
+                    f"{sec['results'][bs][ours]['median_gbs'] / sec['results'][bs][p]['median_gbs']:.2f}x"
+                    for p in peers
+                ]
+            )
     lines += ["", "featstore / peer (medians):", ""] + md_table(["", *[p.split(" ", 1)[0] for p in peers]], rows)
     oc = sec["open_costs_s"]
-    lines += ["", "Open cost (not in GB/s), seconds:", ""] + md_table(["what", "s"], [[k, f"{v:.3f}"] for k, v in oc.items()])
+    lines += ["", "Open cost (not in GB/s), seconds:", ""] + md_table(
+        ["what", "s"], [[k, f"{v:.3f}"] for k, v in oc.items()]
+    )
     st = sec["safetensors_get_tensor"]
     if st:
-        lines += ["", f"safetensors get_tensor: {'zero-copy over the mmap' if st['zero_copy'] else 'a COPY into RAM'} "
-                  f"(RssAnon {st['rss_anon_delta_after_touching_all'] / MB:+.0f} MB, RssFile {st['rss_file_delta_after_touching_all'] / MB:+.0f} MB "
-                  f"after reading all {st['file_bytes'] / MB:.0f} MB)."]
+        lines += [
+            "",
+            f"safetensors get_tensor: {'zero-copy over the mmap' if st['zero_copy'] else 'a COPY into RAM'} "
+            f"(RssAnon {st['rss_anon_delta_after_touching_all'] / MB:+.0f} MB, RssFile {st['rss_file_delta_after_touching_all'] / MB:+.0f} MB "
+            f"after reading all {st['file_bytes'] / MB:.0f} MB).",
+        ]
     r0, r1 = sec["rss_start"], sec["rss_end"]
     lines += [
         "",
@@ -786,22 +860,37 @@ def write_report(report: dict, quick: bool) -> tuple[Path, Path]:
         f"{mem['file_bytes'] / 1e9:.2f} GB patch-grid set ({mem['batches']} batches, {mem['epoch_s']:.1f} s), /proc/self/status sampled every batch:",
         "",
     ]
-    lines += md_table(["", "MB"], [
-        ["file size", f"{mem['file_bytes'] / MB:.0f}"],
-        ["RssAnon after imports (baseline)", f"{mem['baseline']['RssAnon'] / MB:.0f}"],
-        ["RssAnon after FeatureStore.open", f"{mem['after_open']['RssAnon'] / MB:.0f}"],
-        ["peak RssAnon (private)", f"{mem['peak_rss_anon'] / MB:.0f}"],
-        ["peak RssAnon - baseline", f"{mem['private_delta'] / MB:.0f}"],
-        ["peak RssFile (page-cache pages mapped, shared)", f"{mem['peak_rss_file'] / MB:.0f}"],
-        ["prefetch buffers ((prefetch+1) x batch bytes)", f"{mem['prefetch_buffer_bytes'] / MB:.0f}"],
-    ])
+    lines += md_table(
+        ["", "MB"],
+        [
+            ["file size", f"{mem['file_bytes'] / MB:.0f}"],
+            ["RssAnon after imports (baseline)", f"{mem['baseline']['RssAnon'] / MB:.0f}"],
+            ["RssAnon after FeatureStore.open", f"{mem['after_open']['RssAnon'] / MB:.0f}"],
+            ["peak RssAnon (private)", f"{mem['peak_rss_anon'] / MB:.0f}"],
+            ["peak RssAnon - baseline", f"{mem['private_delta'] / MB:.0f}"],
+            ["peak RssFile (page-cache pages mapped, shared)", f"{mem['peak_rss_file'] / MB:.0f}"],
+            ["prefetch buffers ((prefetch+1) x batch bytes)", f"{mem['prefetch_buffer_bytes'] / MB:.0f}"],
+        ],
+    )
     lines += ["", "## Targets", ""]
-    lines += md_table(["target", "measured", "needed", "result"], [
-        [t["name"], f"{t['ratio']:.2f}" + (f" ({t['detail']})" if "detail" in t else ""), f">= {t['threshold']}" if not isinstance(t["threshold"], str) else t["threshold"], "PASS" if t["passed"] else "FAIL"]
-        for t in report["targets"]
-    ])
-    lines += ["", "Informative (featstore batches includes the prefetch-thread handoff and a fresh tensor per batch; "
-              "(c1)/(d1) are the peers with torch at 1 thread):", ""]
+    lines += md_table(
+        ["target", "measured", "needed", "result"],
+        [
+            [
+                t["name"],
+                f"{t['ratio']:.2f}" + (f" ({t['detail']})" if "detail" in t else ""),
+                f">= {t['threshold']}" if not isinstance(t["threshold"], str) else t["threshold"],
+                "PASS" if t["passed"] else "FAIL",
+            ]
+            for t in report["targets"]
+        ],
+    )
+    lines += [
+        "",
+        "Informative (featstore batches includes the prefetch-thread handoff and a fresh tensor per batch; "
+        "(c1)/(d1) are the peers with torch at 1 thread):",
+        "",
+    ]
     lines += md_table(["ratio", "measured"], [[t["name"], f"{t['ratio']:.2f}"] for t in report["informative"]])
     mpath.write_text("\n".join(lines) + "\n")
     return jpath, mpath
@@ -820,7 +909,6 @@ def main() -> None:
         root, key, bs, prefetch = args.memory_child
         memory_child(root, key, int(bs), int(prefetch))
         return
-
 
     t_start = time.perf_counter()
     counters_start = cpu_counters()
@@ -841,8 +929,10 @@ def main() -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
     machine = machine_info()
-    log(f"workdir {workdir}; featstore backend {machine['featstore_backend']} ({machine['featstore_threads']} threads), "
-        f"torch threads {machine['torch_threads']}, CPU busy before start {machine['cpu_busy_before_start']:.0%}")
+    log(
+        f"workdir {workdir}; featstore backend {machine['featstore_backend']} ({machine['featstore_threads']} threads), "
+        f"torch threads {machine['torch_threads']}, CPU busy before start {machine['cpu_busy_before_start']:.0%}"
+    )
     if machine["cpu_busy_before_start"] > 0.2:
         log("WARNING: the machine is busy with other work; timings will be noisy")
     if machine["featstore_backend"] != "core":
@@ -875,7 +965,9 @@ def main() -> None:
         "featstore gather writes into one preallocated tensor; featstore batches, (b)-(g) allocate a fresh tensor per batch; (a) copies into one buffer.",
     ]
     if args.quick:
-        notes.append(f"QUICK run: {n_pooled} pooled rows, {n_patch} patch rows, memory set {n_memory} rows (< 3 GB), 1 repeat.")
+        notes.append(
+            f"QUICK run: {n_pooled} pooled rows, {n_patch} patch rows, memory set {n_memory} rows (< 3 GB), 1 repeat."
+        )
     report = {
         "command": command_line(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

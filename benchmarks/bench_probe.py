@@ -45,8 +45,8 @@ import featstore
 RESULTS = Path(__file__).resolve().parent / "results"
 N_CLASSES = 4
 FEEDERS = ("featstore", "DataLoader(TensorDataset)", "HF datasets", "ideal")
-TARGET_HIDDEN = 1.15   # featstore's 8-head epoch within this factor of the ideal
-TARGET_LOADER = 20.0   # featstore at least this much faster than both peers with the tiny head
+TARGET_HIDDEN = 1.15  # featstore's 8-head epoch within this factor of the ideal
+TARGET_LOADER = 20.0  # featstore at least this much faster than both peers with the tiny head
 
 
 # ---- the training steps -------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def write_store(root: Path, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     store = featstore.FeatureStore.create(root)
     with store.create_feature_set("bench/f16", n_rows=n, row_shape=(dim,), dtype="float16", labels=y) as w:
         for start in range(0, n, 65536):
-            w.write(start, torch.from_numpy(x[start:start + 65536]))
+            w.write(start, torch.from_numpy(x[start : start + 65536]))
     return x, y
 
 
@@ -124,21 +124,24 @@ def feed_featstore(fs, bs: int, rep: int) -> Iterable:
 def feed_dataloader(dataset, bs: int, rep: int) -> Iterable:
     from torch.utils.data import DataLoader
 
-    yield from DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True,
-                          generator=torch.Generator().manual_seed(rep))
+    yield from DataLoader(
+        dataset, batch_size=bs, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(rep)
+    )
 
 
 def feed_hf(hf, bs: int, rep: int) -> Iterable:
     from torch.utils.data import DataLoader
 
-    for batch in DataLoader(hf, batch_size=bs, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(rep)):
+    for batch in DataLoader(
+        hf, batch_size=bs, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(rep)
+    ):
         yield batch["features"], batch["label"].long()  # dtype=float16 applies to every column, labels too
 
 
 def presliced(x: torch.Tensor, y: torch.Tensor, bs: int, rep: int) -> list:
     """The ideal's batches: an epoch's permutation gathered in RAM before the clock starts."""
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(rep))
-    return [(x[order[i:i + bs]], y[order[i:i + bs]]) for i in range(0, len(x) - bs + 1, bs)]
+    return [(x[order[i : i + bs]], y[order[i : i + bs]]) for i in range(0, len(x) - bs + 1, bs)]
 
 
 def run_epoch(heads: Heads, batches: Iterable) -> tuple[float, int]:
@@ -192,7 +195,7 @@ def measure(n: int, dim: int, batch_sizes: list[int], reps: int, log) -> dict:
                         if i == 3:
                             break
                 for rep in range(1, reps + 1):
-                    order = FEEDERS[rep % len(FEEDERS):] + FEEDERS[: rep % len(FEEDERS)]
+                    order = FEEDERS[rep % len(FEEDERS) :] + FEEDERS[: rep % len(FEEDERS)]
                     for f in order:
                         heads = make(dim, mean, std)
                         src = presliced(x_t, y_t, bs, rep) if f == "ideal" else feeders[f](bs, rep)
@@ -201,9 +204,15 @@ def measure(n: int, dim: int, batch_sizes: list[int], reps: int, log) -> dict:
                         times[f].append(seconds)
                         del src
                 med = {f: statistics.median(v) for f, v in times.items()}
-                entry = {"workload": wname, "batch_size": bs, "batches": batches_per_epoch, "seconds": times,
-                         "median_s": med, "vs_ideal": {f: med[f] / med["ideal"] for f in FEEDERS},
-                         "featstore_speedup": {f: med[f] / med["featstore"] for f in FEEDERS}}
+                entry = {
+                    "workload": wname,
+                    "batch_size": bs,
+                    "batches": batches_per_epoch,
+                    "seconds": times,
+                    "median_s": med,
+                    "vs_ideal": {f: med[f] / med["ideal"] for f in FEEDERS},
+                    "featstore_speedup": {f: med[f] / med["featstore"] for f in FEEDERS},
+                }
                 out[f"{wname}, batch {bs}"] = entry
                 log(f"{wname}, batch {bs}: " + ", ".join(f"{f} {med[f]:.3f} s" for f in FEEDERS))
         return out
@@ -214,13 +223,25 @@ def targets(results: dict) -> list[dict]:
     for key, e in results.items():
         if e["workload"] == "8 heads":
             ratio = e["vs_ideal"]["featstore"]
-            rows.append({"what": f"{key}: featstore epoch / ideal", "value": ratio, "target": f"<= {TARGET_HIDDEN}",
-                         "met": ratio <= TARGET_HIDDEN})
+            rows.append(
+                {
+                    "what": f"{key}: featstore epoch / ideal",
+                    "value": ratio,
+                    "target": f"<= {TARGET_HIDDEN}",
+                    "met": ratio <= TARGET_HIDDEN,
+                }
+            )
         else:
             for peer in ("DataLoader(TensorDataset)", "HF datasets"):
                 s = e["featstore_speedup"][peer]
-                rows.append({"what": f"{key}: {peer} epoch / featstore epoch", "value": s,
-                             "target": f">= {TARGET_LOADER}", "met": s >= TARGET_LOADER})
+                rows.append(
+                    {
+                        "what": f"{key}: {peer} epoch / featstore epoch",
+                        "value": s,
+                        "target": f">= {TARGET_LOADER}",
+                        "met": s >= TARGET_LOADER,
+                    }
+                )
     return rows
 
 
@@ -230,7 +251,8 @@ def write_report(report: dict, quick: bool) -> Path:
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     m = report["machine"]
     lines = [
-        "# Probe training: does the loader hide behind compute?", "",
+        "# Probe training: does the loader hide behind compute?",
+        "",
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, torch {m['torch']}, "
@@ -241,20 +263,26 @@ def write_report(report: dict, quick: bool) -> Path:
         f"work before the run: {m['cpu_busy_before_start']:.0%}; load average at start {m['loadavg_start']}.  ",
         "One epoch = every full batch of a fresh shuffle. `ideal` = the same steps on batches sliced in RAM before "
         f"the clock starts. Allocator: {report['malloc']} (see `fix_malloc_thresholds`: with glibc's default "
-        "dynamic threshold the step's own temporaries page-fault after any large free, which swamps the feeders).", "",
-        "## Epoch seconds (median) and ratio to the ideal", "",
+        "dynamic threshold the step's own temporaries page-fault after any large free, which swamps the feeders).",
+        "",
+        "## Epoch seconds (median) and ratio to the ideal",
+        "",
     ]
     rows = []
     for key, e in report["results"].items():
         rows.append([key] + [f"{e['median_s'][f]:.3f} ({e['vs_ideal'][f]:.2f}x)" for f in FEEDERS])
     lines += md_table(["workload", *FEEDERS], rows)
     lines += ["", "## featstore speed-up over the peers (peer epoch / featstore epoch)", ""]
-    rows = [[key, *(f"{e['featstore_speedup'][p]:.1f}x" for p in ("DataLoader(TensorDataset)", "HF datasets"))]
-            for key, e in report["results"].items()]
+    rows = [
+        [key, *(f"{e['featstore_speedup'][p]:.1f}x" for p in ("DataLoader(TensorDataset)", "HF datasets"))]
+        for key, e in report["results"].items()
+    ]
     lines += md_table(["workload", "DataLoader(TensorDataset)", "HF datasets"], rows)
     lines += ["", "## Targets (issue 5)", ""]
-    lines += md_table(["what", "value", "target", "met"],
-                      [[t["what"], f"{t['value']:.2f}", t["target"], "yes" if t["met"] else "NO"] for t in report["targets"]])
+    lines += md_table(
+        ["what", "value", "target", "met"],
+        [[t["what"], f"{t['value']:.2f}", t["target"], "yes" if t["met"] else "NO"] for t in report["targets"]],
+    )
     path = RESULTS / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -275,7 +303,9 @@ def fix_malloc_thresholds() -> str:
         return "not glibc: malloc left as it is"
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = libc.mallopt(m_mmap_threshold, 256 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    return "glibc mallopt: mmap threshold 256 MB, trim threshold 1 GB" if ok else "mallopt refused: malloc left as it is"
+    return (
+        "glibc mallopt: mmap threshold 256 MB, trim threshold 1 GB" if ok else "mallopt refused: malloc left as it is"
+    )
 
 
 def main() -> None:
@@ -293,9 +323,17 @@ def main() -> None:
     machine = machine_info()
     t0 = time.perf_counter()
     results = measure(args.rows, args.dim, [int(b) for b in args.batch_sizes.split(",")], args.reps, print)
-    report = {"command": command_line(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine, "malloc": malloc, "n_rows": args.rows, "dim": args.dim, "reps": args.reps, "results": results,
-              "runtime_s": time.perf_counter() - t0}
+    report = {
+        "command": command_line(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "malloc": malloc,
+        "n_rows": args.rows,
+        "dim": args.dim,
+        "reps": args.reps,
+        "results": results,
+        "runtime_s": time.perf_counter() - t0,
+    }
     report["targets"] = targets(results)
     path = write_report(report, args.quick)
     print(path.read_text())

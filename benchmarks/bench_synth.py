@@ -68,8 +68,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generate() run {run + 1}: {args.n / api_times[-1]:.0f} images/s", flush=True)
         for run in range(args.runs):
             out = Path(tmp) / f"cli{run}"
-            cli = [sys.executable, "-m", "featstore", "dataset", "synth", "--out", str(out), "--n", str(args.n),
-                   "--seed", str(args.seed), "--size", str(args.size), "--workers", str(workers), "--no-progress"]
+            cli = [
+                sys.executable,
+                "-m",
+                "featstore",
+                "dataset",
+                "synth",
+                "--out",
+                str(out),
+                "--n",
+                str(args.n),
+                "--seed",
+                str(args.seed),
+                "--size",
+                str(args.size),
+                "--workers",
+                str(workers),
+                "--no-progress",
+            ]
             t0 = time.perf_counter()
             subprocess.run(cli, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             cli_times.append(time.perf_counter() - t0)
@@ -82,14 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     cli_rate = args.n / statistics.median(cli_times)
     result = {
         "command": command,
-        "benchmark": ("python benchmarks/bench_synth.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
-        "n": args.n, "size": args.size, "seed": args.seed, "workers": workers, "runs": args.runs,
-        "generate_seconds": api_times, "generate_images_per_s_median": round(api_rate, 1),
-        "cli_seconds": cli_times, "cli_images_per_s_median": round(cli_rate, 1),
+        "benchmark": (
+            "python benchmarks/bench_synth.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        ).strip(),
+        "n": args.n,
+        "size": args.size,
+        "seed": args.seed,
+        "workers": workers,
+        "runs": args.runs,
+        "generate_seconds": api_times,
+        "generate_images_per_s_median": round(api_rate, 1),
+        "cli_seconds": cli_times,
+        "cli_images_per_s_median": round(cli_rate, 1),
         "identical_bytes_every_run": len(set(hashes)) == 1,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "pillow": PIL.__version__, "datasets": datasets.__version__,
-                    "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(load_after[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "pillow": PIL.__version__,
+            "datasets": datasets.__version__,
+            "loadavg_1min_before": round(load_before[0], 2),
+            "loadavg_1min_after": round(load_after[0], 2),
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "synth.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -103,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         + f"Every run wrote identical bytes: {result['identical_bytes_every_run']}. "
         + f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         + "(other work on the same cores lowers these figures).\n\n"
-        + f"Reproduce: `{result['benchmark'].strip()}`\n")
-    print(f"{command}: generate() {api_rate:.0f} images/s, command line {cli_rate:.0f} images/s "
-          f"(median of {args.runs}); identical bytes: {result['identical_bytes_every_run']}; "
-          f"written to {RESULTS / 'synth.json'} and synth.md")
+        + f"Reproduce: `{result['benchmark'].strip()}`\n"
+    )
+    print(
+        f"{command}: generate() {api_rate:.0f} images/s, command line {cli_rate:.0f} images/s "
+        f"(median of {args.runs}); identical bytes: {result['identical_bytes_every_run']}; "
+        f"written to {RESULTS / 'synth.json'} and synth.md"
+    )
     return 0
 
 

@@ -105,7 +105,9 @@ def write_set(store, key: str, n: int, row_shape: tuple[int, ...], dtype: torch.
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     a = a.detach().cpu().contiguous()
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.contiguous().view(torch.uint8))
+    return (
+        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.contiguous().view(torch.uint8))
+    )
 
 
 # ---- 1. bit-exactness ---------------------------------------------------------------------------
@@ -152,7 +154,14 @@ def check_exactness(workdir: Path, quick: bool, uva_ok: bool) -> dict[str, Any]:
                     ok = same_bits(x, want)
                     if y is not None:
                         ok = ok and torch.equal(y.cpu(), fs.labels[idx]) and torch.equal(rows, torch.from_numpy(idx))
-                    record = {"dtype": dtype_name, "rows": shape_name, "batch": bs, "indices": kind, "path": path, "exact": ok}
+                    record = {
+                        "dtype": dtype_name,
+                        "rows": shape_name,
+                        "batch": bs,
+                        "indices": kind,
+                        "path": path,
+                        "exact": ok,
+                    }
                     checks.append(record)
                     if not ok:
                         failures.append(record)
@@ -227,7 +236,9 @@ def measure_set(fs, bs: int, repeats: int, uva_ok: bool) -> dict[str, dict[str, 
 
     if uva_ok:
         src = fcuda.REGISTRY.device_pointer(fs, dev.index)
-        plans = {rep: [torch.from_numpy(fcuda.sorted_plan(b)).to(dev) for b in batches] for rep, batches in epochs.items()}
+        plans = {
+            rep: [torch.from_numpy(fcuda.sorted_plan(b)).to(dev) for b in batches] for rep, batches in epochs.items()
+        }
 
         def kernel(rep):
             stream = torch.cuda.current_stream(dev)
@@ -241,7 +252,12 @@ def measure_set(fs, bs: int, repeats: int, uva_ok: bool) -> dict[str, dict[str, 
     for name, fn in methods.items():
         seconds = timed(fn, repeats)
         gbs = [nbytes / s / 1e9 for s in seconds]
-        results[name] = {"median_gbs": statistics.median(gbs), "min_gbs": min(gbs), "max_gbs": max(gbs), "seconds": seconds}
+        results[name] = {
+            "median_gbs": statistics.median(gbs),
+            "min_gbs": min(gbs),
+            "max_gbs": max(gbs),
+            "seconds": seconds,
+        }
     return {"bytes_per_epoch": nbytes, "batches": n_batches, "methods": results}
 
 
@@ -316,10 +332,18 @@ def targets(sections: dict[str, dict], probe: dict) -> list[dict[str, Any]]:
         rows.append({"target": name, "value": value, "goal": goal, "met": met})
 
     stage = sections.get("pooled 768 float16, batch 8192")
-    add("staging (cache='pinned') / pinned copy, 8192 x 768 f16", stage and ratio(stage, "fs.batches cache='pinned'", pinned), 0.8)
+    add(
+        "staging (cache='pinned') / pinned copy, 8192 x 768 f16",
+        stage and ratio(stage, "fs.batches cache='pinned'", pinned),
+        0.8,
+    )
     for name, sec in sections.items():
         add(f"kernel / pinned copy, {name}", ratio(sec, "kernel alone (indices on device)", pinned), 0.7)
-        add(f"device cache / index_select, {name}", ratio(sec, "fs.batches cache='device'", "ceiling: index_select on device"), 0.8)
+        add(
+            f"device cache / index_select, {name}",
+            ratio(sec, "fs.batches cache='device'", "ceiling: index_select on device"),
+            0.8,
+        )
     fed = probe.get("fed cache='auto'")
     add("probe step fed by fs.batches (auto) / resident", fed and fed["ratio_to_resident"], 1.1, higher=False)
     return rows
@@ -358,12 +382,21 @@ def report_md(result: dict[str, Any]) -> str:
     lines += md_table(["set, batch", "method", "GB/s"], rows) + ["", "## Targets", ""]
     lines += md_table(
         ["target", "value", "goal", "met"],
-        [[t["target"], fmt(t["value"]), ("<= " if "probe" in t["target"] else ">= ") + str(t["goal"]), str(t["met"])] for t in result["targets"]],
+        [
+            [t["target"], fmt(t["value"]), ("<= " if "probe" in t["target"] else ">= ") + str(t["goal"]), str(t["met"])]
+            for t in result["targets"]
+        ],
     )
     pr = result["probe"]
-    lines += ["", f"## Linear-probe step ({pr['batches']} batches of {pr['batch']}; auto picked {pr['auto_info']['path']!r}: {pr['auto_info']['why']})", ""]
+    lines += [
+        "",
+        f"## Linear-probe step ({pr['batches']} batches of {pr['batch']}; auto picked {pr['auto_info']['path']!r}: {pr['auto_info']['why']})",
+        "",
+    ]
     prow = [["batches already on the device", f"{pr['resident_s'] * 1e3:.1f}", "1.00"]]
-    prow += [[k, f"{v['seconds'] * 1e3:.1f}", f"{v['ratio_to_resident']:.2f}"] for k, v in pr.items() if k.startswith("fed")]
+    prow += [
+        [k, f"{v['seconds'] * 1e3:.1f}", f"{v['ratio_to_resident']:.2f}"] for k, v in pr.items() if k.startswith("fed")
+    ]
     lines += md_table(["fed by", "ms per epoch", "ratio"], prow)
     return "\n".join(lines) + "\n"
 
@@ -391,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {exactness['exact']} of {exactness['checks']} exact", flush=True)
         print("gpu_check: 2/3 throughput", flush=True)
         store = FeatureStore.create(work / "speed")
-        specs = [("pooled 768 float16", 262_144, (768,), [1024, 8192]), ("patch 257x384 float16", 2_048, (257, 384), [64, 256])]
+        specs = [
+            ("pooled 768 float16", 262_144, (768,), [1024, 8192]),
+            ("patch 257x384 float16", 2_048, (257, 384), [64, 256]),
+        ]
         if args.quick:
             specs = [("pooled 768 float16", 16_384, (768,), [1024]), ("patch 257x384 float16", 256, (257, 384), [64])]
         sections, probe = {}, {}
@@ -410,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": machine_info(),
         "uva_why": uva_why,
         "exactness": exactness,

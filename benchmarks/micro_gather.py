@@ -54,8 +54,10 @@ def main() -> None:
     ap.add_argument("--gap-ms", type=float, default=0.0)
     ap.add_argument("--quick", action="store_true", help="only the first two cases")
     args = ap.parse_args()
-    print(f"featstore threads={_core.get_num_threads()} torch threads={torch.get_num_threads()} "
-          f"cpus={os.cpu_count()} gap={args.gap_ms} ms; median GB/s of output")
+    print(
+        f"featstore threads={_core.get_num_threads()} torch threads={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} gap={args.gap_ms} ms; median GB/s of output"
+    )
     names = ["featstore", "fs 1thr", "idxsel mmap", "idxsel RAM", "np.take"]
     print(f"{'case':>22} " + " ".join(f"{n:>11}" for n in names) + "   featstore / idxsel mmap")
     rng = np.random.default_rng(1)
@@ -94,8 +96,12 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t)
         gbs = {k: batch * row_bytes / statistics.median(v) / 1e9 for k, v in times.items()}
         case = f"{n_rows}x{row_bytes} b={batch}"
-        print(f"{case:>22} " + " ".join(f"{gbs[n]:11.2f}" for n in names)
-              + f"   x{gbs['featstore'] / gbs['idxsel mmap']:.2f}", flush=True)
+        print(
+            f"{case:>22} "
+            + " ".join(f"{gbs[n]:11.2f}" for n in names)
+            + f"   x{gbs['featstore'] / gbs['idxsel mmap']:.2f}",
+            flush=True,
+        )
         del mapped, in_ram, as_np, flat, out_u8, out_np, out
 
 

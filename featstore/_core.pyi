@@ -23,7 +23,7 @@ class MappedFile:
         self, offset: int, length: int, advice: Literal["normal", "random", "sequential", "willneed", "dontneed"]
     ) -> None:
         """madvise(2) on [offset, offset+length), offset rounded down to the page (ValueError outside the file)."""
-    def __repr__(self) -> str:  # noqa: PYI029 (pybind11 defines it; the stub lists every export)
+    def __repr__(self) -> str:
         """``<featstore._core.MappedFile path=... size=...>``."""
     def __buffer__(self, flags: int, /) -> memoryview:
         """A writable 1-D uint8 view of the mapping that keeps it alive (writes never reach the file)."""

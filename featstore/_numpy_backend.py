@@ -29,9 +29,7 @@ _ADVICE = {
 def _check_advise(offset: int, length: int, advice: str, size: int) -> int | None:
     adv = _ADVICE.get(advice)
     if adv is None:
-        raise ValueError(
-            f"unknown advice '{advice}', expected one of normal, random, sequential, willneed, dontneed"
-        )
+        raise ValueError(f"unknown advice '{advice}', expected one of normal, random, sequential, willneed, dontneed")
     if offset < 0 or length < 0 or offset > size or length > size - offset:
         raise ValueError(f"advise range offset={offset} length={length} is outside the file of {size} bytes")
     return adv
@@ -54,9 +52,7 @@ class MappedFile(mmap.mmap):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if st.st_size == 0:
                 return _EmptyMappedFile(path)
-            self = super().__new__(
-                cls, fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-            )
+            self = super().__new__(cls, fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             if e.filename is None:
                 raise OSError(e.errno, e.strerror, path) from None

@@ -18,8 +18,15 @@ import torch
 
 DEFAULT_TIMEOUT_S = 1800.0
 
-__all__ = ["Ranks", "all_sum_or_fail", "current_ranks", "ensure_process_group", "resolve_ranks", "shard_order",
-           "split_evenly"]
+__all__ = [
+    "Ranks",
+    "all_sum_or_fail",
+    "current_ranks",
+    "ensure_process_group",
+    "resolve_ranks",
+    "shard_order",
+    "split_evenly",
+]
 
 
 @dataclass(frozen=True)
@@ -188,8 +195,9 @@ def all_sum_or_fail(ranks: Ranks, value: int, failure: BaseException | None = No
 
     from .errors import DistributedError
 
-    t = torch.tensor([0 if failure else int(value), int(failure is not None)], dtype=torch.int64,
-                     device=_collective_device())
+    t = torch.tensor(
+        [0 if failure else int(value), int(failure is not None)], dtype=torch.int64, device=_collective_device()
+    )
     dist.all_reduce(t)
     if int(t[1].item()) == 0:
         return int(t[0].item())

@@ -65,8 +65,11 @@ def _register_builtin(pm: pluggy.PluginManager, module_path: str) -> None:
     try:
         pm.register(importlib.import_module(module_path), module_path)
     except Exception as exc:  # e.g. a partial install without featstore_encoders: featstore still works
-        warnings.warn(f"built-in featstore plugin {module_path!r} failed to load and was skipped: {exc!r}; "
-                      "reinstall featstore", PluginWarning, stacklevel=4)
+        warnings.warn(
+            f"built-in featstore plugin {module_path!r} failed to load and was skipped: {exc!r}; reinstall featstore",
+            PluginWarning,
+            stacklevel=4,
+        )
 
 
 def reset_plugins() -> None:
@@ -83,22 +86,34 @@ def _load_third_party(pm: pluggy.PluginManager) -> None:
     try:
         eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     except Exception as exc:  # a broken installed distribution must not stop featstore
-        warnings.warn(f"could not list featstore plugins ({exc!r}); third-party plugins are not loaded", PluginWarning, stacklevel=3)
+        warnings.warn(
+            f"could not list featstore plugins ({exc!r}); third-party plugins are not loaded",
+            PluginWarning,
+            stacklevel=3,
+        )
         return
     if selected is not None:
         wanted = {_norm(s) for s in selected.split(",") if s.strip()}
         found = {_norm(ep.name) for ep in eps} | {_norm(_dist_name(ep)) for ep in eps}
         for name in sorted(wanted - found):
-            warnings.warn(f"{ENV_VAR} names plugin {name!r}, but no installed distribution provides a "
-                          f"{ENTRY_POINT_GROUP!r} entry point by that name", PluginWarning, stacklevel=3)
+            warnings.warn(
+                f"{ENV_VAR} names plugin {name!r}, but no installed distribution provides a "
+                f"{ENTRY_POINT_GROUP!r} entry point by that name",
+                PluginWarning,
+                stacklevel=3,
+            )
         eps = [ep for ep in eps if _norm(ep.name) in wanted or _norm(_dist_name(ep)) in wanted]
     for name in dict.fromkeys(ep.name for ep in eps):
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except Exception as exc:
             dists = ", ".join(sorted({_dist_name(ep) for ep in eps if ep.name == name}))
-            warnings.warn(f"featstore plugin {name!r} (from {dists}) failed to load and was skipped: {exc!r}; "
-                          f"fix or uninstall it, or leave it out with {ENV_VAR}", PluginWarning, stacklevel=3)
+            warnings.warn(
+                f"featstore plugin {name!r} (from {dists}) failed to load and was skipped: {exc!r}; "
+                f"fix or uninstall it, or leave it out with {ENV_VAR}",
+                PluginWarning,
+                stacklevel=3,
+            )
 
 
 def _dist_name(ep) -> str:
@@ -120,8 +135,12 @@ def _name_first(name: Any, obj: Any = None, **kwargs) -> tuple[Any, Any, dict[st
     return name, obj, kwargs
 
 
-def collect(hook_name: str, make: Callable[..., Any], kind: str,
-            unpack: Callable[..., tuple[Any, Any, dict[str, Any]]] = _name_first) -> dict[str, Any]:
+def collect(
+    hook_name: str,
+    make: Callable[..., Any],
+    kind: str,
+    unpack: Callable[..., tuple[Any, Any, dict[str, Any]]] = _name_first,
+) -> dict[str, Any]:
     """Call register-callback hook ``hook_name`` plugin by plugin; ``register(name, obj, **kw)`` stores
     ``make(name, obj, plugin=..., **kw)``. A failing plugin or a duplicate name warns and is skipped.
 
@@ -141,16 +160,23 @@ def collect(hook_name: str, make: Callable[..., Any], kind: str,
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"{kind} name {name!r} must be letters, digits, '-', '_' or '.'")
             if name in owners or name in _staged:
-                warnings.warn(f"{kind} {name!r} from plugin {_plugin!r} ignored: {owners.get(name, _plugin)!r} "
-                              "registered that name first; choose another name", PluginWarning, stacklevel=2)
+                warnings.warn(
+                    f"{kind} {name!r} from plugin {_plugin!r} ignored: {owners.get(name, _plugin)!r} "
+                    "registered that name first; choose another name",
+                    PluginWarning,
+                    stacklevel=2,
+                )
                 return
             _staged[name] = make(name, obj, plugin=_plugin, **kwargs)
 
         try:
             impl.function(*[{"register": register}[a] for a in impl.argnames])
         except Exception as exc:
-            warnings.warn(f"featstore plugin {plugin!r} failed in {hook_name} and was skipped: {exc!r}",
-                          PluginWarning, stacklevel=2)
+            warnings.warn(
+                f"featstore plugin {plugin!r} failed in {hook_name} and was skipped: {exc!r}",
+                PluginWarning,
+                stacklevel=2,
+            )
             continue
         for name, value in staged.items():
             found[name] = value

@@ -17,7 +17,9 @@ def random_images(n: int, seed: int = 0, size=(240, 200)):
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def make_dataset(folder: Path, n_images: int = 10, repeats: tuple[int, ...] = (0, 3), size=(64, 48), seed: int = 0) -> Path:
+def make_dataset(
+    folder: Path, n_images: int = 10, repeats: tuple[int, ...] = (0, 3), size=(64, 48), seed: int = 0
+) -> Path:
     """A saved spatial dataset of ``n_images`` random PNG images; the images at ``repeats`` appear in a
     second row too (rows sharing an image), so rows > images. Returns the dataset folder."""
     import datasets
@@ -31,10 +33,12 @@ def make_dataset(folder: Path, n_images: int = 10, repeats: tuple[int, ...] = (0
         paths.append(str(images / f"{i:04d}.png"))
     order = list(range(n_images)) + list(repeats)
     rels = ["left", "right", "top", "bottom"]
-    rows = {"image_path": [paths[j] for j in order],
-            "spatial_relation": [rels[k % 4] for k in range(len(order))],
-            "label": [k % 2 for k in range(len(order))],
-            "captions": [[f"caption {k}"] for k in range(len(order))]}
+    rows = {
+        "image_path": [paths[j] for j in order],
+        "spatial_relation": [rels[k % 4] for k in range(len(order))],
+        "label": [k % 2 for k in range(len(order))],
+        "captions": [[f"caption {k}"] for k in range(len(order))],
+    }
     ds = datasets.Dataset.from_dict(rows, features=schema_features())
     out = folder / "dataset"
     save_to_disk(ds, out)

@@ -162,6 +162,7 @@ class RewriteAudit:
             def wrapper(path, flags, *args, **kwargs):
                 guarded(self.check_open, path, bool(flags & _WRITE_FLAGS), bool(flags & os.O_TRUNC), "os.open")
                 return original(path, flags, *args, **kwargs)
+
             return wrapper
 
         def py_open(original):
@@ -169,24 +170,28 @@ class RewriteAudit:
                 if not isinstance(file, int) and isinstance(mode, str) and any(c in mode for c in "wax+"):
                     guarded(self.check_open, file, True, "w" in mode, f"open(mode={mode!r})")
                 return original(file, mode, *args, **kwargs)
+
             return wrapper
 
         def truncate(original):
             def wrapper(path, length):
                 guarded(self.check_truncate, path, "os.truncate")
                 return original(path, length)
+
             return wrapper
 
         def ftruncate(original):
             def wrapper(fd, length):
                 guarded(self.check_truncate, _path_of_fd(fd), "os.ftruncate")
                 return original(fd, length)
+
             return wrapper
 
         def pwrite(original):
             def wrapper(fd, data, offset):
                 guarded(self.check_write, fd, offset, len(memoryview(data).cast("B")), "os.pwrite")
                 return original(fd, data, offset)
+
             return wrapper
 
         def write(original):
@@ -194,12 +199,14 @@ class RewriteAudit:
                 if fd > 2:
                     guarded(self.check_write, fd, None, len(memoryview(data).cast("B")), "os.write")
                 return original(fd, data)
+
             return wrapper
 
         def replace(original):
             def wrapper(src, dst, *args, **kwargs):
                 guarded(self.check_replace, dst, "os.replace")
                 return original(src, dst, *args, **kwargs)
+
             return wrapper
 
         self._wrap(os, "open", os_open)
@@ -231,5 +238,7 @@ def writable_finished_files(folder: Path) -> list[str]:
         for record in records.values():
             path = manifest.parent / record.file
             if record.complete and path.is_file() and path.stat().st_mode & 0o222:
-                bad.append(f"{path} (feature set {record.key!r}) is finished but mode {oct(path.stat().st_mode & 0o777)}")
+                bad.append(
+                    f"{path} (feature set {record.key!r}) is finished but mode {oct(path.stat().st_mode & 0o777)}"
+                )
     return bad

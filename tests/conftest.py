@@ -51,7 +51,8 @@ def pytest_terminal_summary(terminalreporter):
     if audit is not None:
         terminalreporter.write_line(
             f"no-rewrite audit: {_audit_totals.get('tests', 0)} tests, {audit.calls_checked} featstore file writes "
-            f"checked, {_audit_totals.get('violations', 0)} violations")
+            f"checked, {_audit_totals.get('violations', 0)} violations"
+        )
 
 
 @pytest.fixture(scope="session")

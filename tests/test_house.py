@@ -163,15 +163,28 @@ def test_no_private_name_crosses_a_module(graph):
 
 
 def test_no_module_is_too_long(graph):
-    long = {name: n for name, path in graph.files.items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    long = {
+        name: n for name, path in graph.files.items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert long == {}
 
 
 def test_the_store_layer_imports_nothing_above_it(graph):
-    above = ("featstore.batches", "featstore.encoders", "featstore.spatial", "featstore.extraction", "featstore.probe",
-             "featstore.demo", "featstore.cli", "featstore.plugins")
-    wrong = {m: sorted(t for t in targets if t.startswith(above))
-             for m, targets in graph.edges.items() if m.startswith("featstore.store")}
+    above = (
+        "featstore.batches",
+        "featstore.encoders",
+        "featstore.spatial",
+        "featstore.extraction",
+        "featstore.probe",
+        "featstore.demo",
+        "featstore.cli",
+        "featstore.plugins",
+    )
+    wrong = {
+        m: sorted(t for t in targets if t.startswith(above))
+        for m, targets in graph.edges.items()
+        if m.startswith("featstore.store")
+    }
     assert {m: t for m, t in wrong.items() if t} == {}
 
 
@@ -199,14 +212,18 @@ def test_old_module_paths_still_import(old):
 def report() -> str:
     g = read_graph()
     lines = sorted(((len(p.read_text().splitlines()), n) for n, p in g.files.items()), reverse=True)
-    return "\n".join([
-        f"modules: {len(g.files)}, directly in featstore/: {len(list(PACKAGE.glob('*.py')))}",
-        f"import cycles: {len(g.cycles())} over {sum(map(len, g.cycles()))} modules",
-        f"private names imported across modules: {len(g.private_imports)}; private attributes reached: "
-        f"{len(g.private_attributes)}",
-        f"longest modules: {', '.join(f'{n} {k}' for k, n in lines[:6])}",
-        f"README.md: {(ROOT / 'README.md').stat().st_size} bytes",
-    ] + [f"  cycle: {c}" for c in g.cycles()] + [f"  {x}" for x in g.private_imports + g.private_attributes])
+    return "\n".join(
+        [
+            f"modules: {len(g.files)}, directly in featstore/: {len(list(PACKAGE.glob('*.py')))}",
+            f"import cycles: {len(g.cycles())} over {sum(map(len, g.cycles()))} modules",
+            f"private names imported across modules: {len(g.private_imports)}; private attributes reached: "
+            f"{len(g.private_attributes)}",
+            f"longest modules: {', '.join(f'{n} {k}' for k, n in lines[:6])}",
+            f"README.md: {(ROOT / 'README.md').stat().st_size} bytes",
+        ]
+        + [f"  cycle: {c}" for c in g.cycles()]
+        + [f"  {x}" for x in g.private_imports + g.private_attributes]
+    )
 
 
 if __name__ == "__main__":

@@ -41,4 +41,6 @@ def test_datasets_readme_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "wrote 2000 rows to datasets/spatial_hf" in out
     assert "imported 2 rows (2 images) from my_table.csv" in out
-    assert (tmp_path / "datasets" / "whatsup_b").is_dir() and (tmp_path / "datasets" / "spatial_split" / "test").is_dir()
+    assert (tmp_path / "datasets" / "whatsup_b").is_dir() and (
+        tmp_path / "datasets" / "spatial_split" / "test"
+    ).is_dir()

@@ -159,8 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--flips-per-trial", type=int, default=1)
-    p.add_argument("--manifest-trials", type=int, default=0,
-                   help="also flip this many bits of featstore.json, one per trial (reported apart: it has no checksum)")
+    p.add_argument(
+        "--manifest-trials",
+        type=int,
+        default=0,
+        help="also flip this many bits of featstore.json, one per trial (reported apart: it has no checksum)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_output_options(p)
     args = p.parse_args(argv)
@@ -176,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         regions = regions_of(store)
         store_bytes = sum(r["features"][2] for r in regions.values())
         del store
-        manifest_missed = [field for _ in range(args.manifest_trials) for caught, field in [manifest_trial(root, rng)]
-                           if not caught]
+        manifest_missed = [
+            field for _ in range(args.manifest_trials) for caught, field in [manifest_trial(root, rng)] if not caught
+        ]
         FeatureStore.open(root).verify()
         for i in range(args.trials):
             detected, hit, why = trial(root, regions, rng, args.flips_per_trial)
@@ -198,7 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
         "flips_by_region": dict(by_region),
         "clean_verifies_between_trials": clean_checks,
         "store_bytes": store_bytes,
-        "feature_sets": {k: {"rows": n, "row_shape": list(s), "dtype": d, "labels": lab} for k, (n, s, d, lab) in SETS.items()},
+        "feature_sets": {
+            k: {"rows": n, "row_shape": list(s), "dtype": d, "labels": lab} for k, (n, s, d, lab) in SETS.items()
+        },
         "seconds": round(time.perf_counter() - t0, 1),
         "seed": args.seed,
         "missed_trials": missed[:20],

@@ -121,10 +121,22 @@ def reader(root: Path, context: str, workers: int, seconds: float, report: Path)
     fs = store[BASE_KEY]
     snapshot, snapshot_labels = fs.to_numpy().copy(), fs.labels.numpy().copy()
     sampler = EpochBatches(len(fs), seed={"fork": 1, "spawn": 2}.get(context, 3))
-    loader = torch.utils.data.DataLoader(store.dataset(BASE_KEY), batch_sampler=sampler, num_workers=workers,
-                                         multiprocessing_context=context, persistent_workers=True)
-    counts = {"context": context, "workers": workers, "batches": 0, "rows": 0, "manifest_reads": 0,
-              "writer_rows_checked": 0, "errors": []}
+    loader = torch.utils.data.DataLoader(
+        store.dataset(BASE_KEY),
+        batch_sampler=sampler,
+        num_workers=workers,
+        multiprocessing_context=context,
+        persistent_workers=True,
+    )
+    counts = {
+        "context": context,
+        "workers": workers,
+        "batches": 0,
+        "rows": 0,
+        "manifest_reads": 0,
+        "writer_rows_checked": 0,
+        "errors": [],
+    }
     started = until = None
     try:
         while until is None or time.time() < until:
@@ -132,7 +144,10 @@ def reader(root: Path, context: str, workers: int, seconds: float, report: Path)
                 if started is None:  # spawned workers take seconds to start: the clock starts now
                     started, until = time.time(), time.time() + seconds
                 idx = sampler.current[i]
-                if not (np.array_equal(features.numpy(), snapshot[idx]) and np.array_equal(labels.numpy(), snapshot_labels[idx])):
+                if not (
+                    np.array_equal(features.numpy(), snapshot[idx])
+                    and np.array_equal(labels.numpy(), snapshot_labels[idx])
+                ):
                     counts["errors"].append(f"batch {counts['batches']}: differs from the snapshot")
                 counts["batches"] += 1
                 counts["rows"] += len(idx)
@@ -183,12 +198,19 @@ def race(root: Path, rounds: int) -> dict:
         losers = [wid for wid, c in codes.items() if c == 1]
         problem = None
         if len(winners) != 1 or len(losers) != 1:
-            texts = {w: (root.parent / f"race-{r}-{w}.txt").read_text() for w in codes if (root.parent / f"race-{r}-{w}.txt").exists()}
+            texts = {
+                w: (root.parent / f"race-{r}-{w}.txt").read_text()
+                for w in codes
+                if (root.parent / f"race-{r}-{w}.txt").exists()
+            }
             problem = f"round {r}: exit codes {codes}, messages {texts}"
         else:
             text = (root.parent / f"race-{r}-{losers[0]}.txt").read_text()
-            kind = "being written by another process" if "being written by another process" in text else (
-                "already complete" if "already complete" in text else text[:120])
+            kind = (
+                "being written by another process"
+                if "being written by another process" in text
+                else ("already complete" if "already complete" in text else text[:120])
+            )
             outcomes["conflict_messages"][kind] = outcomes["conflict_messages"].get(kind, 0) + 1
             store = FeatureStore.open(root)
             fs = store[key]
@@ -231,12 +253,26 @@ def main(argv: list[str] | None = None) -> dict:
         build_base(root)
         stop = Path(tmp) / "stop"
         script = str(Path(__file__).resolve())
-        common = ["--root", str(root), "--stop", str(stop), "--readers", str(args.readers), "--seconds", str(args.seconds)]
+        common = [
+            "--root",
+            str(root),
+            "--stop",
+            str(stop),
+            "--readers",
+            str(args.readers),
+            "--seconds",
+            str(args.seconds),
+        ]
         procs = {
-            name: subprocess.Popen([sys.executable, script, "--role", role, *common, *extra,
-                                    "--report", str(Path(tmp) / f"{name}.json")], env=child_env())
-            for name, role, extra in [("writer", "writer", []), ("fork", "reader", ["--context", "fork"]),
-                                      ("spawn", "reader", ["--context", "spawn"])]
+            name: subprocess.Popen(
+                [sys.executable, script, "--role", role, *common, *extra, "--report", str(Path(tmp) / f"{name}.json")],
+                env=child_env(),
+            )
+            for name, role, extra in [
+                ("writer", "writer", []),
+                ("fork", "reader", ["--context", "fork"]),
+                ("spawn", "reader", ["--context", "spawn"]),
+            ]
         }
         log(f"readers and writer started; each reader reads for {args.seconds:.0f} s from its first batch")
         codes = {name: procs[name].wait(timeout=args.seconds + 600) for name in ("fork", "spawn")}
@@ -245,8 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
         reports = {}
         for name in procs:
             path = Path(tmp) / f"{name}.json"
-            reports[name] = json.loads(path.read_text()) if path.exists() else {"errors": [f"no report (exit {codes[name]})"]}
-        log(f"readers done: {reports['fork'].get('batches')} + {reports['spawn'].get('batches')} batches; racing writers")
+            reports[name] = (
+                json.loads(path.read_text()) if path.exists() else {"errors": [f"no report (exit {codes[name]})"]}
+            )
+        log(
+            f"readers done: {reports['fork'].get('batches')} + {reports['spawn'].get('batches')} batches; racing writers"
+        )
         final = FeatureStore.open(root)
         final.verify()
         races = race(root, args.race_rounds)

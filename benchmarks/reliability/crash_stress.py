@@ -134,7 +134,11 @@ class WriterWorkload(Workload):
         return Child(pid)
 
     def step_counts(self, out: Path) -> dict[str, int]:
-        return _step_counts(out, sets=1, units_left=_units_left(out, 1, lambda row: row // WRITER_CHUNK, -(-WRITER_ROWS // WRITER_CHUNK)))
+        return _step_counts(
+            out,
+            sets=1,
+            units_left=_units_left(out, 1, lambda row: row // WRITER_CHUNK, -(-WRITER_ROWS // WRITER_CHUNK)),
+        )
 
 
 class ExtractWorkload(Workload):
@@ -148,10 +152,33 @@ class ExtractWorkload(Workload):
         self.dataset = make_dataset(work, n_images=EXTRACT_IMAGES, repeats=EXTRACT_REPEATS)
 
     def command(self, out: Path) -> list[str]:
-        return [sys.executable, "-m", "featstore", "extract", "--dataset", str(self.dataset), "--encoder", "dinov2",
-                "--model", str(self.model), "--layers", "2,last", "--pooling", "cls,patch", "--out", str(out),
-                "--batch-size", str(EXTRACT_BATCH), "--commit-every", "1", "--num-workers", "0", "--no-progress",
-                "--store-dtype", "float32"]
+        return [
+            sys.executable,
+            "-m",
+            "featstore",
+            "extract",
+            "--dataset",
+            str(self.dataset),
+            "--encoder",
+            "dinov2",
+            "--model",
+            str(self.model),
+            "--layers",
+            "2,last",
+            "--pooling",
+            "cls,patch",
+            "--out",
+            str(out),
+            "--batch-size",
+            str(EXTRACT_BATCH),
+            "--commit-every",
+            "1",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--store-dtype",
+            "float32",
+        ]
 
     def step_counts(self, out: Path) -> dict[str, int]:
         batches = -(-EXTRACT_IMAGES // EXTRACT_BATCH)
@@ -168,8 +195,9 @@ def _units_left(out: Path, sets: int, unit_of_row, total: int) -> int:
         return total
     if len(records) < sets:
         return total
-    return len({unit_of_row(row) for r in records.values() for a, b in fmt.gaps(r.committed, r.n_rows)
-                for row in range(a, b)})
+    return len(
+        {unit_of_row(row) for r in records.values() for a, b in fmt.gaps(r.committed, r.n_rows) for row in range(a, b)}
+    )
 
 
 def _step_counts(out: Path, sets: int, units_left: int) -> dict[str, int]:
@@ -220,7 +248,9 @@ def stress(workload: Workload, kills: int, rng: random.Random, work: Path, log) 
     ref_root, duration, first_manifest = reference_run(workload, work)
     reference = FeatureStore.open(ref_root)
     ref_files = safetensors_bytes(ref_root)
-    log(f"{workload.name}: reference run {duration:.1f} s (manifest after {first_manifest:.1f} s), {len(ref_files)} file(s)")
+    log(
+        f"{workload.name}: reference run {duration:.1f} s (manifest after {first_manifest:.1f} s), {len(ref_files)} file(s)"
+    )
     done = broken = cycles = finished_early = 0
     by_mode: Counter = Counter()
     by_step: Counter = Counter()
@@ -281,10 +311,15 @@ def stress(workload: Workload, kills: int, rng: random.Random, work: Path, log) 
             log(f"  cycle {cycles}: BROKEN: {failures[-1]}")
         shutil.rmtree(out, ignore_errors=True)
     return {
-        "kills": done, "stores_broken": broken, "cycles": cycles, "kills_by_mode": dict(by_mode),
-        "kills_by_step": dict(sorted(by_step.items())), "committed_after_kill": dict(left),
+        "kills": done,
+        "stores_broken": broken,
+        "cycles": cycles,
+        "kills_by_mode": dict(by_mode),
+        "kills_by_step": dict(sorted(by_step.items())),
+        "committed_after_kill": dict(left),
         "runs_that_finished_before_the_kill": finished_early,
-        "reference_seconds": round(duration, 2), "failures": failures,
+        "reference_seconds": round(duration, 2),
+        "failures": failures,
     }
 
 

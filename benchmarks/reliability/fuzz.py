@@ -48,8 +48,11 @@ def main(argv=None) -> int:
         results["tsan"] = fuzzing.run_tsan_stress(fuzzing.build_tsan_stress(work / "bin"), args.tsan_iterations)
     print(f"gather vs numpy properties, {args.properties} cases ...", flush=True)
     t0 = time.perf_counter()
-    results["properties"] = {**gather_properties.run(args.properties), "failures": 0,
-                             "seconds": round(time.perf_counter() - t0, 1)}
+    results["properties"] = {
+        **gather_properties.run(args.properties),
+        "failures": 0,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -61,7 +64,9 @@ def main(argv=None) -> int:
     t = results["tsan"]
     print(f"tsan: {t['summary']}; {t['reports']} reports, {t['seconds']} s")
     p = results["properties"]
-    print(f"properties: {p['cases']} cases ({p['core']} core, {p['feature_set']} feature set), 0 failures, {p['seconds']} s")
+    print(
+        f"properties: {p['cases']} cases ({p['core']} core, {p['feature_set']} feature set), 0 failures, {p['seconds']} s"
+    )
     print(f"wrote {args.out}")
     return int(bool(results["parse"]["findings"] or results["gather"]["findings"] or t["returncode"]))
 

@@ -69,15 +69,19 @@ def main(argv=None) -> int:
             exc, _, peak = _fail(call, trace=True)
             times = [_fail(call)[1] for _ in range(args.repeats)]  # failing calls change nothing: repeat on one copy
             message = str(exc)
-            rows.append({
-                "case": case.name,
-                "error": type(exc).__name__,
-                "clear": isinstance(exc, case.error) and bool(re.search(case.file, message)) and bool(re.search(case.field, message)),
-                "median_ms": round(statistics.median(times) * 1e3, 3),
-                "max_ms": round(max(times) * 1e3, 3),
-                "peak_kib": round(peak / 1024, 1),
-                "code_ran": (work / "canary").exists(),
-            })
+            rows.append(
+                {
+                    "case": case.name,
+                    "error": type(exc).__name__,
+                    "clear": isinstance(exc, case.error)
+                    and bool(re.search(case.file, message))
+                    and bool(re.search(case.field, message)),
+                    "median_ms": round(statistics.median(times) * 1e3, 3),
+                    "max_ms": round(max(times) * 1e3, 3),
+                    "peak_kib": round(peak / 1024, 1),
+                    "code_ran": (work / "canary").exists(),
+                }
+            )
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "benchmarks/reliability/malformed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -92,10 +96,14 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{summary['cases']} bad inputs, {summary['clear_errors']} clear featstore errors, "
-          f"{summary['code_ran']} code executions")
-    print(f"slowest median {summary['slowest_median_ms']} ms ({summary['slowest_median_case']}), "
-          f"{summary['cases_median_over_10ms']} cases >= 10 ms; largest tracemalloc peak {summary['largest_peak_kib']} KiB")
+    print(
+        f"{summary['cases']} bad inputs, {summary['clear_errors']} clear featstore errors, "
+        f"{summary['code_ran']} code executions"
+    )
+    print(
+        f"slowest median {summary['slowest_median_ms']} ms ({summary['slowest_median_case']}), "
+        f"{summary['cases_median_over_10ms']} cases >= 10 ms; largest tracemalloc peak {summary['largest_peak_kib']} KiB"
+    )
     for r in sorted(rows, key=lambda r: -r["median_ms"])[:5]:
         print(f"  {r['median_ms']:8.3f} ms median, {r['max_ms']:8.3f} ms max  {r['case']}")
     print(f"wrote {args.out}")

@@ -80,8 +80,9 @@ class CpuAssembler:
     def __init__(self, spec: BatchSpec):
         self.spec = spec
         limit = spec.prefetch + 3  # queued + being filled + held by the caller + one spare
-        self.buffers = {k: RecyclingBuffers(fs.row_shape, fs.dtype, spec.batch_size, limit)
-                        for k, fs in spec.sets.items()}
+        self.buffers = {
+            k: RecyclingBuffers(fs.row_shape, fs.dtype, spec.batch_size, limit) for k, fs in spec.sets.items()
+        }
 
     def assemble(self, idx: np.ndarray) -> Batch:
         feats = {}

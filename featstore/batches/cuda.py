@@ -226,8 +226,16 @@ def launch_gather(
     if n == 0 or fs.row_bytes == 0:
         return
     REGISTRY.mod.gather(
-        src, len(fs), fs.row_bytes, plan[0].data_ptr(), plan[1].data_ptr(), n, out.data_ptr(), bad,
-        out.device.index, stream.cuda_stream,
+        src,
+        len(fs),
+        fs.row_bytes,
+        plan[0].data_ptr(),
+        plan[1].data_ptr(),
+        n,
+        out.data_ptr(),
+        bad,
+        out.device.index,
+        stream.cuda_stream,
     )
 
 

@@ -61,7 +61,9 @@ def choose_path(
         raise ValueError(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
     if device_type == "cpu":
         if cache != "auto":
-            raise ValueError(f"cache={cache!r} chooses how batches reach a CUDA device; pass device='cuda' or leave cache='auto'")
+            raise ValueError(
+                f"cache={cache!r} chooses how batches reach a CUDA device; pass device='cuda' or leave cache='auto'"
+            )
         return PathChoice("cpu", "CPU device: a prefetch thread gathers into recycled buffers")
     if not cuda_ok:
         raise CudaUnavailableError(
@@ -69,22 +71,32 @@ def choose_path(
             "machine; use device=None for CPU batches"
         )
     if cache == "pinned":
-        return PathChoice("pinned", "cache='pinned' requested: gather into pinned ring buffers, async copy on a side stream")
+        return PathChoice(
+            "pinned", "cache='pinned' requested: gather into pinned ring buffers, async copy on a side stream"
+        )
     if cache == "uva":
         if not uva_ok:
             raise CudaUnavailableError(f"cache='uva' cannot run here: {uva_why}")
         return PathChoice("uva", "cache='uva' requested: the CUDA kernel gathers from the registered file pages")
     if cache == "device":
-        return PathChoice("device", f"cache='device' requested: {_mb(set_bytes)} copied to the GPU once, index_select there")
+        return PathChoice(
+            "device", f"cache='device' requested: {_mb(set_bytes)} copied to the GPU once, index_select there"
+        )
     budget = int(share * free_bytes)
     if set_bytes <= budget:
         return PathChoice(
-            "device", f"the sets ({_mb(set_bytes)}) fit in {share:g} of free GPU memory ({_mb(budget)} of {_mb(free_bytes)})"
+            "device",
+            f"the sets ({_mb(set_bytes)}) fit in {share:g} of free GPU memory ({_mb(budget)} of {_mb(free_bytes)})",
         )
     too_big = f"the sets ({_mb(set_bytes)}) exceed {share:g} of free GPU memory ({_mb(budget)})"
     if uva_ok and host_bytes is not None and set_bytes + pinned_bytes > host_bytes // 2:
-        uva_ok, uva_why = False, (f"registering would pin more than half of the RAM ({_mb(host_bytes)}), with "
-                                  f"{_mb(pinned_bytes)} pinned by other sets' registrations")
+        uva_ok, uva_why = (
+            False,
+            (
+                f"registering would pin more than half of the RAM ({_mb(host_bytes)}), with "
+                f"{_mb(pinned_bytes)} pinned by other sets' registrations"
+            ),
+        )
     if uva_ok:
         return PathChoice("uva", f"{too_big}; the CUDA kernel gathers from the registered file pages")
     return PathChoice("pinned", f"{too_big}, and the CUDA kernel path is unavailable ({uva_why}); pinned staging")
@@ -105,8 +117,9 @@ def device_share(share: float | None) -> float:
     return float(share)
 
 
-def loader_path(cache: str, device: torch.device, set_bytes: int, share: float | None,
-                sets=()) -> tuple[PathChoice, dict]:
+def loader_path(
+    cache: str, device: torch.device, set_bytes: int, share: float | None, sets=()
+) -> tuple[PathChoice, dict]:
     """Gather the facts for ``choose_path`` on this machine (``sets``: the loader's feature sets, whose own
     registrations are not counted as pinned by others); returns the choice and the facts (for info)."""
     facts: dict = {"cache": cache, "set_bytes": set_bytes}

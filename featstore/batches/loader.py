@@ -92,8 +92,10 @@ class BatchLoader:
         self.epoch = int(epoch)
         self.ranks = resolve_ranks(rank, world_size)
         if seed is None and shuffle and self.ranks.distributed:
-            raise ValueError(f"rank {self.ranks.rank} of {self.ranks.world_size}: every rank must shuffle with the same "
-                             "seed to get disjoint shares; pass seed=<int>")
+            raise ValueError(
+                f"rank {self.ranks.rank} of {self.ranks.world_size}: every rank must shuffle with the same "
+                "seed to get disjoint shares; pass seed=<int>"
+            )
         self.rows = self._check_rows(rows)
         for fs in self.sets.values():
             fs.check_committed(self.rows)  # only for sets opened with allow_incomplete

@@ -1,11 +1,11 @@
 """featstore dataset: make, import, validate and split spatial-relation datasets.
 
-    featstore dataset synth --out datasets/spatial_hf --n 2000 --seed 0 --size 224
-    featstore dataset import whatsup ROOT --subset A --out datasets/whatsup_a
-    featstore dataset import table FILE --images DIR --out DIR
-    featstore dataset importers
-    featstore dataset validate datasets/spatial_hf
-    featstore dataset split datasets/spatial_hf --out datasets/spatial_split --seed 0
+featstore dataset synth --out datasets/spatial_hf --n 2000 --seed 0 --size 224
+featstore dataset import whatsup ROOT --subset A --out datasets/whatsup_a
+featstore dataset import table FILE --images DIR --out DIR
+featstore dataset importers
+featstore dataset validate datasets/spatial_hf
+featstore dataset split datasets/spatial_hf --out datasets/spatial_split --seed 0
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ import time
 
 def add_dataset_commands(subparsers) -> None:
     """Add the ``dataset`` command group to featstore's top-level subparsers."""
-    d = subparsers.add_parser("dataset", help="make, import, validate and split spatial-relation datasets",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = subparsers.add_parser(
+        "dataset",
+        help="make, import, validate and split spatial-relation datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = d.add_subparsers(dest="dataset_command", required=True)
 
     s = sub.add_parser("synth", help="render the synthetic two-object dataset (the built-in default)")
@@ -33,9 +37,12 @@ def add_dataset_commands(subparsers) -> None:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_synth)
 
-    i = sub.add_parser("import", help="import a dataset with a registered importer (see `featstore dataset importers`)",
-                       description="featstore dataset import NAME SOURCE --out DIR [options of NAME]; "
-                                   "`featstore dataset import NAME --help` lists NAME's options.")
+    i = sub.add_parser(
+        "import",
+        help="import a dataset with a registered importer (see `featstore dataset importers`)",
+        description="featstore dataset import NAME SOURCE --out DIR [options of NAME]; "
+        "`featstore dataset import NAME --help` lists NAME's options.",
+    )
     i.add_argument("importer", help="importer name, e.g. table or whatsup")
     i.add_argument("args", nargs=argparse.REMAINDER, help="SOURCE --out DIR and the importer's options")
     i.set_defaults(func=_cmd_import)
@@ -63,18 +70,30 @@ def _cmd_synth(args) -> int:
     from ..spatial.synth import generate
 
     t0 = time.perf_counter()
-    ds = generate(args.out, n=args.n, seed=args.seed, size=args.size, distractors=args.distractors,
-                  workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
+    ds = generate(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        size=args.size,
+        distractors=args.distractors,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     dt = time.perf_counter() - t0
     summary = validate(ds)
-    print(f"wrote {summary['rows']} rows to {args.out} in {dt:.1f} s ({summary['rows'] / dt:.0f} images/s); "
-          f"relations {summary['relations']}, labels {summary['labels']}")
+    print(
+        f"wrote {summary['rows']} rows to {args.out} in {dt:.1f} s ({summary['rows'] / dt:.0f} images/s); "
+        f"relations {summary['relations']}, labels {summary['labels']}"
+    )
     return 0
 
 
 def _importer_parser(name: str, importer) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"featstore dataset import {name}",
-                                description=importer.help + (f" (plugin {importer.plugin})" if importer.plugin else ""))
+    p = argparse.ArgumentParser(
+        prog=f"featstore dataset import {name}",
+        description=importer.help + (f" (plugin {importer.plugin})" if importer.plugin else ""),
+    )
     p.add_argument("source", help="the file or folder to import")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset featstore wrote there before")
@@ -89,8 +108,10 @@ def _cmd_import(args) -> int:
 
     importers = get_importers()
     if args.importer not in importers:
-        raise ValueError(f"no importer {args.importer!r}; registered: {', '.join(importers) or 'none'} "
-                         "(plugins add more; see `featstore dataset importers`)")
+        raise ValueError(
+            f"no importer {args.importer!r}; registered: {', '.join(importers) or 'none'} "
+            "(plugins add more; see `featstore dataset importers`)"
+        )
     importer = importers[args.importer]
     opts = vars(_importer_parser(args.importer, importer).parse_args(args.args))
     source, out, overwrite = opts.pop("source"), opts.pop("out"), opts.pop("overwrite")
@@ -99,8 +120,10 @@ def _cmd_import(args) -> int:
         print(f"featstore dataset import {args.importer}: {line}", file=sys.stderr)
     summary = validate(result.dataset, root=out)
     save_to_disk(result.dataset, out, overwrite=overwrite)
-    print(f"imported {summary['rows']} rows ({summary['images']} images) from {source} to {out}; "
-          f"relations {summary['relations']}, labels {summary['labels']}")
+    print(
+        f"imported {summary['rows']} rows ({summary['images']} images) from {source} to {out}; "
+        f"relations {summary['relations']}, labels {summary['labels']}"
+    )
     return 0
 
 
@@ -133,8 +156,10 @@ def _cmd_validate(args) -> int:
         print(json.dumps(summaries, indent=1))
     else:
         for name, s in summaries.items():
-            print(f"{args.path}{'' if name == 'dataset' else f' [{name}]'}: ok, {s['rows']} rows, {s['images']} images, "
-                  f"relations {s['relations']}, labels {s['labels']}")
+            print(
+                f"{args.path}{'' if name == 'dataset' else f' [{name}]'}: ok, {s['rows']} rows, {s['images']} images, "
+                f"relations {s['relations']}, labels {s['labels']}"
+            )
     return 1 if failed else 0
 
 

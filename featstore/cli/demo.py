@@ -10,8 +10,12 @@ def add_demo_command(sub) -> None:
     d.add_argument("--rows", type=int, default=4000, help="rows of the synthetic dataset (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0)
     for enc in ("dinov2", "clip", "qwen"):
-        d.add_argument(f"--{enc}", default=None, metavar="MODEL",
-                       help=f"a real {enc} checkpoint (hub id or folder) instead of the tiny random-init one")
+        d.add_argument(
+            f"--{enc}",
+            default=None,
+            metavar="MODEL",
+            help=f"a real {enc} checkpoint (hub id or folder) instead of the tiny random-init one",
+        )
     d.add_argument("--encoders", default="dinov2,clip,qwen", help="which encoders run (default: %(default)s)")
     d.add_argument("--layers", default="all", help="layers to extract from each encoder (default: %(default)s)")
     d.add_argument("--task", default="relation", help="probe task (default: %(default)s)")
@@ -20,11 +24,19 @@ def add_demo_command(sub) -> None:
     d.set_defaults(func=_cmd_demo)
 
 
-
 def _cmd_demo(args) -> int:
     from ..demo import run_demo
 
     models = {enc: getattr(args, enc) for enc in ("dinov2", "clip", "qwen") if getattr(args, enc)}
-    run_demo(args.out, n_rows=args.rows, seed=args.seed, models=models, layers=args.layers, task=args.task,
-             epochs=args.epochs, device=args.device, encoders=args.encoders.split(","))
+    run_demo(
+        args.out,
+        n_rows=args.rows,
+        seed=args.seed,
+        models=models,
+        layers=args.layers,
+        task=args.task,
+        epochs=args.epochs,
+        device=args.device,
+        encoders=args.encoders.split(","),
+    )
     return 0

@@ -18,8 +18,12 @@ import sys
 
 def add_extract_commands(subparsers) -> None:
     """Add the ``extract`` and ``encoders`` commands to featstore's top-level subparsers."""
-    x = subparsers.add_parser("extract", help="extract encoder features of a dataset into a store",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    x = subparsers.add_parser(
+        "extract",
+        help="extract encoder features of a dataset into a store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     x.add_argument("--dataset", required=True, help="a dataset folder written by save_to_disk")
     x.add_argument("--split", default=None, help="the split to use when the folder holds several")
     x.add_argument("--encoder", required=True, help="a registered encoder (see `featstore encoders`)")
@@ -34,7 +38,9 @@ def add_extract_commands(subparsers) -> None:
     x.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     x.add_argument("--dtype", default="float32", help="the model's compute dtype: float32, bfloat16, float16")
     x.add_argument("--store-dtype", default="float16", help="dtype of the stored features (default: %(default)s)")
-    x.add_argument("--num-workers", type=int, default=2, help="image-decoding DataLoader workers (default: %(default)s)")
+    x.add_argument(
+        "--num-workers", type=int, default=2, help="image-decoding DataLoader workers (default: %(default)s)"
+    )
     x.add_argument("--commit-every", type=int, default=8, help="commit rows every N batches (default: %(default)s)")
     x.add_argument("--overwrite", action="store_true", help="replace feature sets written with other settings")
     x.add_argument("--no-export-pt", action="store_true", help="do not write .pt exports beside the feature sets")
@@ -49,11 +55,26 @@ def add_extract_commands(subparsers) -> None:
 def _cmd_extract(args) -> int:
     from ..extraction import extract
 
-    result = extract(args.dataset, args.encoder, args.model, args.out, layers=args.layers, pooling=args.pooling,
-                     name=args.name, split=args.split, target=None if args.no_labels else args.target,
-                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
-                     num_workers=args.num_workers, overwrite=args.overwrite, export_pt=not args.no_export_pt,
-                     progress=not args.no_progress, commit_every=args.commit_every)
+    result = extract(
+        args.dataset,
+        args.encoder,
+        args.model,
+        args.out,
+        layers=args.layers,
+        pooling=args.pooling,
+        name=args.name,
+        split=args.split,
+        target=None if args.no_labels else args.target,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        store_dtype=args.store_dtype,
+        num_workers=args.num_workers,
+        overwrite=args.overwrite,
+        export_pt=not args.no_export_pt,
+        progress=not args.no_progress,
+        commit_every=args.commit_every,
+    )
     from ..distributed import current_ranks
 
     if current_ranks().is_main:  # under torchrun: one summary, of the whole job
@@ -66,8 +87,15 @@ def _cmd_encoders(args) -> int:
 
     entries = get_encoders()
     if args.json:
-        print(json.dumps([{"name": e.name, "plugin": e.plugin, "aliases": list(e.aliases), "description": e.description}
-                          for e in entries.values()], indent=1))
+        print(
+            json.dumps(
+                [
+                    {"name": e.name, "plugin": e.plugin, "aliases": list(e.aliases), "description": e.description}
+                    for e in entries.values()
+                ],
+                indent=1,
+            )
+        )
         return 0
     if not entries:
         print("no encoders registered (FEATSTORE_LOAD_PLUGINS may exclude them)", file=sys.stderr)

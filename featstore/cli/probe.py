@@ -24,15 +24,26 @@ def add_probe_commands(subparsers) -> None:
     """Add the ``probe`` command to featstore's top-level subparsers."""
     from ..probe import DEFAULT_LRS, DEFAULT_WDS
 
-    p = subparsers.add_parser("probe", help="train linear probes on feature sets; write results JSON, CSV and a plot",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "probe",
+        help="train linear probes on feature sets; write results JSON, CSV and a plot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--store", required=True, help="store root")
     p.add_argument("--dataset", required=True, help="the dataset folder the features were extracted from")
     p.add_argument("--split", default=None, help="the split to use when the folder holds several")
-    p.add_argument("--keys", action="append", default=None,
-                   help="glob of feature-set keys, e.g. 'dinov2/*' (repeatable; default: all)")
-    p.add_argument("--task", default="relation",
-                   help="relation, binary, or an integer column of the dataset (default: %(default)s)")
+    p.add_argument(
+        "--keys",
+        action="append",
+        default=None,
+        help="glob of feature-set keys, e.g. 'dinov2/*' (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--task",
+        default="relation",
+        help="relation, binary, or an integer column of the dataset (default: %(default)s)",
+    )
     p.add_argument("--out", default="results", help="folder for the results (default: %(default)s)")
     p.add_argument("--lrs", type=_floats, default=list(DEFAULT_LRS), help="comma-separated learning rates")
     p.add_argument("--wds", type=_floats, default=list(DEFAULT_WDS), help="comma-separated weight decays")
@@ -49,9 +60,20 @@ def _cmd_probe(args) -> int:
     from ..probe.report import write_results
 
     main = ensure_process_group(args.device).is_main  # under torchrun: every rank trains, rank 0 reports
-    out = train_probes(args.store, args.dataset, args.keys or "*", args.task, split=args.split, lrs=args.lrs,
-                       wds=args.wds, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, log=print if main else None)
+    out = train_probes(
+        args.store,
+        args.dataset,
+        args.keys or "*",
+        args.task,
+        split=args.split,
+        lrs=args.lrs,
+        wds=args.wds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        log=print if main else None,
+    )
     if main:
         write_results(out, args.out)
     return 0

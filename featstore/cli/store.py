@@ -39,11 +39,18 @@ def _cmd_info(args) -> int:
     rows = []
     for key in store.keys():
         r = store.info(key)
-        rows.append({
-            "key": key, "shape": list(r.shape), "dtype": r.dtype, "rows_committed": r.rows_committed,
-            "complete": r.complete, "labels": r.has_labels, "metadata": r.metadata,
-            "problem": str(store.problems[key]) if key in store.problems else None,
-        })
+        rows.append(
+            {
+                "key": key,
+                "shape": list(r.shape),
+                "dtype": r.dtype,
+                "rows_committed": r.rows_committed,
+                "complete": r.complete,
+                "labels": r.has_labels,
+                "metadata": r.metadata,
+                "problem": str(store.problems[key]) if key in store.problems else None,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -53,7 +60,9 @@ def _cmd_info(args) -> int:
         problem = f"  PROBLEM: {r['problem']}" if r["problem"] else ""
         print(f"  {r['key']:32} {tuple(r['shape'])!s:>20} {r['dtype']:>9}  {state}{problem}")
         provenance = ", ".join(
-            f"{k}={r['metadata'][k]}" for k in ("encoder", "model", "revision", "layer", "pooling") if k in r["metadata"]
+            f"{k}={r['metadata'][k]}"
+            for k in ("encoder", "model", "revision", "layer", "pooling")
+            if k in r["metadata"]
         )
         if provenance:
             print(f"  {'':32} {provenance}")
@@ -67,7 +76,11 @@ def _cmd_verify(args) -> int:
     summary = store.verify(args.keys or None)
     print(
         f"{store.root}: {summary['feature_sets']} feature set(s) ok, {summary['bytes_checked'] / 1e6:.1f} MB checked"
-        + (f", {summary['rows_without_checksum']} committed rows not yet checksummed" if summary["rows_without_checksum"] else "")
+        + (
+            f", {summary['rows_without_checksum']} committed rows not yet checksummed"
+            if summary["rows_without_checksum"]
+            else ""
+        )
     )
     return 0
 

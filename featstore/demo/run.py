@@ -25,7 +25,7 @@ MARKER = ".featstore-demo"
 ENCODERS = ("dinov2", "clip", "qwen")
 POOLINGS = {"dinov2": "cls,mean,patch", "clip": "cls,mean,patch", "qwen": "mean,patch"}  # Qwen has no CLS token
 IMAGE_SIZE = 112  # the demo's images and tiny encoders: an 8x8 patch grid keeps the whole job near two minutes
-SANITY = 0.90     # a patch-grid probe must reach this on `relation`: spatial information survives end to end
+SANITY = 0.90  # a patch-grid probe must reach this on `relation`: spatial information survives end to end
 
 
 def _prepare(out: Path) -> None:
@@ -47,9 +47,18 @@ def _tiny_model(encoder: str, folder: Path) -> str:
     return str(tiny_models.make_qwen(folder, layout="tower", image_size=IMAGE_SIZE)[0])
 
 
-def run_demo(out: str | Path = "datasets/demo", n_rows: int = 4000, seed: int = 0, models: dict | None = None,
-             layers: str = "all", task: str = "relation", epochs: int = 10, device: str = "cpu",
-             encoders=ENCODERS, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    out: str | Path = "datasets/demo",
+    n_rows: int = 4000,
+    seed: int = 0,
+    models: dict | None = None,
+    layers: str = "all",
+    task: str = "relation",
+    epochs: int = 10,
+    device: str = "cpu",
+    encoders=ENCODERS,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run the whole job into ``out``; returns the probe results (:func:`featstore.probe.train_probes`).
 
     ``models`` maps an encoder (``dinov2``, ``clip``, ``qwen``) to a hub id or local folder to use
@@ -66,28 +75,44 @@ def run_demo(out: str | Path = "datasets/demo", n_rows: int = 4000, seed: int = 
     t0 = time.perf_counter()
     data = out / "spatial_hf"
     generate(data, n=n_rows, seed=seed, size=IMAGE_SIZE, progress=False)
-    log(f"generated the synthetic spatial dataset: {n_rows} rows of {IMAGE_SIZE}x{IMAGE_SIZE} images in {data} "
-        f"({time.perf_counter() - t0:.1f} s)")
+    log(
+        f"generated the synthetic spatial dataset: {n_rows} rows of {IMAGE_SIZE}x{IMAGE_SIZE} images in {data} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     store_root = out / "features"
     for enc in encoders:
         model = models.get(enc)
         if model is None:
             model = _tiny_model(enc, out / "models" / enc)
-            log(f"{enc}: built a tiny RANDOM-INIT model in {model} (no download; its probe numbers say what a random "
-                "network keeps, not what a trained one learns)")
+            log(
+                f"{enc}: built a tiny RANDOM-INIT model in {model} (no download; its probe numbers say what a random "
+                "network keeps, not what a trained one learns)"
+            )
         t = time.perf_counter()
-        result = extract(str(data), enc, model, store_root, layers=layers, pooling=POOLINGS[enc], device=device,
-                         export_pt=False, progress=False, num_workers=1)
+        result = extract(
+            str(data),
+            enc,
+            model,
+            store_root,
+            layers=layers,
+            pooling=POOLINGS[enc],
+            device=device,
+            export_pt=False,
+            progress=False,
+            num_workers=1,
+        )
         log(f"{enc}: extracted {len(result.keys)} feature sets in {time.perf_counter() - t:.1f} s")
     store = FeatureStore.open(store_root)
     results = train_probes(store, str(data), "*", task, epochs=epochs, seed=seed, device=device)
     log("")
     write_results(results, out / "results", log=log)
     _report_sanity(results, task, log)
-    log(f"\ndone in {time.perf_counter() - t0:.1f} s. The encoders above are random-init unless you passed checkpoints;"
+    log(
+        f"\ndone in {time.perf_counter() - t0:.1f} s. The encoders above are random-init unless you passed checkpoints;"
         " run the same job on real ones with e.g.\n  featstore demo --dinov2 facebook/dinov2-small "
         "--clip openai/clip-vit-base-patch16 --qwen Qwen/Qwen2-VL-2B-Instruct --layers 4,8,last\n"
-        "(hub ids or local save_pretrained folders; --device cuda on a GPU).")
+        "(hub ids or local save_pretrained folders; --device cuda on a GPU)."
+    )
     return results
 
 
@@ -97,12 +122,16 @@ def _report_sanity(results: dict, task: str, log: Callable[[str], None]) -> bool
     if not patch:
         return None
     best = max(patch, key=lambda r: r["test_acc"])
-    log(f"best patch-grid probe: {best['key']} (flat) {best['test_acc']:.3f} on {task} "
-        f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}]; chance {best['chance']:.3f}")
+    log(
+        f"best patch-grid probe: {best['key']} (flat) {best['test_acc']:.3f} on {task} "
+        f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}]; chance {best['chance']:.3f}"
+    )
     if task != "relation":
         return None
     ok = best["test_acc"] >= SANITY
-    log(f"sanity: {'PASS' if ok else 'FAIL'} - a linear probe on patch-grid features {'reaches' if ok else 'misses'} "
+    log(
+        f"sanity: {'PASS' if ok else 'FAIL'} - a linear probe on patch-grid features {'reaches' if ok else 'misses'} "
         f"{SANITY:.0%} on `relation`, so spatial information {'survives' if ok else 'may be lost'} end to end"
-        + ("" if ok else " (see the table: which encoder and layer lose it?)"))
+        + ("" if ok else " (see the table: which encoder and layer lose it?)")
+    )
     return ok

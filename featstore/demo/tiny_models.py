@@ -31,8 +31,14 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: i
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    kw = dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
-              image_size=image_size, patch_size=14)
+    kw = dict(
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=image_size,
+        patch_size=14,
+    )
     if registers:
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
@@ -40,9 +46,13 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: i
     else:
         model = Dinov2Model(Dinov2Config(**kw))
     model.save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": round(image_size * 8 / 7)}, crop_size={"height": image_size, "width": image_size},
-                      do_center_crop=True,
-                      image_mean=DINO_MEAN, image_std=DINO_STD).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": round(image_size * 8 / 7)},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        image_mean=DINO_MEAN,
+        image_std=DINO_STD,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -59,22 +69,36 @@ def make_clip(folder: Path, full: bool = False, image_size: int = 224) -> Path:
     )
 
     torch.manual_seed(1)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                              patch_size=16, image_size=image_size)
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        patch_size=16,
+        image_size=image_size,
+    )
     if full:
-        text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              vocab_size=100, max_position_embeddings=16)
+        text = CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=100,
+            max_position_embeddings=16,
+        )
         model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
     else:
         model = CLIPVisionModel(vision)
     model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(folder)
     return folder
 
 
-def make_qwen(folder: Path, family: str = "qwen2-vl", layout: str = "sharded",
-              image_size: int = 224) -> tuple[Path, torch.nn.Module]:
+def make_qwen(
+    folder: Path, family: str = "qwen2-vl", layout: str = "sharded", image_size: int = 224
+) -> tuple[Path, torch.nn.Module]:
     """A tiny Qwen2-VL / Qwen2.5-VL checkpoint with a fixed ``image_size`` square processor; returns (folder, tower).
 
     ``layout``: ``sharded`` (a full VL checkpoint, the tower under ``visual.``, two shards and an
@@ -98,24 +122,38 @@ def make_qwen(folder: Path, family: str = "qwen2-vl", layout: str = "sharded",
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel as Tower
 
-        vision = Qwen2_5_VLVisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=96,
-                                        fullatt_block_indexes=[1, 3])
+        vision = Qwen2_5_VLVisionConfig(
+            depth=4,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            out_hidden_size=96,
+            fullatt_block_indexes=[1, 3],
+        )
         Full = Qwen2_5_VLConfig
     tower = Tower(vision).eval()
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "tower":
         tower.save_pretrained(folder)
     else:
-        text = dict(hidden_size=96, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=64, vocab_size=100)
+        text = dict(
+            hidden_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+        )
         Full(vision_config=vision.to_dict(), text_config=text).save_pretrained(folder)
         prefix = "visual." if layout == "sharded" else "model.visual."
         weights = {f"{prefix}{k}": v.contiguous() for k, v in tower.state_dict().items()}
         lm = {"model.language_model.embed_tokens.weight": torch.randn(100, 96), "lm_head.weight": torch.randn(100, 96)}
         if layout == "sharded":
             keys = sorted(weights)
-            shards = {"model-00001-of-00002.safetensors": {k: weights[k] for k in keys[: len(keys) // 2]},
-                      "model-00002-of-00002.safetensors": {**{k: weights[k] for k in keys[len(keys) // 2:]}, **lm}}
+            shards = {
+                "model-00001-of-00002.safetensors": {k: weights[k] for k in keys[: len(keys) // 2]},
+                "model-00002-of-00002.safetensors": {**{k: weights[k] for k in keys[len(keys) // 2 :]}, **lm},
+            }
             for name, tensors in shards.items():
                 save_file(tensors, str(folder / name), metadata={"format": "pt"})
             index = {"metadata": {}, "weight_map": {k: name for name, tensors in shards.items() for k in tensors}}

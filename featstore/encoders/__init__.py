@@ -7,5 +7,15 @@ returns, pooling, and the registry of encoders that plugins register.
 from .base import POOLINGS, WEIGHT_FILE_PATTERNS, Encoder, LayerTokens, pool, weights_sha256
 from .registry import EncoderEntry, build_encoder, find_encoder, get_encoders
 
-__all__ = ["POOLINGS", "WEIGHT_FILE_PATTERNS", "Encoder", "EncoderEntry", "LayerTokens", "build_encoder",
-           "find_encoder", "get_encoders", "pool", "weights_sha256"]
+__all__ = [
+    "POOLINGS",
+    "WEIGHT_FILE_PATTERNS",
+    "Encoder",
+    "EncoderEntry",
+    "LayerTokens",
+    "build_encoder",
+    "find_encoder",
+    "get_encoders",
+    "pool",
+    "weights_sha256",
+]

@@ -47,8 +47,14 @@ class LayerTokens:
         h, w = self.grid
         if self.patches.dim() != 3 or self.patches.shape[1] != h * w:
             raise ValueError(f"patches must be (B, {h}*{w}, D) for grid {self.grid}, got {tuple(self.patches.shape)}")
-        if self.prefix.dim() != 3 or self.prefix.shape[0] != self.patches.shape[0] or self.prefix.shape[2] != self.patches.shape[2]:
-            raise ValueError(f"prefix must be (B, P, D) matching patches {tuple(self.patches.shape)}, got {tuple(self.prefix.shape)}")
+        if (
+            self.prefix.dim() != 3
+            or self.prefix.shape[0] != self.patches.shape[0]
+            or self.prefix.shape[2] != self.patches.shape[2]
+        ):
+            raise ValueError(
+                f"prefix must be (B, P, D) matching patches {tuple(self.patches.shape)}, got {tuple(self.prefix.shape)}"
+            )
 
     def grid_view(self) -> torch.Tensor:
         """Patch tokens as ``(B, h, w, D)``."""
@@ -87,7 +93,9 @@ class Encoder:
     #: poolings this encoder offers; encoders without a CLS token leave out ``cls``
     poolings: ClassVar[tuple[str, ...]] = POOLINGS
 
-    def __init__(self, model: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    def __init__(
+        self, model: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+    ):
         self.model_id = str(model)
         self.device = torch.device(device)
         self.dtype = _torch_dtype(dtype)
@@ -107,9 +115,13 @@ class Encoder:
 
     def load_processor(self) -> Any:
         """Load and return the image processor: ``processor(images=[...], return_tensors="pt")``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement load_processor(), an abstract method of Encoder")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement load_processor(), an abstract method of Encoder"
+        )
 
-    def encode(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], layers: Sequence[str]) -> dict[str, LayerTokens]:
+    def encode(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], layers: Sequence[str]
+    ) -> dict[str, LayerTokens]:
         """One forward pass of ``model`` over ``inputs`` returning the tokens of every layer in ``layers``."""
         raise NotImplementedError(f"{type(self).__name__} must implement encode(), an abstract method of Encoder")
 
@@ -145,7 +157,8 @@ class Encoder:
             else:
                 raise UnknownLayerError(
                     f"encoder {self.name!r} ({self.model_id}) has no layer {item!r}; it offers "
-                    f"{_short_list(offered)} (or 'all', 'last')")
+                    f"{_short_list(offered)} (or 'all', 'last')"
+                )
             out += [n for n in names if n not in out]
         if not out:
             raise UnknownLayerError(f"no layers requested; encoder {self.name!r} offers {_short_list(offered)}")
@@ -156,7 +169,9 @@ class Encoder:
         items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
         bad = [p for p in items if p not in self.poolings]
         if bad or not items:
-            raise UnknownLayerError(f"encoder {self.name!r} offers the poolings {', '.join(self.poolings)}; got {items}")
+            raise UnknownLayerError(
+                f"encoder {self.name!r} offers the poolings {', '.join(self.poolings)}; got {items}"
+            )
         return list(dict.fromkeys(items))
 
     # ---- lazy loading -----------------------------------------------------------------------
@@ -214,9 +229,13 @@ class Encoder:
         ``layers`` (names from :meth:`layers`), as float32 tensors on :attr:`device`."""
         unknown = [layer for layer in layers if layer not in self.layers()]
         if unknown:
-            raise UnknownLayerError(f"encoder {self.name!r} has no layers {unknown}; it offers {_short_list(self.layers())}")
+            raise UnknownLayerError(
+                f"encoder {self.name!r} has no layers {unknown}; it offers {_short_list(self.layers())}"
+            )
         model = self.model
-        moved = {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        moved = {
+            k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
+        }
         return self.encode(model, moved, list(layers))
 
     # ---- where the files are, and what they are --------------------------------------------
@@ -227,7 +246,9 @@ class Encoder:
         if local.is_dir():
             path = local / filename
             if not path.is_file():
-                raise ModelLoadError(f"{local} has no {filename}; is it a save_pretrained folder of a {self.name} model?")
+                raise ModelLoadError(
+                    f"{local} has no {filename}; is it a save_pretrained folder of a {self.name} model?"
+                )
             return str(path)
         try:
             from transformers.utils import cached_file
@@ -236,7 +257,8 @@ class Encoder:
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot get {filename} of model {self.model_id!r} ({exc}); pass a local save_pretrained folder, "
-                "or a hub id that is cached (offline) or downloadable") from None
+                "or a hub id that is cached (offline) or downloadable"
+            ) from None
         if path is None:
             raise ModelLoadError(f"model {self.model_id!r} has no {filename}")
         return str(path)
@@ -287,8 +309,9 @@ def _needs_packages(encoder: Encoder):
         yield
     except ModuleNotFoundError as exc:
         package = (exc.name or "a package").split(".")[0]
-        raise EncoderError(f"encoder {encoder.name!r} needs the package {package!r}, which is not installed; "
-                           f"pip install {package}") from exc
+        raise EncoderError(
+            f"encoder {encoder.name!r} needs the package {package!r}, which is not installed; pip install {package}"
+        ) from exc
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:
@@ -309,8 +332,14 @@ def weights_sha256(folder: str | os.PathLike) -> str:
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    named = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in named:
         raise ValueError(f"dtype must be one of {', '.join(named)}, got {dtype!r}")
     return named[dtype]

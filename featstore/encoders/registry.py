@@ -37,7 +37,9 @@ class EncoderEntry:
     def unpack(encoder: Any = None, aliases: Iterable[str] = (), **extra) -> tuple[Any, Any, dict[str, Any]]:
         """Map ``register(encoder, aliases=...)`` onto ``(name, encoder, options)`` for plugins.collect."""
         if extra:
-            raise TypeError(f"register() got unexpected arguments {sorted(extra)}; use register(EncoderClass, aliases=[...])")
+            raise TypeError(
+                f"register() got unexpected arguments {sorted(extra)}; use register(EncoderClass, aliases=[...])"
+            )
         if not (isinstance(encoder, type) and issubclass(encoder, Encoder)):
             raise TypeError(f"register() needs a subclass of featstore.encoders.Encoder, got {encoder!r}")
         if isinstance(aliases, str):
@@ -68,8 +70,10 @@ def find_encoder(name: str) -> EncoderEntry:
         if name in entry.aliases:
             return entry
     known = ", ".join(f"{e.name}" + (f" ({', '.join(e.aliases)})" if e.aliases else "") for e in entries.values())
-    raise UnknownEncoderError(f"no encoder {name!r}; known encoders: {known or 'none (no encoder plugin is loaded)'}. "
-                              "Install a plugin that provides it, or see `featstore encoders`")
+    raise UnknownEncoderError(
+        f"no encoder {name!r}; known encoders: {known or 'none (no encoder plugin is loaded)'}. "
+        "Install a plugin that provides it, or see `featstore encoders`"
+    )
 
 
 def build_encoder(name: str, model: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> Encoder:
@@ -80,4 +84,6 @@ def build_encoder(name: str, model: str | os.PathLike, device: str = "cpu", dtyp
     except EncoderError:
         raise
     except Exception as exc:
-        raise EncoderError(f"encoder {name!r} (plugin {entry.plugin!r}) could not be built for {model!r}: {exc!r}") from exc
+        raise EncoderError(
+            f"encoder {name!r} (plugin {entry.plugin!r}) could not be built for {model!r}: {exc!r}"
+        ) from exc

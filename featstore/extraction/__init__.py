@@ -6,5 +6,12 @@ from ..errors import ExtractionError
 from .plan import ExtractResult, Plan, feature_keys, plan_extraction
 from .run import DEFAULT_COMMIT_EVERY, extract
 
-__all__ = ["DEFAULT_COMMIT_EVERY", "ExtractResult", "ExtractionError", "Plan", "extract", "feature_keys",
-           "plan_extraction"]
+__all__ = [
+    "DEFAULT_COMMIT_EVERY",
+    "ExtractResult",
+    "ExtractionError",
+    "Plan",
+    "extract",
+    "feature_keys",
+    "plan_extraction",
+]

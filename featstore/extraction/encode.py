@@ -35,8 +35,10 @@ class _Images(torch.utils.data.Dataset):
             with Image.open(self.paths[j]) as im:
                 return j, im.convert("RGB")
         except Exception as exc:
-            raise ExtractionError(f"row {self.first_row[j]}: cannot read image {self.paths[j]} ({exc}); "
-                                  "replace the file or remove the row") from None
+            raise ExtractionError(
+                f"row {self.first_row[j]}: cannot read image {self.paths[j]} ({exc}); "
+                "replace the file or remove the row"
+            ) from None
 
 
 class _Collate:
@@ -58,17 +60,22 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s[0]), int(s[-1]) + 1) for s in np.split(rows, breaks)]
 
 
-def encode_batches(plan: Plan, todo: list[list[int]], active: dict, store_dtype: str, num_workers: int,
-                   writer_for, after_batch) -> None:
+def encode_batches(
+    plan: Plan, todo: list[list[int]], active: dict, store_dtype: str, num_workers: int, writer_for, after_batch
+) -> None:
     """Encode each batch of distinct images in ``todo`` (decoded in DataLoader workers) and write every
     (layer, pooling)'s rows that its writer, ``writer_for(lp, key, row_shape)``, has not committed;
     ``after_batch(batches_done, images)`` after each batch."""
     if not todo:
         return
     loader = torch.utils.data.DataLoader(
-        _Images(plan.paths, plan.first_row), batch_sampler=todo, num_workers=num_workers,
-        collate_fn=_Collate(plan.encoder), persistent_workers=False,
-        prefetch_factor=2 if num_workers else None)
+        _Images(plan.paths, plan.first_row),
+        batch_sampler=todo,
+        num_workers=num_workers,
+        collate_fn=_Collate(plan.encoder),
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+    )
     for done, (idx, inputs) in enumerate(loader, 1):
         tokens = plan.encoder.forward(inputs, plan.layers)
         rows, where = _batch_rows(plan, idx)
@@ -77,7 +84,7 @@ def encode_batches(plan: Plan, todo: list[list[int]], active: dict, store_dtype:
             writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
             for a, b in _runs(_uncommitted(writer, rows)):
                 first = int(np.searchsorted(rows, a))  # rows a..b-1 are consecutive entries of the sorted rows
-                writer.write(a, feats[torch.from_numpy(where[first:first + b - a])].contiguous())
+                writer.write(a, feats[torch.from_numpy(where[first : first + b - a])].contiguous())
         after_batch(done, len(idx))
 
 

@@ -34,12 +34,16 @@ class ExtractResult:
     def summary(self) -> str:
         """One line for the command line."""
         if self.already_complete:
-            return (f"{self.store}: {len(self.keys)} feature set(s) already complete with these settings; nothing to do "
-                    f"({', '.join(self.keys)})")
+            return (
+                f"{self.store}: {len(self.keys)} feature set(s) already complete with these settings; nothing to do "
+                f"({', '.join(self.keys)})"
+            )
         rate = self.images_encoded / self.seconds if self.seconds else 0.0
-        return (f"{self.store}: wrote {len(self.keys)} feature set(s) of {self.rows} rows "
-                f"({self.images_encoded} of {self.images} distinct images encoded in {self.seconds:.1f} s, {rate:.1f} images/s): "
-                f"{', '.join(self.keys)}")
+        return (
+            f"{self.store}: wrote {len(self.keys)} feature set(s) of {self.rows} rows "
+            f"({self.images_encoded} of {self.images} distinct images encoded in {self.seconds:.1f} s, {rate:.1f} images/s): "
+            f"{', '.join(self.keys)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,9 @@ class Plan:
     layers: list[str]
     poolings: list[str]
     keys: dict[tuple[str, str], str]
-    paths: list[Path]               # distinct images, in order of first appearance
-    rows_of: list[np.ndarray]       # rows of the dataset showing distinct image j
-    first_row: list[int]            # the first row of image j (named in errors)
+    paths: list[Path]  # distinct images, in order of first appearance
+    rows_of: list[np.ndarray]  # rows of the dataset showing distinct image j
+    first_row: list[int]  # the first row of image j (named in errors)
     labels: np.ndarray | None
     metadata: dict[tuple[str, str], dict[str, Any]]
 
@@ -64,8 +68,10 @@ def _labels(ds, target: str | None) -> tuple[np.ndarray | None, dict[str, Any]]:
 
     missing = [c for c in ("spatial_relation", "label") if c not in ds.column_names]
     if missing:
-        raise ExtractionError(f"the dataset has no column(s) {missing} for the labels (target={target!r}); "
-                              f"it has {ds.column_names}. Pass --no-labels (target=None) to extract without labels")
+        raise ExtractionError(
+            f"the dataset has no column(s) {missing} for the labels (target={target!r}); "
+            f"it has {ds.column_names}. Pass --no-labels (target=None) to extract without labels"
+        )
     targets = row_targets(ds)
     return targets.labels(target), targets.metadata(target)
 
@@ -73,8 +79,10 @@ def _labels(ds, target: str | None) -> tuple[np.ndarray | None, dict[str, Any]]:
 def _distinct_images(ds) -> tuple[list[Path], list[np.ndarray], list[int]]:
 
     if "image_path" not in ds.column_names:
-        raise ExtractionError(f"the dataset has no column 'image_path' (it has {ds.column_names}); "
-                              "a spatial dataset names each row's image file there")
+        raise ExtractionError(
+            f"the dataset has no column 'image_path' (it has {ds.column_names}); "
+            "a spatial dataset names each row's image file there"
+        )
     paths = image_paths(ds)
     index: dict[Path, int] = {}
     rows: list[list[int]] = []
@@ -86,21 +94,35 @@ def _distinct_images(ds) -> tuple[list[Path], list[np.ndarray], list[int]]:
     distinct = list(index)
     for j, p in enumerate(distinct):
         if not p.is_file():
-            raise ExtractionError(f"row {rows[j][0]}: image file {p} does not exist; restore it or fix the row's "
-                                  "image_path (`featstore dataset validate` lists every bad row)")
+            raise ExtractionError(
+                f"row {rows[j][0]}: image file {p} does not exist; restore it or fix the row's "
+                "image_path (`featstore dataset validate` lists every bad row)"
+            )
     return distinct, [np.asarray(r, dtype=np.int64) for r in rows], [r[0] for r in rows]
 
 
 def feature_keys(name: str, layers: Sequence[str], poolings: Sequence[str]) -> dict[tuple[str, str], str]:
     """The feature-set key of every (layer, pooling): ``name/layer``, or ``name/layer/pooling`` when
     several poolings are stored."""
-    return {(layer, p): f"{name}/{layer}" if len(poolings) == 1 else f"{name}/{layer}/{p}"
-            for layer in layers for p in poolings}
+    return {
+        (layer, p): f"{name}/{layer}" if len(poolings) == 1 else f"{name}/{layer}/{p}"
+        for layer in layers
+        for p in poolings
+    }
 
 
-def plan_extraction(dataset, encoder: str, model: str, layers="last", pooling="cls", name: str | None = None,
-                    split: str | None = None, target: str | None = "label", device: str = "cpu",
-                    dtype: str = "float32") -> Plan:
+def plan_extraction(
+    dataset,
+    encoder: str,
+    model: str,
+    layers="last",
+    pooling="cls",
+    name: str | None = None,
+    split: str | None = None,
+    target: str | None = "label",
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> Plan:
     """Check every input and decide what to write, before any image is read: the dataset and its
     columns, every image file, the encoder, its layers and poolings. Raises a clear error otherwise."""
     ds = load_dataset(dataset, split, error=ExtractionError)
@@ -114,19 +136,33 @@ def plan_extraction(dataset, encoder: str, model: str, layers="last", pooling="c
     for key in keys.values():
         check_key(key)
     prov = enc.provenance()
-    metadata = {(layer, p): {**prov, "layer": layer, "pooling": p, "rows": len(ds), "images": len(paths), **label_meta}
-                for (layer, p) in keys}
+    metadata = {
+        (layer, p): {**prov, "layer": layer, "pooling": p, "rows": len(ds), "images": len(paths), **label_meta}
+        for (layer, p) in keys
+    }
     return Plan(enc, layer_names, poolings, keys, paths, rows_of, first_row, labels, metadata)
 
 
 # ---- the store side ----------------------------------------------------------------------------
-_PROVENANCE_FIELDS = ("encoder", "model", "revision", "weights_sha256", "dtype", "preprocessing", "layer", "pooling",
-                      "rows", "spatial_targets")
+_PROVENANCE_FIELDS = (
+    "encoder",
+    "model",
+    "revision",
+    "weights_sha256",
+    "dtype",
+    "preprocessing",
+    "layer",
+    "pooling",
+    "rows",
+    "spatial_targets",
+)
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     fields = [f for f in _PROVENANCE_FIELDS if stored.get(f) != wanted.get(f)]
-    fields += [f for f in sorted(set(stored) | set(wanted)) if f not in _PROVENANCE_FIELDS and stored.get(f) != wanted.get(f)]
+    fields += [
+        f for f in sorted(set(stored) | set(wanted)) if f not in _PROVENANCE_FIELDS and stored.get(f) != wanted.get(f)
+    ]
     return fields
 
 
@@ -146,7 +182,8 @@ def check_existing(store: FeatureStore, plan: Plan, n_rows: int, store_dtype: st
         if not overwrite:
             raise ExtractionError(
                 f"feature set {key!r} in {store.root} was written with other settings (different {', '.join(diff)}); "
-                "pass --overwrite (overwrite=True) to replace it, or write to another --out or --name")
+                "pass --overwrite (overwrite=True) to replace it, or write to another --out or --name"
+            )
         store.delete(key)
 
 

@@ -29,8 +29,19 @@ from .writers import take_sets
 __all__ = ["extract_ranks"]
 
 
-def extract_ranks(store, plan: Plan, active: dict, n_rows: int, store_dtype: str, batch_size: int, num_workers: int,
-                  commit_every: int, progress: bool, ranks: Ranks, result: ExtractResult) -> None:
+def extract_ranks(
+    store,
+    plan: Plan,
+    active: dict,
+    n_rows: int,
+    store_dtype: str,
+    batch_size: int,
+    num_workers: int,
+    commit_every: int,
+    progress: bool,
+    ranks: Ranks,
+    result: ExtractResult,
+) -> None:
     """Run this rank's share of an extraction; see the module doc. ``result`` gets the job's totals."""
     owners: dict = {}
 
@@ -39,8 +50,19 @@ def extract_ranks(store, plan: Plan, active: dict, n_rows: int, store_dtype: str
 
     try:
         on_main(ranks, take)
-        _write_share(store.refresh(), plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every,
-                     progress, ranks, result)
+        _write_share(
+            store.refresh(),
+            plan,
+            active,
+            n_rows,
+            store_dtype,
+            batch_size,
+            num_workers,
+            commit_every,
+            progress,
+            ranks,
+            result,
+        )
         barrier(ranks)  # every rank's rows are durable and in its progress files
 
         def finish() -> None:
@@ -54,8 +76,19 @@ def extract_ranks(store, plan: Plan, active: dict, n_rows: int, store_dtype: str
             w.close()
 
 
-def _write_share(store, plan: Plan, active: dict, n_rows: int, store_dtype: str, batch_size: int, num_workers: int,
-                 commit_every: int, progress: bool, ranks: Ranks, result: ExtractResult) -> None:
+def _write_share(
+    store,
+    plan: Plan,
+    active: dict,
+    n_rows: int,
+    store_dtype: str,
+    batch_size: int,
+    num_workers: int,
+    commit_every: int,
+    progress: bool,
+    ranks: Ranks,
+    result: ExtractResult,
+) -> None:
     todo = batches_to_do(plan, active.values(), store, n_rows, batch_size)
     mine = [todo[i] for i in split_evenly(len(todo), ranks.rank, ranks.world_size)]
     rounds = -(-len(split_evenly(len(todo), 0, ranks.world_size)) // commit_every)  # rank 0 has the largest share
@@ -80,8 +113,7 @@ def _write_share(store, plan: Plan, active: dict, n_rows: int, store_dtype: str,
             plan.encoder.load()  # before the clock starts
         writers = {key: shard.join(key, plan.metadata[lp], owner=ranks.is_main) for lp, key in active.items()}
         start = time.perf_counter()
-        encode_batches(plan, mine, active, store_dtype, num_workers, lambda lp, key, shape: writers[key],
-                       after_batch)
+        encode_batches(plan, mine, active, store_dtype, num_workers, lambda lp, key, shape: writers[key], after_batch)
         shard.commit()
         while state["rounds"] < rounds:
             report()

@@ -32,11 +32,26 @@ from .writers import open_writer, take_sets, write_exports
 DEFAULT_COMMIT_EVERY = 8
 
 
-def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "datasets/features", layers="last",
-            pooling="cls", name: str | None = None, split: str | None = None, target: str | None = "label",
-            batch_size: int = 32, device: str = "cpu", dtype: str = "float32", store_dtype: str = "float16",
-            num_workers: int = 2, overwrite: bool = False, export_pt: bool = True, progress: bool = True,
-            commit_every: int = DEFAULT_COMMIT_EVERY) -> ExtractResult:
+def extract(
+    dataset,
+    encoder: str,
+    model: str,
+    out: str | os.PathLike = "datasets/features",
+    layers="last",
+    pooling="cls",
+    name: str | None = None,
+    split: str | None = None,
+    target: str | None = "label",
+    batch_size: int = 32,
+    device: str = "cpu",
+    dtype: str = "float32",
+    store_dtype: str = "float16",
+    num_workers: int = 2,
+    overwrite: bool = False,
+    export_pt: bool = True,
+    progress: bool = True,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
+) -> ExtractResult:
     """Extract features of ``dataset`` (a save_to_disk folder or a ``datasets.Dataset``) with the
     registered ``encoder`` loaded from ``model`` (hub id or local folder) into the store ``out``.
 
@@ -73,8 +88,9 @@ def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "dataset
         return result
     plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
     if ranks.distributed:
-        extract_ranks(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress,
-                      ranks, result)
+        extract_ranks(
+            store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress, ranks, result
+        )
     else:
         _extract_here(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress, result)
     if ranks.is_main:
@@ -82,8 +98,18 @@ def extract(dataset, encoder: str, model: str, out: str | os.PathLike = "dataset
     return result
 
 
-def _extract_here(store: FeatureStore, plan: Plan, active: dict, n_rows: int, store_dtype: str, batch_size: int, num_workers: int,
-                  commit_every: int, progress: bool, result: ExtractResult) -> None:
+def _extract_here(
+    store: FeatureStore,
+    plan: Plan,
+    active: dict,
+    n_rows: int,
+    store_dtype: str,
+    batch_size: int,
+    num_workers: int,
+    commit_every: int,
+    progress: bool,
+    result: ExtractResult,
+) -> None:
     """The single-process run: open (resume) every set, encode the batches with uncommitted rows, commit
     every ``commit_every`` batches, finish every set."""
     writers = take_sets(store, plan, active, n_rows, store_dtype, create_new=False)

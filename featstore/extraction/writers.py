@@ -13,7 +13,9 @@ from .encode import row_shapes
 from .plan import Plan
 
 
-def take_sets(store: FeatureStore, plan: Plan, active: dict, n_rows: int, store_dtype: str, create_new: bool) -> dict[str, Any]:
+def take_sets(
+    store: FeatureStore, plan: Plan, active: dict, n_rows: int, store_dtype: str, create_new: bool
+) -> dict[str, Any]:
     """Open a writer (holding the set's lock) of every active set that exists, and with ``create_new``
     create the missing ones too (row shapes from one forward pass of the first image); fold into the
     manifest the rows that ranks of an earlier distributed run committed (featstore.store.shards)."""
@@ -35,8 +37,9 @@ def take_sets(store: FeatureStore, plan: Plan, active: dict, n_rows: int, store_
 
 def open_writer(store: FeatureStore, plan: Plan, lp, key: str, n_rows: int, row_shape, store_dtype: str, writers: dict):
     try:
-        writer = store.create_feature_set(key, n_rows, row_shape, store_dtype, plan.metadata[lp],
-                                          plan.labels, resume=True)
+        writer = store.create_feature_set(
+            key, n_rows, row_shape, store_dtype, plan.metadata[lp], plan.labels, resume=True
+        )
     except WriterBusyError:
         raise  # another run is writing it: --overwrite would not help
     except WriterConflictError as exc:

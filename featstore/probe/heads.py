@@ -16,7 +16,7 @@ from ..store import FeatureSet
 class HeadGroup:
     """The stacked heads of one input view of one feature set."""
 
-    view: str                   # 'linear' (a vector set), 'flat' or 'mean' (a patch grid)
+    view: str  # 'linear' (a vector set), 'flat' or 'mean' (a patch grid)
     dim: int
     settings: list[tuple[float, float]]
     n_out: int
@@ -84,7 +84,7 @@ def scores(group: HeadGroup, logits: torch.Tensor, y: torch.Tensor, rel: torch.T
 def adamw_step(group: HeadGroup, gw: torch.Tensor, gb: torch.Tensor, b1=0.9, b2=0.999, eps=1e-8):
     """One AdamW step of every head, each column with its own learning rate and weight decay."""
     group.step += 1
-    c1, c2 = 1 - b1 ** group.step, 1 - b2 ** group.step
+    c1, c2 = 1 - b1**group.step, 1 - b2**group.step
     mw, vw, mb, vb = group.state
     for p, g, m, v, decay in ((group.weight, gw, mw, vw, True), (group.bias, gb, mb, vb, False)):
         m.mul_(b1).add_(g, alpha=1 - b1)

@@ -8,8 +8,22 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-CSV_FIELDS = ("key", "encoder", "layer", "pooling", "head", "dim", "best_lr", "best_wd", "val_acc", "test_acc",
-              "ci_low", "ci_high", "n_test", "chance")
+CSV_FIELDS = (
+    "key",
+    "encoder",
+    "layer",
+    "pooling",
+    "head",
+    "dim",
+    "best_lr",
+    "best_wd",
+    "val_acc",
+    "test_acc",
+    "ci_low",
+    "ci_high",
+    "n_test",
+    "chance",
+)
 
 
 def _natural(s: str) -> list:
@@ -30,18 +44,24 @@ def table(out: dict) -> str:
     """The results as a fixed-width text table, one line per (feature set, head)."""
     rels = out["settings"]["relations"]
     short = [r[:7] for r in rels]
-    head = (f"{'encoder':10} {'layer':12} {'pooling':8} {'head':6} {'best lr':>8} {'wd':>7} {'val':>6} "
-            f"{'test':>6} {'95% CI':>13}" + "".join(f" {s:>7}" for s in short))
+    head = (
+        f"{'encoder':10} {'layer':12} {'pooling':8} {'head':6} {'best lr':>8} {'wd':>7} {'val':>6} "
+        f"{'test':>6} {'95% CI':>13}" + "".join(f" {s:>7}" for s in short)
+    )
     lines = [head, "-" * len(head)]
     for r in _sorted(out["results"]):
         per = "".join(f" {r['per_relation'][n]['acc']:7.3f}" if n in r["per_relation"] else f" {'-':>7}" for n in rels)
-        lines.append(f"{str(r['encoder'])[:10]:10} {str(r['layer'])[:12]:12} {str(r['pooling'])[:8]:8} {r['head']:6} "
-                     f"{r['best_lr']:8.2g} {r['best_wd']:7.2g} {r['val_acc']:6.3f} {r['test_acc']:6.3f} "
-                     f"{r['ci_low']:6.3f}-{r['ci_high']:5.3f}{per}")
+        lines.append(
+            f"{str(r['encoder'])[:10]:10} {str(r['layer'])[:12]:12} {str(r['pooling'])[:8]:8} {r['head']:6} "
+            f"{r['best_lr']:8.2g} {r['best_wd']:7.2g} {r['val_acc']:6.3f} {r['test_acc']:6.3f} "
+            f"{r['ci_low']:6.3f}-{r['ci_high']:5.3f}{per}"
+        )
     s = out["settings"]
     chance = out["results"][0]["chance"] if out["results"] else float("nan")
-    lines.append(f"task {s['task']}: {s['rows']['train']}/{s['rows']['validation']}/{s['rows']['test']} train/val/test rows, "
-                 f"chance {chance:.3f}; per-relation columns are test accuracies")
+    lines.append(
+        f"task {s['task']}: {s['rows']['train']}/{s['rows']['validation']}/{s['rows']['test']} train/val/test rows, "
+        f"chance {chance:.3f}; per-relation columns are test accuracies"
+    )
     return "\n".join(lines)
 
 
@@ -52,8 +72,11 @@ def write_csv(out: dict, path: Path) -> None:
         w.writerow(list(CSV_FIELDS) + [f"acc_{r}" for r in rels] + [f"n_{r}" for r in rels])
         for r in _sorted(out["results"]):
             per = r["per_relation"]
-            w.writerow([r[k] for k in CSV_FIELDS] + [per[n]["acc"] if n in per else "" for n in rels]
-                       + [per[n]["n"] if n in per else 0 for n in rels])
+            w.writerow(
+                [r[k] for k in CSV_FIELDS]
+                + [per[n]["acc"] if n in per else "" for n in rels]
+                + [per[n]["n"] if n in per else 0 for n in rels]
+            )
 
 
 def plot(out: dict, path: Path) -> None:
@@ -103,7 +126,9 @@ def write_results(out: dict, folder, log: Callable[[str], None] = print) -> dict
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        log("matplotlib is not installed: no plot written (pip install 'featstore[plot]'); the JSON and CSV are complete")
+        log(
+            "matplotlib is not installed: no plot written (pip install 'featstore[plot]'); the JSON and CSV are complete"
+        )
     else:
         paths["png"] = folder / "probe_accuracy.png"
         plot(out, paths["png"])

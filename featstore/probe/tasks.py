@@ -22,13 +22,13 @@ class TaskData:
     """What a task makes of a dataset: the rows it uses, each row's class, and its relation code."""
 
     name: str
-    rows: np.ndarray            # dataset rows the task uses (sorted)
-    target: np.ndarray          # per dataset row: the class (-1 where unused)
-    relation: np.ndarray        # per dataset row: the relation code (0 when the dataset has none)
+    rows: np.ndarray  # dataset rows the task uses (sorted)
+    target: np.ndarray  # per dataset row: the class (-1 where unused)
+    relation: np.ndarray  # per dataset row: the relation code (0 when the dataset has none)
     relations: tuple[str, ...]
     classes: list[str]
-    n_outputs: int              # outputs per head
-    binary: bool                # scored with one logit picked by the relation
+    n_outputs: int  # outputs per head
+    binary: bool  # scored with one logit picked by the relation
 
 
 def make_task(ds, task: str) -> TaskData:
@@ -50,19 +50,32 @@ def make_task(ds, task: str) -> TaskData:
     if task == "binary":
         if label is None:
             raise ValueError("task 'binary' needs a spatial dataset (spatial_relation and label columns)")
-        return TaskData(task, np.arange(n), label.astype(np.int64), relation, relations, ["false", "true"],
-                        len(relations), True)
+        return TaskData(
+            task, np.arange(n), label.astype(np.int64), relation, relations, ["false", "true"], len(relations), True
+        )
     if task not in ds.column_names:
-        raise ValueError(f"task must be one of {TASKS} or an integer column of the dataset ({', '.join(ds.column_names)}); "
-                         f"got {task!r}")
+        raise ValueError(
+            f"task must be one of {TASKS} or an integer column of the dataset ({', '.join(ds.column_names)}); "
+            f"got {task!r}"
+        )
     values = np.asarray(column_values(ds, task))
     if values.dtype.kind not in "iub":
-        raise ValueError(f"column {task!r} is not an integer column (dtype {values.dtype}); it cannot be a probe target")
+        raise ValueError(
+            f"column {task!r} is not an integer column (dtype {values.dtype}); it cannot be a probe target"
+        )
     classes, target = np.unique(values.astype(np.int64), return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"column {task!r} has a single value; there is nothing to probe")
-    return TaskData(task, np.arange(n), target.reshape(-1).astype(np.int64), relation, relations,
-                    [str(c) for c in classes], len(classes), False)
+    return TaskData(
+        task,
+        np.arange(n),
+        target.reshape(-1).astype(np.int64),
+        relation,
+        relations,
+        [str(c) for c in classes],
+        len(classes),
+        False,
+    )
 
 
 def task_rows(ds, task: TaskData, seed: int, fractions) -> dict[str, np.ndarray]:

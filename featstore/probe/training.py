@@ -43,10 +43,22 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str | None = None,
-                 lrs: Sequence[float] = DEFAULT_LRS, wds: Sequence[float] = DEFAULT_WDS, epochs: int = 10,
-                 batch_size: int = 256, seed: int = 0, fractions=(0.7, 0.15, 0.15), device: str | None = None,
-                 log: Callable[[str], None] | None = None) -> dict:
+def train_probes(
+    store,
+    dataset,
+    keys="*",
+    task: str = "relation",
+    *,
+    split: str | None = None,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    wds: Sequence[float] = DEFAULT_WDS,
+    epochs: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    fractions=(0.7, 0.15, 0.15),
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Train linear probes on every feature set of ``store`` matching ``keys`` (glob patterns, a string or
     a list) for ``task`` on ``dataset`` (a ``datasets.Dataset`` or a folder; ``split`` picks one of a
     DatasetDict). Returns ``{"settings": ..., "results": [...], "sweep": [...]}``: one result per
@@ -74,8 +86,10 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
     for key in selected:
         fs = store[key]
         if len(fs) != len(ds):
-            raise ValueError(f"feature set {key!r} has {len(fs)} rows but the dataset has {len(ds)}; row i of a feature set "
-                             "is row i of the dataset it was extracted from")
+            raise ValueError(
+                f"feature set {key!r} has {len(fs)} rows but the dataset has {len(ds)}; row i of a feature set "
+                "is row i of the dataset it was extracted from"
+            )
         t0 = time.perf_counter()
         groups = _train(fs, t, rows["train"], labels, settings, epochs, batch_size, seed, ranks, run_device)
         val, _ = _evaluate(fs, groups, rows["validation"], labels, t, run_device)
@@ -84,16 +98,39 @@ def train_probes(store, dataset, keys="*", task: str = "relation", *, split: str
         for g in groups:
             best, swept = _sweep(key, g, settings, val[g.view], test[g.view])
             sweep += swept
-            results.append({"key": key, **info, "head": g.view, "dim": g.dim, "best_lr": settings[best][0],
-                            "best_wd": settings[best][1], "val_acc": float(val[g.view].mean(1)[best]),
-                            **_test_scores(test[g.view][best], test_rel, t)})
+            results.append(
+                {
+                    "key": key,
+                    **info,
+                    "head": g.view,
+                    "dim": g.dim,
+                    "best_lr": settings[best][0],
+                    "best_wd": settings[best][1],
+                    "val_acc": float(val[g.view].mean(1)[best]),
+                    **_test_scores(test[g.view][best], test_rel, t),
+                }
+            )
         if log:
             log(f"{key}: {len(groups) * len(settings)} heads, {epochs} epochs in {time.perf_counter() - t0:.2f} s")
-    return {"settings": {"task": task, "classes": t.classes, "relations": list(t.relations), "keys": selected,
-                         "lrs": lrs, "wds": wds, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-                         "fractions": list(fractions), "device": str(run_device), "world_size": ranks.world_size,
-                         "rows": {k: len(v) for k, v in rows.items()}},
-            "results": results, "sweep": sweep}
+    return {
+        "settings": {
+            "task": task,
+            "classes": t.classes,
+            "relations": list(t.relations),
+            "keys": selected,
+            "lrs": lrs,
+            "wds": wds,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "fractions": list(fractions),
+            "device": str(run_device),
+            "world_size": ranks.world_size,
+            "rows": {k: len(v) for k, v in rows.items()},
+        },
+        "results": results,
+        "sweep": sweep,
+    }
 
 
 def _select(store: FeatureStore, keys) -> list[str]:
@@ -105,8 +142,18 @@ def _select(store: FeatureStore, keys) -> list[str]:
     return selected
 
 
-def _train(fs: FeatureSet, t: TaskData, train_rows: np.ndarray, labels: np.ndarray, settings: list[tuple[float, float]],
-           epochs: int, batch_size: int, seed: int, ranks: Ranks, device: torch.device) -> list[HeadGroup]:
+def _train(
+    fs: FeatureSet,
+    t: TaskData,
+    train_rows: np.ndarray,
+    labels: np.ndarray,
+    settings: list[tuple[float, float]],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    ranks: Ranks,
+    device: torch.device,
+) -> list[HeadGroup]:
     """Every head of every view of ``fs``, trained for ``epochs`` on one shared gather per batch."""
     torch.manual_seed(seed)
     groups = []
@@ -117,8 +164,15 @@ def _train(fs: FeatureSet, t: TaskData, train_rows: np.ndarray, labels: np.ndarr
         groups.append(g)
     heads = StackedHeads(groups)
     net = data_parallel(heads, ranks, device)
-    loader = fs.batches(max(1, batch_size // ranks.world_size), rows=train_rows, labels=labels, seed=seed,
-                        device=device, rank=ranks.rank, world_size=ranks.world_size)
+    loader = fs.batches(
+        max(1, batch_size // ranks.world_size),
+        rows=train_rows,
+        labels=labels,
+        seed=seed,
+        device=device,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
     for _ in range(epochs):
         for x, y, _idx in loader:  # one gather, shared by every head
             tgt, rel = y // len(t.relations), y % len(t.relations)
@@ -131,14 +185,16 @@ def _train(fs: FeatureSet, t: TaskData, train_rows: np.ndarray, labels: np.ndarr
     return groups
 
 
-def _evaluate(fs: FeatureSet, groups: list[HeadGroup], rows: np.ndarray, labels: np.ndarray, task: TaskData,
-              device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _evaluate(
+    fs: FeatureSet, groups: list[HeadGroup], rows: np.ndarray, labels: np.ndarray, task: TaskData, device: torch.device
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per view: (heads, rows) correctness, and the rows' relation codes."""
     correct: dict[str, list[torch.Tensor]] = {g.view: [] for g in groups}
     rels = []
     with torch.no_grad():
-        for x, y, _idx in fs.batches(EVAL_BATCH, rows=rows, labels=labels, shuffle=False, device=device, rank=0,
-                                     world_size=1):
+        for x, y, _idx in fs.batches(
+            EVAL_BATCH, rows=rows, labels=labels, shuffle=False, device=device, rank=0, world_size=1
+        ):
             t, r = y // len(task.relations), y % len(task.relations)
             rels.append(r.cpu())
             for g in groups:
@@ -147,12 +203,22 @@ def _evaluate(fs: FeatureSet, groups: list[HeadGroup], rows: np.ndarray, labels:
     return {v: torch.cat(c, 1).numpy() for v, c in correct.items()}, torch.cat(rels).numpy()
 
 
-def _sweep(key: str, g: HeadGroup, settings: list[tuple[float, float]], val: np.ndarray,
-           test: np.ndarray) -> tuple[int, list[dict[str, Any]]]:
+def _sweep(
+    key: str, g: HeadGroup, settings: list[tuple[float, float]], val: np.ndarray, test: np.ndarray
+) -> tuple[int, list[dict[str, Any]]]:
     """The head best on validation (the first best: deterministic) and one sweep row per setting."""
     val_acc = val.mean(1)
-    rows = [{"key": key, "view": g.view, "lr": lr, "wd": wd, "val_acc": float(val_acc[h]),
-             "test_acc": float(test[h].mean())} for h, (lr, wd) in enumerate(settings)]
+    rows = [
+        {
+            "key": key,
+            "view": g.view,
+            "lr": lr,
+            "wd": wd,
+            "val_acc": float(val_acc[h]),
+            "test_acc": float(test[h].mean()),
+        }
+        for h, (lr, wd) in enumerate(settings)
+    ]
     return int(np.argmax(val_acc)), rows
 
 
@@ -166,11 +232,20 @@ def _test_scores(ok: np.ndarray, test_rel: np.ndarray, t: TaskData) -> dict[str,
             c, n = int(ok[sel].sum()), int(sel.sum())
             rlo, rhi = wilson_interval(c, n)
             per_rel[name] = {"acc": c / n, "ci_low": rlo, "ci_high": rhi, "n": n}
-    return {"test_acc": float(ok.mean()), "ci_low": lo, "ci_high": hi, "n_test": len(ok), "per_relation": per_rel,
-            "chance": 1.0 / len(t.classes)}
+    return {
+        "test_acc": float(ok.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_test": len(ok),
+        "per_relation": per_rel,
+        "chance": 1.0 / len(t.classes),
+    }
 
 
 def _key_info(key: str, meta: dict) -> dict[str, Any]:
     parts = key.split("/")
-    return {"encoder": meta.get("encoder", parts[0]), "layer": str(meta.get("layer", parts[1] if len(parts) > 1 else key)),
-            "pooling": meta.get("pooling", parts[2] if len(parts) > 2 else "")}
+    return {
+        "encoder": meta.get("encoder", parts[0]),
+        "layer": str(meta.get("layer", parts[1] if len(parts) > 1 else key)),
+        "pooling": meta.get("pooling", parts[2] if len(parts) > 2 else ""),
+    }

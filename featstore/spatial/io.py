@@ -19,8 +19,11 @@ def quiet_datasets():
     """Silence HF datasets' own progress bars inside featstore operations (they have their own)."""
     import datasets
 
-    was_enabled = (not datasets.are_progress_bars_disabled()) if hasattr(datasets, "are_progress_bars_disabled") \
+    was_enabled = (
+        (not datasets.are_progress_bars_disabled())
+        if hasattr(datasets, "are_progress_bars_disabled")
         else datasets.is_progress_bar_enabled()
+    )
     datasets.disable_progress_bars()
     try:
         yield
@@ -36,14 +39,17 @@ def load_from_disk(path: str | os.PathLike, validate_rows: bool = False, check_f
 
     path = Path(path)
     if not path.is_dir():
-        raise SpatialDatasetError(f"{path} is not a folder; make a dataset first, e.g. "
-                                  f"featstore dataset synth --out {path}")
+        raise SpatialDatasetError(
+            f"{path} is not a folder; make a dataset first, e.g. featstore dataset synth --out {path}"
+        )
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        raise SpatialDatasetError(f"{path} holds no saved dataset (no dataset_info.json or dataset_dict.json); "
-                                  "pass the folder given to save_to_disk")
+        raise SpatialDatasetError(
+            f"{path} holds no saved dataset (no dataset_info.json or dataset_dict.json); "
+            "pass the folder given to save_to_disk"
+        )
     ds = datasets.load_from_disk(str(path))
     if validate_rows:
-        for name, part in (ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]):
+        for name, part in ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]:
             try:
                 validate(part, check_files=check_files)
             except DatasetValidationError as exc:
@@ -52,7 +58,9 @@ def load_from_disk(path: str | os.PathLike, validate_rows: bool = False, check_f
     return ds
 
 
-_DATASET_FILES = re.compile(r"^(data-\d+-of-\d+\.arrow|cache-[0-9a-f]+\.arrow|dataset_info\.json|state\.json|dataset_dict\.json)$")
+_DATASET_FILES = re.compile(
+    r"^(data-\d+-of-\d+\.arrow|cache-[0-9a-f]+\.arrow|dataset_info\.json|state\.json|dataset_dict\.json)$"
+)
 
 
 def prepare_output_folder(path: str | os.PathLike, overwrite: bool, owned: Iterable[str] = ()) -> Path:
@@ -67,10 +75,14 @@ def prepare_output_folder(path: str | os.PathLike, overwrite: bool, owned: Itera
         ours = [e for e in entries if _DATASET_FILES.match(e.name) or _is_split_folder(e)]
         owned_here = [e for e in entries if e.name in set(owned)]
         if ours and not overwrite:
-            raise SpatialDatasetError(f"{path} already holds a dataset; choose a new folder or pass --overwrite (overwrite=True)")
+            raise SpatialDatasetError(
+                f"{path} already holds a dataset; choose a new folder or pass --overwrite (overwrite=True)"
+            )
         if owned_here and not ours:
-            raise SpatialDatasetError(f"{path} holds {', '.join(e.name for e in owned_here)}/ but no dataset, so featstore "
-                                      "did not write it; choose an empty or new folder")
+            raise SpatialDatasetError(
+                f"{path} holds {', '.join(e.name for e in owned_here)}/ but no dataset, so featstore "
+                "did not write it; choose an empty or new folder"
+            )
         if overwrite:
             for e in ours + owned_here:
                 shutil.rmtree(e) if e.is_dir() else e.unlink()
@@ -90,8 +102,9 @@ def save_to_disk(ds, path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     sources = [dataset_root(d) for d in (ds.values() if isinstance(ds, datasets.DatasetDict) else [ds])]
     if any(s is not None and (s == path.resolve() or path.resolve() in s.parents) for s in sources):
-        raise SpatialDatasetError(f"cannot save a dataset into {path}, the folder it is read from (or one above it); "
-                                  "save it to a new folder")
+        raise SpatialDatasetError(
+            f"cannot save a dataset into {path}, the folder it is read from (or one above it); save it to a new folder"
+        )
     prepare_output_folder(path, overwrite)
     with quiet_datasets():
         if isinstance(ds, datasets.DatasetDict):
@@ -112,12 +125,14 @@ def _rebase(ds, new_root: Path):
         return ds
 
     def rebase(batch):
-        return {"image_path": [p if not isinstance(p, str) or os.path.isabs(p) or not p
-                               else os.path.relpath(old_root / p, new_root) for p in batch["image_path"]]}
+        return {
+            "image_path": [
+                p if not isinstance(p, str) or os.path.isabs(p) or not p else os.path.relpath(old_root / p, new_root)
+                for p in batch["image_path"]
+            ]
+        }
 
     return ds.with_format(None).map(rebase, batched=True, keep_in_memory=True)
-
-
 
 
 def load_dataset(dataset, split: str | None = None, error: type[Exception] = SpatialDatasetError):
@@ -137,5 +152,7 @@ def load_dataset(dataset, split: str | None = None, error: type[Exception] = Spa
     elif split is not None:
         raise error(f"split={split!r} given, but the dataset has no splits")
     if not isinstance(dataset, datasets.Dataset):
-        raise error(f"dataset must be a folder written by save_to_disk or a datasets.Dataset, got {type(dataset).__name__}")
+        raise error(
+            f"dataset must be a folder written by save_to_disk or a datasets.Dataset, got {type(dataset).__name__}"
+        )
     return dataset

@@ -51,8 +51,15 @@ class RowTargets:
         :func:`with_features` uses it to check that a dataset and a feature set belong together."""
         self.labels(target)
         classes = ["false", "true"] if target == "label" else list(self.relations)
-        return {METADATA_KEY: {"target": target, "classes": classes, "relations": list(self.relations),
-                               "rows": len(self.label), "dataset_fingerprint": self.dataset_fingerprint}}
+        return {
+            METADATA_KEY: {
+                "target": target,
+                "classes": classes,
+                "relations": list(self.relations),
+                "rows": len(self.label),
+                "dataset_fingerprint": self.dataset_fingerprint,
+            }
+        }
 
 
 def row_targets(ds, relations: tuple[str, ...] | None = None) -> RowTargets:
@@ -103,13 +110,23 @@ def _feature_set(features, key: str | None):
         features = FeatureStore.open(features)
     if isinstance(features, FeatureStore):
         if key is None:
-            raise ValueError(f"pass key= to choose a feature set of {features.root} (it has {', '.join(features.keys()[:8])})")
+            raise ValueError(
+                f"pass key= to choose a feature set of {features.root} (it has {', '.join(features.keys()[:8])})"
+            )
         return features[key]
-    raise TypeError(f"features must be a FeatureSet, a FeatureStore or a store root path, got {type(features).__name__}")
+    raise TypeError(
+        f"features must be a FeatureSet, a FeatureStore or a store root path, got {type(features).__name__}"
+    )
 
 
-def with_features(ds, features, key: str | None = None, column: str = "features",
-                  dtype: torch.dtype | None = None, check_labels: bool = True):
+def with_features(
+    ds,
+    features,
+    key: str | None = None,
+    column: str = "features",
+    dtype: torch.dtype | None = None,
+    check_labels: bool = True,
+):
     """``ds`` with a ``features`` column served from a feature set, row i -> row i, without copying.
 
     ``features`` is a FeatureSet, or a FeatureStore (or store root) plus ``key``. The full dataset
@@ -130,13 +147,15 @@ def with_features(ds, features, key: str | None = None, column: str = "features"
         if len(rows) and (rows.min() < 0 or rows.max() >= len(fs)):
             raise DatasetAlignmentError(
                 f"the dataset's {ROW_INDEX_COLUMN} values run from {rows.min()} to {rows.max()} but feature set "
-                f"{fs.key!r} has {len(fs)} rows; it was extracted from another dataset")
+                f"{fs.key!r} has {len(fs)} rows; it was extracted from another dataset"
+            )
     else:
         if len(ds) != len(fs):
             raise DatasetAlignmentError(
                 f"the dataset has {len(ds)} rows but feature set {fs.key!r} has {len(fs)}; row i of a feature set "
                 "is row i of the dataset it was extracted from: pass that dataset, or a split of it made by "
-                "featstore.spatial.split (which keeps a row_index column)")
+                "featstore.spatial.split (which keeps a row_index column)"
+            )
         rows = np.arange(len(ds), dtype=np.int64)
         with quiet_datasets():
             ds = ds.add_column(ROW_INDEX_COLUMN, rows)
@@ -159,9 +178,17 @@ def _check_labels(ds, fs, rows: np.ndarray, shown: int = 20) -> None:
     stored = fs.labels.numpy()[rows]
     bad = np.flatnonzero(stored != expected)
     if len(bad):
-        problems = [Problem(int(i), meta["target"], f"feature set {fs.key!r} stores {int(stored[i])}, the dataset gives "
-                            f"{int(expected[i])} (feature row {int(rows[i])})") for i in bad[:shown]]
+        problems = [
+            Problem(
+                int(i),
+                meta["target"],
+                f"feature set {fs.key!r} stores {int(stored[i])}, the dataset gives "
+                f"{int(expected[i])} (feature row {int(rows[i])})",
+            )
+            for i in bad[:shown]
+        ]
         raise DatasetAlignmentError(
             f"feature set {fs.key!r} and the dataset disagree on {len(bad)} of {len(rows)} {meta['target']} values; "
             "the set was extracted from a different dataset or row order (pass check_labels=False to skip this check)",
-            problems)
+            problems,
+        )

@@ -40,8 +40,14 @@ RELATIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
 OTHER_RELATIONS: tuple[str, ...] = ("front", "behind")
 """Depth relations some benchmarks use; allowed only in datasets whose info lists them as extra."""
 
-OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "top": "bottom", "bottom": "top",
-                            "front": "behind", "behind": "front"}
+OPPOSITE: dict[str, str] = {
+    "left": "right",
+    "right": "left",
+    "top": "bottom",
+    "bottom": "top",
+    "front": "behind",
+    "behind": "front",
+}
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_path", "spatial_relation", "label", "captions")
 FEATURES_COLUMN = "features"
@@ -60,12 +66,33 @@ SCHEMA_VERSION = 1
 
 # Words and phrases mapped onto the schema's relations (and the two depth relations).
 RELATION_SYNONYMS: dict[str, str] = {
-    "left": "left", "left of": "left", "to the left of": "left", "left_of": "left", "on the left": "left",
-    "right": "right", "right of": "right", "to the right of": "right", "right_of": "right", "on the right": "right",
-    "top": "top", "above": "top", "on": "top", "on top of": "top", "over": "top", "on the top": "top",
-    "bottom": "bottom", "below": "bottom", "under": "bottom", "beneath": "bottom", "underneath": "bottom",
+    "left": "left",
+    "left of": "left",
+    "to the left of": "left",
+    "left_of": "left",
+    "on the left": "left",
+    "right": "right",
+    "right of": "right",
+    "to the right of": "right",
+    "right_of": "right",
+    "on the right": "right",
+    "top": "top",
+    "above": "top",
+    "on": "top",
+    "on top of": "top",
+    "over": "top",
+    "on the top": "top",
+    "bottom": "bottom",
+    "below": "bottom",
+    "under": "bottom",
+    "beneath": "bottom",
+    "underneath": "bottom",
     "on the bottom": "bottom",
-    "front": "front", "in front of": "front", "in-front": "front", "in-front of": "front", "in-front_of": "front",
+    "front": "front",
+    "in front of": "front",
+    "in-front": "front",
+    "in-front of": "front",
+    "in-front_of": "front",
     "behind": "behind",
 }
 
@@ -153,8 +180,14 @@ def schema_features():
     import datasets
 
     list_type = getattr(datasets, "List", None) or datasets.Sequence
-    return datasets.Features({"image_path": datasets.Value("string"), "spatial_relation": datasets.Value("string"),
-                              "label": datasets.Value("int64"), "captions": list_type(datasets.Value("string"))})
+    return datasets.Features(
+        {
+            "image_path": datasets.Value("string"),
+            "spatial_relation": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+            "captions": list_type(datasets.Value("string")),
+        }
+    )
 
 
 def dataset_meta(ds) -> dict[str, Any]:

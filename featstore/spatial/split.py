@@ -24,7 +24,9 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         raise ValueError(f"fractions must be three numbers (train, validation, test), got {fractions!r}") from None
     if len(fr) != 3 or any(not np.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test) summing to 1, got {fractions!r}")
+        raise ValueError(
+            f"fractions must be three non-negative numbers (train, validation, test) summing to 1, got {fractions!r}"
+        )
     return fr  # type: ignore[return-value]
 
 
@@ -49,7 +51,10 @@ def split_indices(ds, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.
 
     check_is_dataset(ds)
     fractions = _check_fractions(fractions)
-    keys = [os.path.normpath(p) if isinstance(p, str) else f"<row {i}: {p!r}>" for i, p in enumerate(column_values(ds, "image_path"))]
+    keys = [
+        os.path.normpath(p) if isinstance(p, str) else f"<row {i}: {p!r}>"
+        for i, p in enumerate(column_values(ds, "image_path"))
+    ]
     unique, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117])).permutation(len(unique))
     counts = image_counts(len(unique), fractions)
@@ -70,8 +75,11 @@ def split(ds, seed: int = 0, fractions=(0.8, 0.1, 0.1)):
     """
     import datasets
 
-
     idx = split_indices(ds, seed, fractions)
     with quiet_datasets():
-        base = ds if ROW_INDEX_COLUMN in ds.column_names else ds.add_column(ROW_INDEX_COLUMN, np.arange(len(ds), dtype=np.int64))
+        base = (
+            ds
+            if ROW_INDEX_COLUMN in ds.column_names
+            else ds.add_column(ROW_INDEX_COLUMN, np.arange(len(ds), dtype=np.int64))
+        )
         return datasets.DatasetDict({name: base.select(rows) for name, rows in idx.items()})

@@ -30,7 +30,11 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
     columns = set(ds.column_names)
     for name in REQUIRED_COLUMNS:
         if name not in columns:
-            problems.append(Problem(None, name, f"column is missing; a spatial dataset needs the columns {', '.join(REQUIRED_COLUMNS)}"))
+            problems.append(
+                Problem(
+                    None, name, f"column is missing; a spatial dataset needs the columns {', '.join(REQUIRED_COLUMNS)}"
+                )
+            )
     rows = table(ds.select_columns([c for c in REQUIRED_COLUMNS if c in columns]))
     problems += _check_column_types(ds, columns)
     allowed = dataset_relations(ds)
@@ -42,13 +46,25 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
         seen: dict[str, bool] = {}
         for i, p in enumerate(paths):
             if not isinstance(p, str) or not p.strip():
-                problems.append(Problem(i, "image_path", f"is {p!r}; give the image file's path (absolute, or relative to the dataset folder)"))
+                problems.append(
+                    Problem(
+                        i,
+                        "image_path",
+                        f"is {p!r}; give the image file's path (absolute, or relative to the dataset folder)",
+                    )
+                )
                 continue
             if p not in seen:
                 seen[p] = not check_files or resolve_image_path(p, root).is_file()
             if not seen[p]:
-                problems.append(Problem(i, "image_path", f"image file {resolve_image_path(p, root)} does not exist; "
-                                        f"fix the path (relative paths resolve against {root or 'the current directory'}) or restore the file"))
+                problems.append(
+                    Problem(
+                        i,
+                        "image_path",
+                        f"image file {resolve_image_path(p, root)} does not exist; "
+                        f"fix the path (relative paths resolve against {root or 'the current directory'}) or restore the file",
+                    )
+                )
         summary["images"] = len(seen)
     if "spatial_relation" in columns:
         rels = rows.column("spatial_relation").to_pylist()
@@ -64,14 +80,22 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
         labels = rows.column("label").to_pylist()
         for i, v in enumerate(labels):
             if isinstance(v, bool) or v not in (0, 1):
-                problems.append(Problem(i, "label", f"is {v!r}, not 0 or 1; use 1 when the captions are true of the image, 0 when false"))
-        summary["labels"] = {str(k): v for k, v in sorted(Counter(v for v in labels if v in (0, 1) and not isinstance(v, bool)).items())}
+                problems.append(
+                    Problem(
+                        i, "label", f"is {v!r}, not 0 or 1; use 1 when the captions are true of the image, 0 when false"
+                    )
+                )
+        summary["labels"] = {
+            str(k): v for k, v in sorted(Counter(v for v in labels if v in (0, 1) and not isinstance(v, bool)).items())
+        }
     if "captions" in columns:
         for i, caps in enumerate(rows.column("captions").to_pylist()):
             if not isinstance(caps, list):
                 problems.append(Problem(i, "captions", f"is {caps!r}; give a list of one or more caption strings"))
             elif not caps:
-                problems.append(Problem(i, "captions", "is an empty list; give at least one caption stating the relation"))
+                problems.append(
+                    Problem(i, "captions", "is an empty list; give at least one caption stating the relation")
+                )
             else:
                 for j, c in enumerate(caps):
                     if not isinstance(c, str) or not c.strip():
@@ -92,10 +116,24 @@ def _check_column_types(ds, columns: set[str]) -> list[Problem]:
     if "label" in columns:
         f = feats["label"]
         dtype = getattr(f, "dtype", None)
-        if not isinstance(f, datasets.ClassLabel) and (dtype is None or not (dtype.startswith("int") or dtype.startswith("uint"))):
-            out.append(Problem(None, "label", f"column type is {f}; cast it: ds = ds.cast_column('label', datasets.Value('int64'))"))
-    list_types = tuple(t for t in (getattr(datasets, n, None) for n in ("Sequence", "List", "LargeList")) if t) + (list,)
+        if not isinstance(f, datasets.ClassLabel) and (
+            dtype is None or not (dtype.startswith("int") or dtype.startswith("uint"))
+        ):
+            out.append(
+                Problem(
+                    None, "label", f"column type is {f}; cast it: ds = ds.cast_column('label', datasets.Value('int64'))"
+                )
+            )
+    list_types = tuple(t for t in (getattr(datasets, n, None) for n in ("Sequence", "List", "LargeList")) if t) + (
+        list,
+    )
     if "captions" in columns and not isinstance(feats["captions"], list_types):
-        out.append(Problem(None, "captions", f"column type is {feats['captions']}, not a list of strings; "
-                           "wrap each caption: ds = ds.map(lambda r: {'captions': [r['captions']]})"))
+        out.append(
+            Problem(
+                None,
+                "captions",
+                f"column type is {feats['captions']}, not a list of strings; "
+                "wrap each caption: ds = ds.map(lambda r: {'captions': [r['captions']]})",
+            )
+        )
     return out

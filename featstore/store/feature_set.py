@@ -48,7 +48,9 @@ class FeatureSet:
         self.mapped_file = _backend.MappedFile(str(self.path))
         expected = self.header.data_start + record.layout.features_bytes + record.layout.labels_bytes
         if self.mapped_file.size != expected:
-            raise CorruptFileError(f"{self.path}: file is {self.mapped_file.size} bytes, expected {expected}; it changed or was truncated")
+            raise CorruptFileError(
+                f"{self.path}: file is {self.mapped_file.size} bytes, expected {expected}; it changed or was truncated"
+            )
         start = self.header.data_start
         self.data = memoryview(self.mapped_file)[start : start + record.layout.features_bytes]
         self._labels: torch.Tensor | None = None
@@ -215,8 +217,12 @@ class FeatureSet:
         are included when the set has them."""
         self.check_all_committed()
         target = Path(path) if path is not None else self.path.with_suffix(".pt")
-        metadata = {"featstore_key": self.key, "featstore_format_version": FORMAT_VERSION, "dtype": self.record.dtype,
-                    **self.metadata}
+        metadata = {
+            "featstore_key": self.key,
+            "featstore_format_version": FORMAT_VERSION,
+            "dtype": self.record.dtype,
+            **self.metadata,
+        }
         write_pt(target, self.to_torch(), self.labels, metadata)
         return target
 
@@ -244,4 +250,3 @@ def _check_out(out: torch.Tensor, expected: tuple[int, ...], dtype: torch.dtype,
             f"feature set {key!r}: out must be a contiguous {dtype} tensor of shape {expected}, "
             f"got {out.dtype} {tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}"
         )
-

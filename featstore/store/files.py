@@ -41,7 +41,9 @@ def load_untrusted_json(text: str, path: str, what: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as exc:
-        raise CorruptFileError(f"{path}: {what} is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt") from None
+        raise CorruptFileError(
+            f"{path}: {what} is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt"
+        ) from None
     except RecursionError:
         raise CorruptFileError(f"{path}: {what} nests JSON arrays/objects too deeply; the file is corrupt") from None
     except ValueError as exc:  # e.g. an integer with more digits than int() converts

@@ -136,7 +136,9 @@ def shape_nbytes(shape: list[int], item_bytes: int, where: str, error=FormatErro
         if total > MAX_TENSOR_BYTES:
             if 0 in shape:
                 return 0
-            raise error(f"{where}: field 'shape' {short_repr(shape)} needs more than {MAX_TENSOR_BYTES} bytes; the file is corrupt")
+            raise error(
+                f"{where}: field 'shape' {short_repr(shape)} needs more than {MAX_TENSOR_BYTES} bytes; the file is corrupt"
+            )
     return total
 
 
@@ -173,7 +175,9 @@ def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
         raise CorruptFileError(f"{path}: header is not a JSON object")
 
     metadata = obj.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise CorruptFileError(f"{path}: header field '__metadata__' must map strings to strings")
 
     tensors: dict[str, TensorEntry] = {}
@@ -183,7 +187,9 @@ def parse_header(path: str, prefix: bytes, file_size: int) -> Header:
             raise CorruptFileError(f"{where} is not a JSON object")
         code = entry.get("dtype")
         if not isinstance(code, str) or code not in SAFETENSORS_CODES:
-            raise CorruptFileError(f"{where}: unknown dtype {short_repr(code)}; featstore reads {', '.join(SAFETENSORS_CODES)}")
+            raise CorruptFileError(
+                f"{where}: unknown dtype {short_repr(code)}; featstore reads {', '.join(SAFETENSORS_CODES)}"
+            )
         dtype = SAFETENSORS_CODES[code]
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(is_nonneg_int(d) for d in shape):

@@ -38,7 +38,9 @@ def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, Fe
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CorruptFileError(f"{where}: the manifest is not valid UTF-8 (byte {exc.start}); restore it from a backup") from None
+        raise CorruptFileError(
+            f"{where}: the manifest is not valid UTF-8 (byte {exc.start}); restore it from a backup"
+        ) from None
     obj = load_untrusted_json(text, where, "the manifest")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
         raise FormatError(f"{where}: not a featstore manifest (field 'format' must be {FORMAT_NAME!r})")
@@ -94,8 +96,9 @@ class Manifest:
                     raise CorruptFileError(f"{where} is {size} bytes, larger than any manifest featstore writes")
                 raw = f.read()
         except FileNotFoundError:
-            raise FormatError(f"{where} does not exist: {self.root} is not a featstore root "
-                              "(create one with FeatureStore.create)") from None
+            raise FormatError(
+                f"{where} does not exist: {self.root} is not a featstore root (create one with FeatureStore.create)"
+            ) from None
         return parse_manifest(raw, where)
 
     def read(self) -> dict[str, FeatureSetRecord]:

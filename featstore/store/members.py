@@ -26,7 +26,9 @@ def _read_header_for(path: Path, where: str) -> tuple[Header, bytes]:
     try:
         return read_header(path)
     except FileNotFoundError:
-        raise FormatError(f"{where}: its file {path} is missing; restore it or remove the entry from the manifest") from None
+        raise FormatError(
+            f"{where}: its file {path} is missing; restore it or remove the entry from the manifest"
+        ) from None
 
 
 def _check_header(path: Path, record: FeatureSetRecord, header: Header, raw: bytes) -> None:
@@ -50,12 +52,16 @@ def _check_header(path: Path, record: FeatureSetRecord, header: Header, raw: byt
     # its own) is caught here instead of silently renaming the set or changing its metadata.
     key = header.metadata.get("featstore.key")
     if key != record.key:
-        raise FormatError(f"{path}: holds feature set {key!r} but the manifest lists it as {record.key!r}; "
-                          "the manifest is damaged: restore it from a backup")
+        raise FormatError(
+            f"{path}: holds feature set {key!r} but the manifest lists it as {record.key!r}; "
+            "the manifest is damaged: restore it from a backup"
+        )
     try:
         metadata = json.loads(header.metadata.get("featstore.metadata", "null"))
     except ValueError:
         metadata = None
     if metadata != record.metadata:
-        raise FormatError(f"{path}: the provenance metadata in its header differs from the manifest's for feature set "
-                          f"{record.key!r}; the manifest is damaged: restore it from a backup")
+        raise FormatError(
+            f"{path}: the provenance metadata in its header differs from the manifest's for feature set "
+            f"{record.key!r}; the manifest is damaged: restore it from a backup"
+        )

@@ -18,8 +18,9 @@ from ..errors import CorruptFileError, FormatError
 from .files import fsync_dir
 
 
-def write_pt(target: str | os.PathLike, features: torch.Tensor, labels: torch.Tensor | None,
-             metadata: dict[str, Any]) -> None:
+def write_pt(
+    target: str | os.PathLike, features: torch.Tensor, labels: torch.Tensor | None, metadata: dict[str, Any]
+) -> None:
     """Write a seed-format ``.pt`` file durably: a temp name, fsync, rename, fsync of the folder."""
     target = Path(target)
     payload: dict[str, Any] = {"features": features}
@@ -53,7 +54,9 @@ def load_pt(path: str | os.PathLike) -> dict[str, Any]:
             "it must hold a dict of tensors saved with torch.save"
         ) from None
     if not isinstance(obj, dict):
-        raise FormatError(f"{path}: holds a {type(obj).__name__}, expected a dict with 'features', 'labels', 'metadata'")
+        raise FormatError(
+            f"{path}: holds a {type(obj).__name__}, expected a dict with 'features', 'labels', 'metadata'"
+        )
     features = obj.get("features")
     if not isinstance(features, torch.Tensor) or features.dim() < 1:
         raise FormatError(f"{path}: key 'features' must be a tensor of shape (N, ...), got {type(features).__name__}")

@@ -15,8 +15,21 @@ from .header import DTYPES, Layout, itemsize, shape_nbytes
 from .paths import check_key, check_member_path
 
 CHECKSUM_ALGORITHM = "crc32"
-ENTRY_FIELDS = frozenset({"file", "dtype", "shape", "labels", "rows_committed", "committed", "complete", "checksum",
-                          "metadata", "created_at", "finished_at"})
+ENTRY_FIELDS = frozenset(
+    {
+        "file",
+        "dtype",
+        "shape",
+        "labels",
+        "rows_committed",
+        "committed",
+        "complete",
+        "checksum",
+        "metadata",
+        "created_at",
+        "finished_at",
+    }
+)
 CHECKSUM_FIELDS = frozenset({"algorithm", "block_rows", "blocks", "labels", "header"})
 
 
@@ -92,8 +105,9 @@ class FeatureSetRecord:
             raise FormatError(f"{entry.at}: field 'dtype' is {dtype!r}, not one of {', '.join(DTYPES)}")
         shape = entry.get("shape", list, "a list of non-negative integers")
         if not shape or not all(is_nonneg_int(d) for d in shape):
-            raise FormatError(f"{entry.at}: field 'shape' must be a non-empty list of non-negative integers, "
-                              f"got {short_repr(shape)}")
+            raise FormatError(
+                f"{entry.at}: field 'shape' must be a non-empty list of non-negative integers, got {short_repr(shape)}"
+            )
         shape_nbytes(shape, itemsize(dtype), entry.at)
         n_rows = shape[0]
         has_labels = entry.get("labels", bool, "true or false")
@@ -105,15 +119,29 @@ class FeatureSetRecord:
             raise FormatError(f"{entry.at}: field 'metadata' must be an object")
         rows_committed = sum(b - a for a, b in committed)
         if obj.get("rows_committed", rows_committed) != rows_committed:
-            raise FormatError(f"{entry.at}: field 'rows_committed' is {obj.get('rows_committed')!r} but 'committed' "
-                              f"holds {rows_committed} rows")
+            raise FormatError(
+                f"{entry.at}: field 'rows_committed' is {obj.get('rows_committed')!r} but 'committed' "
+                f"holds {rows_committed} rows"
+            )
         if complete and rows_committed != n_rows:
             raise FormatError(f"{entry.at}: marked complete but only some of its {n_rows} rows are committed")
         created_at, finished_at = (_parse_time(entry, name) for name in ("created_at", "finished_at"))
-        return cls(key=key, file=file, dtype=dtype, shape=tuple(shape), has_labels=has_labels, committed=committed,
-                   complete=complete, block_rows=block_rows, block_crc32=blocks, labels_crc32=labels_crc,
-                   header_crc32=header_crc, metadata=metadata, created_at=float(created_at or 0.0),
-                   finished_at=finished_at)
+        return cls(
+            key=key,
+            file=file,
+            dtype=dtype,
+            shape=tuple(shape),
+            has_labels=has_labels,
+            committed=committed,
+            complete=complete,
+            block_rows=block_rows,
+            block_crc32=blocks,
+            labels_crc32=labels_crc,
+            header_crc32=header_crc,
+            metadata=metadata,
+            created_at=float(created_at or 0.0),
+            finished_at=finished_at,
+        )
 
 
 class _Entry:
@@ -125,7 +153,8 @@ class _Entry:
             raise FormatError(f"{at} is not a JSON object")
         checksum = obj.get("checksum")
         unknown = sorted(set(obj) - ENTRY_FIELDS) + sorted(
-            f"checksum.{k}" for k in (checksum if isinstance(checksum, dict) else {}) if k not in CHECKSUM_FIELDS)
+            f"checksum.{k}" for k in (checksum if isinstance(checksum, dict) else {}) if k not in CHECKSUM_FIELDS
+        )
         if unknown:
             raise FormatError(f"{at}: unknown field(s) {unknown}; the manifest is damaged or from another program")
         self.obj = obj
@@ -149,8 +178,10 @@ def _parse_committed(entry: _Entry, n_rows: int) -> list[tuple[int, int]]:
             or not (r[0] < r[1] <= n_rows)
             or r[0] <= last_end
         ):
-            raise FormatError(f"{entry.at}: field 'committed' has a bad row range {r!r} (must be sorted, disjoint, "
-                              f"within {n_rows} rows)")
+            raise FormatError(
+                f"{entry.at}: field 'committed' has a bad row range {r!r} (must be sorted, disjoint, "
+                f"within {n_rows} rows)"
+            )
         committed.append((r[0], r[1]))
         last_end = r[1]
     return committed
@@ -165,13 +196,17 @@ def _parse_checksum(entry: _Entry, n_rows: int, has_labels: bool) -> tuple[int, 
     if not is_nonneg_int(block_rows) or block_rows == 0:
         raise FormatError(f"{at}: field 'checksum.block_rows' must be a positive integer, got {block_rows!r}")
     n_blocks = -(-n_rows // block_rows)
-    if not isinstance(blocks, list) or len(blocks) != n_blocks or not all(
-        b is None or is_nonneg_int(b) for b in blocks
+    if (
+        not isinstance(blocks, list)
+        or len(blocks) != n_blocks
+        or not all(b is None or is_nonneg_int(b) for b in blocks)
     ):
         raise FormatError(f"{at}: field 'checksum.blocks' must list {n_blocks} crc32 values or nulls")
     if checksum.get("algorithm") != CHECKSUM_ALGORITHM:
-        raise FormatError(f"{at}: field 'checksum.algorithm' is {checksum.get('algorithm')!r}; featstore writes "
-                          f"{CHECKSUM_ALGORITHM!r}")
+        raise FormatError(
+            f"{at}: field 'checksum.algorithm' is {checksum.get('algorithm')!r}; featstore writes "
+            f"{CHECKSUM_ALGORITHM!r}"
+        )
     labels_crc = checksum.get("labels")
     header_crc = checksum.get("header")
     if has_labels and not is_nonneg_int(labels_crc):
@@ -187,6 +222,8 @@ def _parse_time(entry: _Entry, name: str) -> float | None:
     """Fields 'created_at' / 'finished_at': seconds since the epoch, or null."""
     stamp = entry.obj.get(name)
     # abs(x) < 1e12 also rejects NaN and inf, and compares huge ints without converting them
-    if stamp is not None and not (isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and abs(stamp) < 1e12):
+    if stamp is not None and not (
+        isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and abs(stamp) < 1e12
+    ):
         raise FormatError(f"{entry.at}: field {name!r} must be a time in seconds or null, got {short_repr(stamp)}")
     return stamp

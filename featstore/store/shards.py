@@ -70,8 +70,12 @@ def _read_progress(path: Path, record: FeatureSetRecord) -> list[tuple[int, int]
         return None
     out = []
     for r in ranges:
-        if (not isinstance(r, list) or len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-                or not 0 <= r[0] < r[1] <= record.n_rows):
+        if (
+            not isinstance(r, list)
+            or len(r) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+            or not 0 <= r[0] < r[1] <= record.n_rows
+        ):
             return None
         out.append((r[0], r[1]))
     return out
@@ -110,17 +114,26 @@ class ShardWriter(FeatureWriter):
         self._record.committed = merge_ranges([*self._record.committed, *self._pending])
         self._mine = merge_ranges([*self._mine, *self._pending])
         self._pending = []
-        write_json_atomic(_progress_path(self._shard.store.root, self.key, self._shard.rank), {
-            "format": _PROGRESS_FORMAT, "key": self.key, "rank": self._shard.rank,
-            "header_crc32": self._record.header_crc32, "created_at": self._record.created_at,
-            "committed": [list(r) for r in self._mine]})
+        write_json_atomic(
+            _progress_path(self._shard.store.root, self.key, self._shard.rank),
+            {
+                "format": _PROGRESS_FORMAT,
+                "key": self.key,
+                "rank": self._shard.rank,
+                "header_crc32": self._record.header_crc32,
+                "created_at": self._record.created_at,
+                "committed": [list(r) for r in self._mine],
+            },
+        )
 
     def adopt(self, ranges) -> int:
         raise WriterConflictError(f"feature set {self.key!r}: a shard writer cannot adopt rows; rank 0's owner does")
 
     def finish(self) -> None:
-        raise WriterConflictError(f"feature set {self.key!r}: a shard writer cannot finish the set; rank 0 does, "
-                                  "after every rank has committed its rows")
+        raise WriterConflictError(
+            f"feature set {self.key!r}: a shard writer cannot finish the set; rank 0 does, "
+            "after every rank has committed its rows"
+        )
 
 
 class RankShard:
@@ -147,8 +160,10 @@ class RankShard:
                 _check_owned(fd, key, path)
             on_disk, raw = read_header(path)
             if raw != expected_header(key, record.layout, metadata):
-                raise WriterConflictError(f"{path}: its header differs from what rank {self.rank} would write "
-                                          "(another model, dtype or label set?); every rank must run the same arguments")
+                raise WriterConflictError(
+                    f"{path}: its header differs from what rank {self.rank} would write "
+                    "(another model, dtype or label set?); every rank must run the same arguments"
+                )
             (self.store.root / PROGRESS_DIR / key).parent.mkdir(parents=True, exist_ok=True)
             writer = ShardWriter(self, record, fd, path, on_disk.data_start)
         except BaseException:
@@ -175,5 +190,7 @@ def _check_owned(fd: int, key: str, path: Path) -> None:
     except BlockingIOError:
         return
     fcntl.flock(fd, fcntl.LOCK_UN)
-    raise WriterConflictError(f"feature set {key!r} ({path}) is not held by rank 0 of a job; a shard writer writes "
-                              "only while its job's rank 0 owns the set")
+    raise WriterConflictError(
+        f"feature set {key!r} ({path}) is not held by rank 0 of a job; a shard writer writes "
+        "only while its job's rank 0 owns the set"
+    )

@@ -130,7 +130,9 @@ class FeatureStore:
     def _missing(self, key: str) -> str:
         close = [k for k in self._records if k.split("/")[-1] == str(key).split("/")[-1]][:3]
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        return f"no feature set {key!r} in {self.root} (it has {len(self._records)}: {', '.join(self.keys()[:8])}){hint}"
+        return (
+            f"no feature set {key!r} in {self.root} (it has {len(self._records)}: {', '.join(self.keys()[:8])}){hint}"
+        )
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r}, {len(self)} feature sets)"
@@ -212,7 +214,10 @@ class FeatureStore:
         labels = loaded["labels"]
         n = features.shape[0]
         writer = self.create_feature_set(
-            key, n_rows=n, row_shape=tuple(features.shape[1:]), dtype=target,
+            key,
+            n_rows=n,
+            row_shape=tuple(features.shape[1:]),
+            dtype=target,
             metadata=import_metadata(path, loaded, metadata),
             labels=labels.to(torch.int64) if labels is not None else None,
         )
@@ -235,4 +240,3 @@ def _check_labels(labels, n_rows: int, key: str) -> np.ndarray | None:
     if arr.size and arr.dtype.kind not in "iub":
         raise ValueError(f"feature set {key!r}: labels must be integers, got {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int64)
-

@@ -61,5 +61,3 @@ def verify_records(root: Path, records: list[FeatureSetRecord]) -> dict[str, Any
             problems,
         )
     return {"feature_sets": len(records), "bytes_checked": checked, "rows_without_checksum": unchecked}
-
-

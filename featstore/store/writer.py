@@ -256,8 +256,10 @@ def _open_for_writing(path: Path) -> tuple[int, bool]:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
     except PermissionError as exc:
         if not path.exists():
-            raise FeatureStoreError(f"{path}: cannot create it ({exc.strerror}); the store's folder "
-                                    f"{path.parent} must be writable by this user") from None
+            raise FeatureStoreError(
+                f"{path}: cannot create it ({exc.strerror}); the store's folder "
+                f"{path.parent} must be writable by this user"
+            ) from None
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
 
 
@@ -340,7 +342,9 @@ def create_writer(
         raise
 
 
-def _resume(manifest: Manifest, existing: FeatureSetRecord, fd, path, layout, header, labels_crc, metadata, resume) -> FeatureWriter:
+def _resume(
+    manifest: Manifest, existing: FeatureSetRecord, fd, path, layout, header, labels_crc, metadata, resume
+) -> FeatureWriter:
     key = existing.key
     if existing.complete:
         raise _already_complete(key)
@@ -379,9 +383,13 @@ def _read_only_conflict(key: str, path: Path, existing) -> WriterConflictError:
     if existing is None:
         why = "the manifest does not list it (left by an interrupted delete, or not featstore's)"
     else:
-        why = (f"the manifest says only {existing.rows_committed} of {existing.n_rows} rows are committed; featstore "
-               "makes only finished files read-only, so it was changed outside featstore")
-    return WriterConflictError(f"feature set {key!r}: {path} is read-only and {why}: move it away or choose another key")
+        why = (
+            f"the manifest says only {existing.rows_committed} of {existing.n_rows} rows are committed; featstore "
+            "makes only finished files read-only, so it was changed outside featstore"
+        )
+    return WriterConflictError(
+        f"feature set {key!r}: {path} is read-only and {why}: move it away or choose another key"
+    )
 
 
 def _already_complete(key: str) -> WriterConflictError:

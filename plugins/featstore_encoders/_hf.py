@@ -46,7 +46,8 @@ def load_checked(cls: Any, folder: str, **kwargs) -> Any:
         raise ModelLoadError(
             f"{folder}: {len(missing)} weight(s) of {type(model).__name__} are missing from the checkpoint "
             f"(e.g. {missing[:3]}) and {len(mismatched)} have the wrong shape (e.g. {mismatched[:3]}); "
-            "they would be left random. Is the checkpoint complete and of this model family?")
+            "they would be left random. Is the checkpoint complete and of this model family?"
+        )
     return model
 
 

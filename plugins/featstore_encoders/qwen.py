@@ -30,8 +30,12 @@ from ._hf import load_image_processor
 
 #: key prefixes under which a checkpoint may hold the vision tower (original, transformers 5 layout, bare)
 PREFIXES: tuple[str, ...] = ("visual.", "model.visual.", "")
-_FAMILIES = {"qwen2_vl": "qwen2-vl", "qwen2_vl_vision": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl",
-             "qwen2_5_vl_vision": "qwen2.5-vl"}
+_FAMILIES = {
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_vl_vision": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen2_5_vl_vision": "qwen2.5-vl",
+}
 
 
 class QwenVisionEncoder(Encoder):
@@ -49,8 +53,10 @@ class QwenVisionEncoder(Encoder):
         """``qwen2-vl`` or ``qwen2.5-vl``, from the checkpoint's ``model_type``."""
         model_type = self._raw_config().get("model_type", "")
         if model_type not in _FAMILIES:
-            raise ModelLoadError(f"{self.model_id}: model_type {model_type!r} is not a Qwen2-VL or Qwen2.5-VL "
-                                 f"checkpoint (expected one of {sorted(_FAMILIES)})")
+            raise ModelLoadError(
+                f"{self.model_id}: model_type {model_type!r} is not a Qwen2-VL or Qwen2.5-VL "
+                f"checkpoint (expected one of {sorted(_FAMILIES)})"
+            )
         return _FAMILIES[model_type]
 
     def load_config(self) -> Any:
@@ -100,7 +106,8 @@ class QwenVisionEncoder(Encoder):
             raise EncoderError(
                 f"encoder 'qwen': the images of one batch got different patch grids {sorted(grids)} (Qwen keeps "
                 "each image's aspect ratio); give all images one size, or set the processor's min_pixels = max_pixels "
-                "and use images of one aspect ratio")
+                "and use images of one aspect ratio"
+            )
         t, h, w = grids.pop()
         captured: dict[str, torch.Tensor] = {}
         handles = []
@@ -156,8 +163,9 @@ def window_index(model, grid_thw: torch.Tensor) -> torch.Tensor:
     from transformers.vision_utils import get_vision_window_index
 
     c = model.config
-    return get_vision_window_index(grid_thw, spatial_merge_size=c.spatial_merge_size, window_size=c.window_size,
-                                   patch_size=c.patch_size)[0]
+    return get_vision_window_index(
+        grid_thw, spatial_merge_size=c.spatial_merge_size, window_size=c.window_size, patch_size=c.patch_size
+    )[0]
 
 
 def checkpoint_tensors(folder: Path) -> dict[str, Path]:
@@ -168,7 +176,9 @@ def checkpoint_tensors(folder: Path) -> dict[str, Path]:
         return {name: folder / file for name, file in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise ModelLoadError(f"{folder} holds no .safetensors weights; featstore loads Qwen towers from safetensors only")
+        raise ModelLoadError(
+            f"{folder} holds no .safetensors weights; featstore loads Qwen towers from safetensors only"
+        )
     from safetensors import safe_open
 
     names: dict[str, Path] = {}
@@ -187,15 +197,18 @@ def load_tower_weights(model: torch.nn.Module, folder: Path) -> None:
     wanted = model.state_dict()
     prefix = next((p for p in PREFIXES if any(f"{p}{k}" in names for k in wanted)), None)
     if prefix is None:
-        raise ModelLoadError(f"{folder}: no vision-tower weights found (looked for keys like 'visual.{next(iter(wanted))}')")
+        raise ModelLoadError(
+            f"{folder}: no vision-tower weights found (looked for keys like 'visual.{next(iter(wanted))}')"
+        )
     missing = [k for k in wanted if f"{prefix}{k}" not in names]
     ours = [n for n in names if n.startswith(prefix) and (prefix or n in wanted)]
-    unexpected = [n[len(prefix):] for n in ours if n[len(prefix):] not in wanted]
+    unexpected = [n[len(prefix) :] for n in ours if n[len(prefix) :] not in wanted]
     if missing or unexpected:
         raise ModelLoadError(
             f"{folder}: the vision tower's weights under {prefix!r} do not match the model: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-            "is the checkpoint complete and of the family its config names?")
+            "is the checkpoint complete and of the family its config names?"
+        )
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for key in wanted:
@@ -206,8 +219,10 @@ def load_tower_weights(model: torch.nn.Module, folder: Path) -> None:
                 state[key] = f.get_tensor(f"{prefix}{key}")
     bad = [k for k, v in state.items() if tuple(v.shape) != tuple(wanted[k].shape)]
     if bad:
-        raise ModelLoadError(f"{folder}: weights {bad[:3]} have shapes {[tuple(state[k].shape) for k in bad[:3]]}, "
-                             f"the config implies {[tuple(wanted[k].shape) for k in bad[:3]]}")
+        raise ModelLoadError(
+            f"{folder}: weights {bad[:3]} have shapes {[tuple(state[k].shape) for k in bad[:3]]}, "
+            f"the config implies {[tuple(wanted[k].shape) for k in bad[:3]]}"
+        )
     result = model.load_state_dict(state, strict=True)
     if getattr(result, "missing_keys", None) or getattr(result, "unexpected_keys", None):
         raise ModelLoadError(f"{folder}: incomplete load: {result}")

@@ -32,7 +32,9 @@ def check_epoch_shares(store: str, key: str) -> None:
         mine = np.concatenate([b.indices.numpy() for b in loader]).tolist()
         shares: list = [None] * ranks.world_size
         dist.all_gather_object(shares, mine)
-        assert sorted(r for share in shares for r in share) == list(range(len(fs))), f"epoch {epoch}: shares not disjoint and complete"
+        assert sorted(r for share in shares for r in share) == list(range(len(fs))), (
+            f"epoch {epoch}: shares not disjoint and complete"
+        )
 
 
 if __name__ == "__main__":
@@ -53,8 +55,14 @@ def failing_rank(rank: int, port: int, report) -> None:
 
     from featstore.distributed import barrier, on_main
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), FEATSTORE_DIST_TIMEOUT_S="3")
+    os.environ.update(
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        FEATSTORE_DIST_TIMEOUT_S="3",
+    )
     ranks = ensure_process_group("cpu")
 
     def take_sets() -> None:
@@ -81,8 +89,14 @@ def rank_failing_in_a_loop(rank: int, port: int, report) -> None:
 
     from featstore.distributed import all_sum_or_fail
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), FEATSTORE_DIST_TIMEOUT_S="30")
+    os.environ.update(
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        FEATSTORE_DIST_TIMEOUT_S="30",
+    )
     ranks = ensure_process_group("cpu")
     sums = []
     try:

@@ -126,15 +126,23 @@ def test_empty_indices(backend):
     assert (out == SENTINEL).all()
 
 
-@pytest.mark.parametrize("indices", [np.array([0, 1], dtype=np.int32), np.array([0, 1], dtype=np.uint64),
-                                     np.array([0.0, 1.0]), np.array([0, 1], dtype=">i8"), [0, 1], (0,)])
+@pytest.mark.parametrize(
+    "indices",
+    [
+        np.array([0, 1], dtype=np.int32),
+        np.array([0, 1], dtype=np.uint64),
+        np.array([0.0, 1.0]),
+        np.array([0, 1], dtype=">i8"),
+        [0, 1],
+        (0,),
+    ],
+)
 def test_wrong_index_type_raises_type_error(backend, indices):
     with pytest.raises(TypeError, match="indices must"):
         B.gather(np.zeros(8, np.uint8), 4, indices, np.zeros(8, np.uint8))
 
 
-@pytest.mark.parametrize("indices", [np.zeros((1, 2), np.int64), np.zeros(4, np.int64)[::2],
-                                     np.array(0, np.int64)])
+@pytest.mark.parametrize("indices", [np.zeros((1, 2), np.int64), np.zeros(4, np.int64)[::2], np.array(0, np.int64)])
 def test_wrong_index_shape_raises_value_error(backend, indices):
     with pytest.raises(ValueError, match="indices must"):
         B.gather(np.zeros(8, np.uint8), 4, indices, np.zeros(8, np.uint8))
@@ -446,7 +454,8 @@ def test_backend_selection_at_import(mode, env, expected):
     if mode == "ok" and env.get("FEATSTORE_PUREPYTHON") != "1" and "core" not in B.available():
         pytest.skip("compiled core not available")
     e = {k: v for k, v in os.environ.items() if not k.startswith("FEATSTORE_")}
-    r = subprocess.run([sys.executable, "-c", _SELECTION_SCRIPT, mode], env={**e, **env},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", _SELECTION_SCRIPT, mode], env={**e, **env}, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[-2] == expected

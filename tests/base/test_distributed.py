@@ -46,9 +46,15 @@ def test_loader_shares_partition_every_epoch(tmp_path):
     fs = FeatureStore.open(tmp_path)["x"]
     rows = np.arange(3, 23)
     for epoch in range(3):
-        shares = [np.concatenate([b.indices.numpy() for b in fs.batches(4, rows=rows, seed=1, epoch=epoch, rank=r,
-                                                                          world_size=3, prefetch=0)])
-                  for r in range(3)]
+        shares = [
+            np.concatenate(
+                [
+                    b.indices.numpy()
+                    for b in fs.batches(4, rows=rows, seed=1, epoch=epoch, rank=r, world_size=3, prefetch=0)
+                ]
+            )
+            for r in range(3)
+        ]
         whole = fs.batches(4, rows=rows, seed=1, rank=0, world_size=1).epoch_order(epoch)
         assert [s.tolist() for s in shares] == [shard_order(whole, r, 3).tolist() for r in range(3)]
         assert set(np.concatenate(shares).tolist()) == set(rows.tolist())
@@ -111,8 +117,23 @@ def test_stale_progress_is_ignored(tmp_path):
 
 
 # ---- torchrun, 2 CPU processes -----------------------------------------------------------------
-EXTRACT = ["--encoder", "dinov2", "--layers", "2,last", "--pooling", "cls,patch", "--batch-size", "3",
-           "--commit-every", "1", "--num-workers", "0", "--no-progress", "--store-dtype", "float32"]
+EXTRACT = [
+    "--encoder",
+    "dinov2",
+    "--layers",
+    "2,last",
+    "--pooling",
+    "cls,patch",
+    "--batch-size",
+    "3",
+    "--commit-every",
+    "1",
+    "--num-workers",
+    "0",
+    "--no-progress",
+    "--store-dtype",
+    "float32",
+]
 
 
 def torchrun(args, timeout=240, **env_extra):
@@ -176,11 +197,38 @@ def one_launch(inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
     generate(root / "spatial", n=200, size=32, workers=1, progress=False)
     write_store(root / "store", load_from_disk(root / "spatial"))
-    extract_args = dict(dataset=str(dataset), encoder="dinov2", model=str(model), out=str(root / "features"),
-                        layers="2,last", pooling="cls,patch", batch_size=3, commit_every=1, num_workers=0,
-                        progress=False, store_dtype="float32")
-    probe = ["probe", "--store", str(root / "store"), "--dataset", str(root / "spatial"), "--out", str(root / "out"),
-             "--task", "relation", "--lrs", "0.003,0.01", "--wds", "0", "--epochs", "4", "--batch-size", "32"]
+    extract_args = dict(
+        dataset=str(dataset),
+        encoder="dinov2",
+        model=str(model),
+        out=str(root / "features"),
+        layers="2,last",
+        pooling="cls,patch",
+        batch_size=3,
+        commit_every=1,
+        num_workers=0,
+        progress=False,
+        store_dtype="float32",
+    )
+    probe = [
+        "probe",
+        "--store",
+        str(root / "store"),
+        "--dataset",
+        str(root / "spatial"),
+        "--out",
+        str(root / "out"),
+        "--task",
+        "relation",
+        "--lrs",
+        "0.003,0.01",
+        "--wds",
+        "0",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+    ]
     code, text = torchrun([str(TESTS / "dist_worker.py"), json.dumps(extract_args), str(root / "store"), *probe])
     assert code == 0, text
     return root, text
@@ -210,8 +258,18 @@ def test_probe_under_torchrun_matches_one_process(one_launch):
 
 def test_killed_rank_resumes_bit_identical(inputs, reference, tmp_path):
     model, dataset = inputs
-    args = ["-m", "featstore", "extract", "--dataset", str(dataset), "--model", str(model), "--out", str(tmp_path),
-            *EXTRACT]
+    args = [
+        "-m",
+        "featstore",
+        "extract",
+        "--dataset",
+        str(dataset),
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path),
+        *EXTRACT,
+    ]
     # rank 1 dies by SIGKILL while writing its second batch (8 writes per batch: 4 sets x 2 row runs);
     # torchrun stops rank 0 and fails
     code, text = torchrun(args, FEATSTORE_CRASH_AT="data-written:10", FEATSTORE_CRASH_RANK="1")

@@ -41,7 +41,13 @@ def configure(tmp_path, *defines, path=None) -> tuple[str, str]:
     env.pop("CUDACXX", None)
     if path is not None:
         env["PATH"] = path
-    cmake = [shutil.which("cmake", path=str(Path(sys.executable).parent)) or "cmake", "-S", str(ROOT), "-B", str(tmp_path)]
+    cmake = [
+        shutil.which("cmake", path=str(Path(sys.executable).parent)) or "cmake",
+        "-S",
+        str(ROOT),
+        "-B",
+        str(tmp_path),
+    ]
     cmd = cmake + ["-G", "Ninja", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DPython_EXECUTABLE={sys.executable}"]
     done = subprocess.run(cmd + list(defines), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -302,7 +308,9 @@ def test_loader_paths_match_the_cpu_batches(tmp_path, cache):
 def test_gpu_check_refuses_without_cuda_and_writes_nothing(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--no-install", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "no CUDA GPU" in done.stderr and "Nothing was written" in done.stderr

@@ -48,8 +48,15 @@ def test_plain_dataloader_batches(store, collate):
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_workers_fork_and_spawn(store, context):
     ds = store.dataset(["enc/a", "enc/b"])
-    loader = DataLoader(ds, batch_size=20, shuffle=False, num_workers=2, multiprocessing_context=context,
-                        collate_fn=featstore.collate, timeout=120)
+    loader = DataLoader(
+        ds,
+        batch_size=20,
+        shuffle=False,
+        num_workers=2,
+        multiprocessing_context=context,
+        collate_fn=featstore.collate,
+        timeout=120,
+    )
     got = list(loader)
     feats = torch.cat([f["enc/a"] for f, _ in got])
     grids = torch.cat([f["enc/b"] for f, _ in got])

@@ -20,7 +20,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "RANDOM-INIT" in text and "featstore demo --dinov2" in text
-    assert {p.name for p in (out / "results").iterdir()} == {"probe_results.json", "probe_results.csv", "probe_accuracy.png"}
+    assert {p.name for p in (out / "results").iterdir()} == {
+        "probe_results.json",
+        "probe_results.csv",
+        "probe_accuracy.png",
+    }
     results = json.loads((out / "results" / "probe_results.json").read_text())["results"]
     keys = {(r["encoder"], r["pooling"], r["head"]) for r in results}
     assert {("dinov2", "cls", "linear"), ("clip", "patch", "flat"), ("qwen", "patch", "mean")} <= keys

@@ -25,8 +25,11 @@ def installed():
     try:
         metadata.distribution(DIST)
     except metadata.PackageNotFoundError:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps",
-                               str(SOURCE)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", str(SOURCE)],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, f"installing {SOURCE} failed:\n{proc.stdout}\n{proc.stderr}"
     return metadata.distribution(DIST)
 
@@ -65,18 +68,45 @@ def test_listed_and_used_by_the_command_line(installed, fresh, tmp_path, capsys)
     assert main(["encoders"]) == 0
     assert "patchcolor   example-encoder" in capsys.readouterr().out
     data = make_dataset(tmp_path, n_images=4, repeats=(), size=(224, 224))
-    code = main(["extract", "--dataset", str(data), "--encoder", "patch-color", "--model", "patch16", "--layers", "all",
-                 "--pooling", "cls,patch", "--out", str(tmp_path / "f"), "--num-workers", "0", "--no-progress",
-                 "--store-dtype", "float32"])
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            str(data),
+            "--encoder",
+            "patch-color",
+            "--model",
+            "patch16",
+            "--layers",
+            "all",
+            "--pooling",
+            "cls,patch",
+            "--out",
+            str(tmp_path / "f"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--store-dtype",
+            "float32",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     store = FeatureStore.open(tmp_path / "f")
-    assert store.keys() == ["patchcolor/color/cls", "patchcolor/color/patch", "patchcolor/contrast/cls", "patchcolor/contrast/patch"]
+    assert store.keys() == [
+        "patchcolor/color/cls",
+        "patchcolor/color/patch",
+        "patchcolor/contrast/cls",
+        "patchcolor/contrast/patch",
+    ]
     from PIL import Image
 
     import datasets
 
     first = np.asarray(Image.open(datasets.load_from_disk(str(data))[0]["image_path"]), dtype=np.float32) / 255
-    torch.testing.assert_close(store["patchcolor/color/cls"][0], torch.from_numpy(first.mean((0, 1))), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        store["patchcolor/color/cls"][0], torch.from_numpy(first.mean((0, 1))), rtol=1e-4, atol=1e-4
+    )
     assert store["patchcolor/color/patch"].shape == (4, 196, 3)
-    torch.testing.assert_close(store["patchcolor/color/patch"][0, 15], torch.from_numpy(first[16:32, 16:32].mean((0, 1))),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        store["patchcolor/color/patch"][0, 15], torch.from_numpy(first[16:32, 16:32].mean((0, 1))), rtol=1e-4, atol=1e-4
+    )

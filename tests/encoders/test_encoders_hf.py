@@ -96,7 +96,11 @@ def test_clip_vision_folder(clip_dir, images):
     out = enc.forward(enc.preprocess(images), ["layer_0", "layer_3", "last_layer"])
     ref = _reference(CLIPVisionModel, clip_dir, images)
     assert out["layer_3"].grid == (14, 14)
-    for name, h in [("layer_0", ref.hidden_states[0]), ("layer_3", ref.hidden_states[3]), ("last_layer", ref.last_hidden_state)]:
+    for name, h in [
+        ("layer_0", ref.hidden_states[0]),
+        ("layer_3", ref.hidden_states[3]),
+        ("last_layer", ref.last_hidden_state),
+    ]:
         torch.testing.assert_close(torch.cat([out[name].prefix, out[name].patches], 1), h)
 
 

@@ -86,8 +86,9 @@ def test_layers_match_the_towers_own_hidden_states(checkpoint, images):
         from transformers.vision_utils import get_vision_window_index
 
         c = tower.config
-        window, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=2, window_size=c.window_size,
-                                            patch_size=14)
+        window, _ = get_vision_window_index(
+            inputs["image_grid_thw"], spatial_merge_size=2, window_size=c.window_size, patch_size=14
+        )
         order = torch.argsort(window)
     for i in range(1, 5):
         theirs = ref.hidden_states[i]
@@ -100,7 +101,7 @@ def test_layers_match_the_towers_own_hidden_states(checkpoint, images):
 
 def _with_patch(image: Image.Image, r: int, c: int) -> Image.Image:
     arr = np.array(image).copy()
-    arr[r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] = 255 - arr[r * 14:(r + 1) * 14, c * 14:(c + 1) * 14]
+    arr[r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14] = 255 - arr[r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14]
     return Image.fromarray(arr)
 
 
@@ -119,7 +120,7 @@ def test_raster_order_single_differing_patch(checkpoint, images, r, c):
     spread = (grid1[0] - grid1[1]).abs().amax(-1) > 1e-6
     if family == "qwen2.5-vl":
         expected = torch.zeros(16, 16, dtype=torch.bool)
-        expected[r // 8 * 8:(r // 8 + 1) * 8, c // 8 * 8:(c // 8 + 1) * 8] = True
+        expected[r // 8 * 8 : (r // 8 + 1) * 8, c // 8 * 8 : (c // 8 + 1) * 8] = True
         assert torch.equal(spread, expected)
     else:
         assert spread.all()
@@ -150,10 +151,24 @@ def test_extract_with_qwen(checkpoint, tmp_path):
 
     family, folder, _ = checkpoint
     data = make_dataset(tmp_path, n_images=5, repeats=(1,), size=(224, 224))
-    result = featstore.extract(str(data), family, str(folder), tmp_path / "f", layers="2,last", pooling="mean,patch",
-                               batch_size=2, num_workers=0, progress=False)
+    result = featstore.extract(
+        str(data),
+        family,
+        str(folder),
+        tmp_path / "f",
+        layers="2,last",
+        pooling="mean,patch",
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+    )
     store = FeatureStore.open(tmp_path / "f")
-    assert result.keys == ["qwen/layer_2/mean", "qwen/layer_2/patch", "qwen/visual_features/mean", "qwen/visual_features/patch"]
+    assert result.keys == [
+        "qwen/layer_2/mean",
+        "qwen/layer_2/patch",
+        "qwen/visual_features/mean",
+        "qwen/visual_features/patch",
+    ]
     assert store["qwen/visual_features/patch"].shape == (6, 64, 96) and store["qwen/layer_2/mean"].shape == (6, 64)
     assert store["qwen/layer_2/mean"].metadata["encoder"] == "qwen"
     assert (tmp_path / "f" / "qwen" / "visual_features" / "mean.pt").exists()

@@ -8,8 +8,9 @@ from featstore import hookspecs
 
 
 def _hooks():
-    return [(name, fn) for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-            if hasattr(fn, "featstore_spec")]
+    return [
+        (name, fn) for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "featstore_spec")
+    ]
 
 
 def test_there_are_hooks():

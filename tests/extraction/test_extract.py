@@ -34,14 +34,26 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory, model_dir, dataset_dir):
     out = tmp_path_factory.mktemp("features")
-    result = featstore.extract(str(dataset_dir), "dinov2", str(model_dir), out, layers="1,last",
-                               pooling="cls,mean,patch", batch_size=4, num_workers=1, progress=False)
+    result = featstore.extract(
+        str(dataset_dir),
+        "dinov2",
+        str(model_dir),
+        out,
+        layers="1,last",
+        pooling="cls,mean,patch",
+        batch_size=4,
+        num_workers=1,
+        progress=False,
+    )
     return out, result
 
 
 def test_keys():
     assert feature_keys("dinov2", ["layer_10"], ["cls"]) == {("layer_10", "cls"): "dinov2/layer_10"}
-    assert feature_keys("d", ["last"], ["cls", "mean"]) == {("last", "cls"): "d/last/cls", ("last", "mean"): "d/last/mean"}
+    assert feature_keys("d", ["last"], ["cls", "mean"]) == {
+        ("last", "cls"): "d/last/cls",
+        ("last", "mean"): "d/last/mean",
+    }
 
 
 def test_writes_every_layer_and_pooling(extracted, model_dir, dataset_dir):
@@ -60,7 +72,7 @@ def test_writes_every_layer_and_pooling(extracted, model_dir, dataset_dir):
     for layer in ("layer_1", "last"):
         for p in ("cls", "mean", "patch"):
             fs = store[f"dinov2/{layer}/{p}"]
-            assert fs.dtype == torch.float16 and fs.shape == (12, *( (256, 64) if p == "patch" else (64,)))
+            assert fs.dtype == torch.float16 and fs.shape == (12, *((256, 64) if p == "patch" else (64,)))
             torch.testing.assert_close(fs[:].float(), pool(tokens[layer], p).half().float(), rtol=2e-3, atol=2e-3)
             assert fs.labels.tolist() == ds["label"]
             meta = fs.metadata
@@ -84,17 +96,52 @@ def test_pt_exports_beside_the_sets(extracted):
 def test_second_run_does_nothing(extracted, model_dir, dataset_dir, capsys):
     out, _ = extracted
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
-    code = main(["extract", "--dataset", str(dataset_dir), "--encoder", "dinov2", "--model", str(model_dir),
-                 "--layers", "1,last", "--pooling", "cls,mean,patch", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            str(dataset_dir),
+            "--encoder",
+            "dinov2",
+            "--model",
+            str(model_dir),
+            "--layers",
+            "1,last",
+            "--pooling",
+            "cls,mean,patch",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "already complete" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
 
 
 def test_single_pooling_uses_the_seed_keys(tmp_path, model_dir, dataset_dir, capsys):
-    code = main(["extract", "--dataset", str(dataset_dir), "--encoder", "dinov2", "--model", str(model_dir),
-                 "--layers", "2", "--out", str(tmp_path / "f"), "--num-workers", "0", "--no-progress",
-                 "--target", "relation", "--store-dtype", "float32"])
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            str(dataset_dir),
+            "--encoder",
+            "dinov2",
+            "--model",
+            str(model_dir),
+            "--layers",
+            "2",
+            "--out",
+            str(tmp_path / "f"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--target",
+            "relation",
+            "--store-dtype",
+            "float32",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     store = FeatureStore.open(tmp_path / "f")
     assert store.keys() == ["dinov2/layer_2"] and store["dinov2/layer_2"].dtype == torch.float32
@@ -112,8 +159,9 @@ def test_other_preprocessing_refuses_unless_overwrite(tmp_path, model_dir, datas
     (other / "preprocessor_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExtractionError, match=r"'dinov2/last'.*different model, preprocessing.*--overwrite"):
         featstore.extract(str(dataset_dir), "dinov2", str(other), out, layers="last", num_workers=0, progress=False)
-    result = featstore.extract(str(dataset_dir), "dinov2", str(other), out, layers="last", num_workers=0,
-                               progress=False, overwrite=True)
+    result = featstore.extract(
+        str(dataset_dir), "dinov2", str(other), out, layers="last", num_workers=0, progress=False, overwrite=True
+    )
     assert result.images_encoded == 10
     store = FeatureStore.open(out)
     assert store["dinov2/last"].metadata["preprocessing"]["size"] == {"shortest_edge": 240}
@@ -124,8 +172,17 @@ def test_errors_before_any_work(tmp_path, model_dir, dataset_dir):
     import datasets
 
     out = tmp_path / "f"
-    run = lambda **kw: featstore.extract(**{"dataset": str(dataset_dir), "encoder": "dinov2", "model": str(model_dir),
-                                            "out": out, "progress": False, "num_workers": 0, **kw})
+    run = lambda **kw: featstore.extract(
+        **{
+            "dataset": str(dataset_dir),
+            "encoder": "dinov2",
+            "model": str(model_dir),
+            "out": out,
+            "progress": False,
+            "num_workers": 0,
+            **kw,
+        }
+    )
     with pytest.raises(UnknownEncoderError, match=r"no encoder 'dino'.*clip.*dinov2"):
         run(encoder="dino")
     with pytest.raises(UnknownLayerError, match=r"no layer '23'.*layer_0.*last"):
@@ -145,8 +202,19 @@ def test_errors_before_any_work(tmp_path, model_dir, dataset_dir):
 
 
 def test_cli_errors_are_one_line(tmp_path, model_dir, dataset_dir, capsys):
-    code = main(["extract", "--dataset", str(dataset_dir), "--encoder", "nope", "--model", str(model_dir),
-                 "--out", str(tmp_path / "f")])
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            str(dataset_dir),
+            "--encoder",
+            "nope",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     assert code == 1 and "known encoders: clip, dinov2" in capsys.readouterr().err
 
 
@@ -174,11 +242,13 @@ def test_import_featstore_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, featstore, featstore.cli, featstore.encoders\n"
-            "names = sorted(featstore.encoders.get_encoders())\n"
-            "heavy = [m for m in ('transformers', 'datasets') if m in sys.modules]\n"
-            "assert not heavy, heavy\n"
-            "assert {'dinov2', 'clip', 'qwen'} <= set(names), names\n")
+    code = (
+        "import sys, featstore, featstore.cli, featstore.encoders\n"
+        "names = sorted(featstore.encoders.get_encoders())\n"
+        "heavy = [m for m in ('transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert {'dinov2', 'clip', 'qwen'} <= set(names), names\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -192,13 +262,22 @@ def test_interrupted_before_finishing_then_finished_without_encoding(tmp_path, m
     with monkeypatch.context() as m:
         m.setattr(FeatureWriter, "finish", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            featstore.extract(str(dataset_dir), "dinov2", str(model_dir), tmp_path / "f", layers="1,last",
-                              num_workers=0, progress=False, commit_every=100)
+            featstore.extract(
+                str(dataset_dir),
+                "dinov2",
+                str(model_dir),
+                tmp_path / "f",
+                layers="1,last",
+                num_workers=0,
+                progress=False,
+                commit_every=100,
+            )
     store = FeatureStore.open(tmp_path / "f")
     assert [store.info(k).rows_committed for k in store.keys()] == [12, 12]  # committed on the way out
     assert not any(store.info(k).complete for k in store.keys())
-    result = featstore.extract(str(dataset_dir), "dinov2", str(model_dir), tmp_path / "f", layers="1,last",
-                               num_workers=0, progress=False)
+    result = featstore.extract(
+        str(dataset_dir), "dinov2", str(model_dir), tmp_path / "f", layers="1,last", num_workers=0, progress=False
+    )
     assert result.images_encoded == 0 and not result.already_complete
     store = FeatureStore.open(tmp_path / "f")
     assert all(store.info(k).complete for k in store.keys())

@@ -35,9 +35,33 @@ def run_extract(model, dataset, out, crash_at=None):
     env.pop("FEATSTORE_CRASH_AT", None)
     if crash_at:
         env["FEATSTORE_CRASH_AT"] = crash_at
-    args = [sys.executable, "-m", "featstore", "extract", "--dataset", str(dataset), "--encoder", "dinov2",
-            "--model", str(model), "--layers", "2,last", "--pooling", "cls,patch", "--out", str(out),
-            "--batch-size", "3", "--commit-every", "1", "--num-workers", "1", "--no-progress", "--store-dtype", "float32"]
+    args = [
+        sys.executable,
+        "-m",
+        "featstore",
+        "extract",
+        "--dataset",
+        str(dataset),
+        "--encoder",
+        "dinov2",
+        "--model",
+        str(model),
+        "--layers",
+        "2,last",
+        "--pooling",
+        "cls,patch",
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--commit-every",
+        "1",
+        "--num-workers",
+        "1",
+        "--no-progress",
+        "--store-dtype",
+        "float32",
+    ]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout + proc.stderr
 

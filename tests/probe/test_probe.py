@@ -28,7 +28,9 @@ def write_store(root, ds, seed=0):
         w.write(0, rng.standard_normal((n, 32)).astype(np.float16))
     g = rng.standard_normal((n, 4, 8)).astype(np.float32)
     g[np.arange(n), rt.relation % 4, :] += 3.0
-    with store.create_feature_set("toy/layer_1/patch", n, (4, 8), "float16", {**meta, "pooling": "patch"}, rt.label) as w:
+    with store.create_feature_set(
+        "toy/layer_1/patch", n, (4, 8), "float16", {**meta, "pooling": "patch"}, rt.label
+    ) as w:
         w.write(0, g.astype(np.float16))
     return FeatureStore.open(root)
 
@@ -53,8 +55,12 @@ def by_head(out):
 def test_separable_high_noise_chance(store, ds):
     out = train_probes(store, ds, "toy/*", "relation", **FAST)
     r = by_head(out)
-    assert set(r) == {("toy/layer_0/cls", "linear"), ("toy/layer_1/cls", "linear"),
-                      ("toy/layer_1/patch", "flat"), ("toy/layer_1/patch", "mean")}
+    assert set(r) == {
+        ("toy/layer_0/cls", "linear"),
+        ("toy/layer_1/cls", "linear"),
+        ("toy/layer_1/patch", "flat"),
+        ("toy/layer_1/patch", "mean"),
+    }
     assert r["toy/layer_1/cls", "linear"]["test_acc"] >= 0.9
     assert r["toy/layer_1/patch", "flat"]["test_acc"] >= 0.9
     assert r["toy/layer_0/cls", "linear"]["test_acc"] < 0.5  # chance is 0.25

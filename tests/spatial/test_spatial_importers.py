@@ -24,40 +24,106 @@ def _touch(path: Path) -> str:
 
 def make_whatsup(root: Path, broken: bool = False) -> Path:
     """A miniature What'sUp folder: every subset's annotation file and images, optionally with bad entries."""
-    a = [{"image_path": f"data/controlled_images/{name}.jpeg", "caption_options": opts} for name, opts in [
-        ("mug_left_of_plate", ["A mug to the left of a plate", "A mug to the right of a plate", "A mug on a plate", "A mug under a plate"]),
-        ("mug_on_plate", ["A mug on a plate", "A mug under a plate", "A mug to the left of a plate", "A mug to the right of a plate"]),
-        ("mug_under_table", ["A mug under a table", "A mug on a table", "A mug to the left of a table", "A mug to the right of a table"]),
-    ]]
-    b = [{"image_path": f"data/controlled_clevr/{name}.jpeg", "caption_options": opts} for name, opts in [
-        ("cube_right_of_sphere", ["A cube to the right of a sphere", "A cube to the left of a sphere",
-                                  "A cube in front of a sphere", "A cube behind a sphere"]),
-        ("cube_in-front_of_sphere", ["A cube in front of a sphere", "A cube behind a sphere",
-                                     "A cube to the left of a sphere", "A cube to the right of a sphere"]),
-    ]]
+    a = [
+        {"image_path": f"data/controlled_images/{name}.jpeg", "caption_options": opts}
+        for name, opts in [
+            (
+                "mug_left_of_plate",
+                [
+                    "A mug to the left of a plate",
+                    "A mug to the right of a plate",
+                    "A mug on a plate",
+                    "A mug under a plate",
+                ],
+            ),
+            (
+                "mug_on_plate",
+                [
+                    "A mug on a plate",
+                    "A mug under a plate",
+                    "A mug to the left of a plate",
+                    "A mug to the right of a plate",
+                ],
+            ),
+            (
+                "mug_under_table",
+                [
+                    "A mug under a table",
+                    "A mug on a table",
+                    "A mug to the left of a table",
+                    "A mug to the right of a table",
+                ],
+            ),
+        ]
+    ]
+    b = [
+        {"image_path": f"data/controlled_clevr/{name}.jpeg", "caption_options": opts}
+        for name, opts in [
+            (
+                "cube_right_of_sphere",
+                [
+                    "A cube to the right of a sphere",
+                    "A cube to the left of a sphere",
+                    "A cube in front of a sphere",
+                    "A cube behind a sphere",
+                ],
+            ),
+            (
+                "cube_in-front_of_sphere",
+                [
+                    "A cube in front of a sphere",
+                    "A cube behind a sphere",
+                    "A cube to the left of a sphere",
+                    "A cube to the right of a sphere",
+                ],
+            ),
+        ]
+    ]
     for e in a:
         _touch(root / "controlled_images" / Path(e["image_path"]).name)
     for e in b:
         _touch(root / "controlled_clevr" / Path(e["image_path"]).name)
     coco_one = [[139, "A photo of a dog on the left", "A photo of a dog on the right"]]
-    coco_two = [[285, "A cup to the left of a plate", "A cup to the right of a plate"],
-                [632, "A cat above a sofa", "A cat below a sofa"]]
+    coco_two = [
+        [285, "A cup to the left of a plate", "A cup to the right of a plate"],
+        [632, "A cat above a sofa", "A cat below a sofa"],
+    ]
     vg_one = [[2417, "A photo of a car on the bottom", "A photo of a car on the top"]]
-    vg_two = [[2418, "A man in front of a car", "A man behind a car"], [2419, "A lamp on a desk", "A lamp under a desk"]]
+    vg_two = [
+        [2418, "A man in front of a car", "A man behind a car"],
+        [2419, "A lamp on a desk", "A lamp under a desk"],
+    ]
     for i in (139, 285, 632):
         _touch(root / "val2017" / f"{i:012d}.jpg")
     for i in (2417, 2418, 2419):
         _touch(root / "vg_images" / f"{i}.jpg")
     if broken:
-        a += [42,  # entry 3: not an object
-              {"image_path": "data/controlled_images/mug_left_of_bowl.jpeg", "caption_options": ["A mug to the left of a bowl", "x"]},
-              {"image_path": "data/controlled_images/mug_beside_plate.jpeg", "caption_options": ["A mug beside a plate", "A mug on a plate"]},
-              {"image_path": "data/controlled_images/mug_left_of_plate.jpeg"}]
+        a += [
+            42,  # entry 3: not an object
+            {
+                "image_path": "data/controlled_images/mug_left_of_bowl.jpeg",
+                "caption_options": ["A mug to the left of a bowl", "x"],
+            },
+            {
+                "image_path": "data/controlled_images/mug_beside_plate.jpeg",
+                "caption_options": ["A mug beside a plate", "A mug on a plate"],
+            },
+            {"image_path": "data/controlled_images/mug_left_of_plate.jpeg"},
+        ]
         _touch(root / "controlled_images" / "mug_beside_plate.jpeg")
-        coco_two += [[285, "A cup to the left of a plate"], ["abc", "A cup above a plate", "A cup below a plate"],
-                     [999, "A cup above a plate", "A cup below a plate"]]
-    files = {"controlled_images_dataset.json": a, "controlled_clevr_dataset.json": b, "coco_qa_one_obj.json": coco_one,
-             "coco_qa_two_obj.json": coco_two, "vg_qa_one_obj.json": vg_one, "vg_qa_two_obj.json": vg_two}
+        coco_two += [
+            [285, "A cup to the left of a plate"],
+            ["abc", "A cup above a plate", "A cup below a plate"],
+            [999, "A cup above a plate", "A cup below a plate"],
+        ]
+    files = {
+        "controlled_images_dataset.json": a,
+        "controlled_clevr_dataset.json": b,
+        "coco_qa_one_obj.json": coco_one,
+        "coco_qa_two_obj.json": coco_two,
+        "vg_qa_one_obj.json": vg_one,
+        "vg_qa_two_obj.json": vg_two,
+    }
     for name, content in files.items():
         (root / name).write_text(json.dumps(content))
     return root
@@ -73,10 +139,12 @@ def test_whatsup_a_maps_prepositions_and_keeps_every_caption(tmp_path):
     result = import_whatsup(root, "A")
     rows = _rows(result.dataset)
     assert len(rows) == 12 and sum(r[2] for r in rows) == 3
-    assert rows[:4] == [("mug_left_of_plate.jpeg", "left", 1, "A mug to the left of a plate"),
-                        ("mug_left_of_plate.jpeg", "right", 0, "A mug to the right of a plate"),
-                        ("mug_left_of_plate.jpeg", "top", 0, "A mug on a plate"),
-                        ("mug_left_of_plate.jpeg", "bottom", 0, "A mug under a plate")]
+    assert rows[:4] == [
+        ("mug_left_of_plate.jpeg", "left", 1, "A mug to the left of a plate"),
+        ("mug_left_of_plate.jpeg", "right", 0, "A mug to the right of a plate"),
+        ("mug_left_of_plate.jpeg", "top", 0, "A mug on a plate"),
+        ("mug_left_of_plate.jpeg", "bottom", 0, "A mug under a plate"),
+    ]
     assert rows[4][1:3] == ("top", 1) and rows[8][1:3] == ("bottom", 1)
     # image paths: the JSON's data/controlled_images/... prefix is resolved to ROOT/controlled_images/, absolute
     assert result.dataset[0]["image_path"] == str((root / "controlled_images" / "mug_left_of_plate.jpeg").resolve())
@@ -98,13 +166,23 @@ def test_whatsup_b_skips_depth_relations_unless_asked(tmp_path):
     assert [r[1:3] for r in _rows(true_only.dataset)] == [("right", 1), ("front", 1)]
 
 
-@pytest.mark.parametrize("subset,expected", [
-    ("coco-one", [("000000000139.jpg", "left", 1), ("000000000139.jpg", "right", 0)]),
-    ("coco-two", [("000000000285.jpg", "left", 1), ("000000000285.jpg", "right", 0),
-                  ("000000000632.jpg", "top", 1), ("000000000632.jpg", "bottom", 0)]),
-    ("vg-one", [("2417.jpg", "bottom", 1), ("2417.jpg", "top", 0)]),
-    ("vg-two", [("2419.jpg", "top", 1), ("2419.jpg", "bottom", 0)]),
-])
+@pytest.mark.parametrize(
+    "subset,expected",
+    [
+        ("coco-one", [("000000000139.jpg", "left", 1), ("000000000139.jpg", "right", 0)]),
+        (
+            "coco-two",
+            [
+                ("000000000285.jpg", "left", 1),
+                ("000000000285.jpg", "right", 0),
+                ("000000000632.jpg", "top", 1),
+                ("000000000632.jpg", "bottom", 0),
+            ],
+        ),
+        ("vg-one", [("2417.jpg", "bottom", 1), ("2417.jpg", "top", 0)]),
+        ("vg-two", [("2419.jpg", "top", 1), ("2419.jpg", "bottom", 0)]),
+    ],
+)
 def test_whatsup_qa_subsets(tmp_path, subset, expected):
     root = make_whatsup(tmp_path / "w")
     result = import_whatsup(root, subset)
@@ -119,8 +197,14 @@ def test_whatsup_reports_every_bad_entry_with_its_position(tmp_path):
     with pytest.raises(spatial.DatasetImportError) as info:
         import_whatsup(root, "A")
     where = sorted({(p.row, p.field) for p in info.value.problems}, key=lambda x: (x[0], x[1] or ""))
-    assert where == [(0, "image_path"), (3, None), (4, "caption_options"), (4, "image_path"), (5, "image_path"),
-                     (6, "caption_options")]
+    assert where == [
+        (0, "image_path"),
+        (3, None),
+        (4, "caption_options"),
+        (4, "image_path"),
+        (5, "image_path"),
+        (6, "caption_options"),
+    ]
     text = str(info.value)
     assert "controlled_images_dataset.json: 6 problem(s) in 5 entries (0-based positions in the JSON list)" in text
     assert "entry 3: is a JSON int" in text and "carries no preposition" in text and "--skip-bad" in text
@@ -159,7 +243,9 @@ def test_relation_words():
     assert filename_relation("dog_under_table.jpeg") == "bottom" and filename_relation("a_behind_b.png") == "behind"
     assert caption_relation("A photo of a dog on the left") == "left"
     assert caption_relation("A lamp on top of a desk") == "top" and caption_relation("A lamp on a desk") == "top"
-    assert caption_relation("A cup beneath a shelf") == "bottom" and caption_relation("A man in front of a car") == "front"
+    assert (
+        caption_relation("A cup beneath a shelf") == "bottom" and caption_relation("A man in front of a car") == "front"
+    )
     assert caption_relation("A dog left of a cat and above it") is None and caption_relation("A dog") is None
 
 
@@ -174,7 +260,10 @@ def test_whatsup_from_the_command_line(tmp_path, capsys):
     assert cli.main(["dataset", "import", "whatsup", str(root), "--subset", "B", "--out", str(out)]) == 1
     assert "already holds a dataset" in capsys.readouterr().err
     broken = make_whatsup(tmp_path / "broken", broken=True)
-    assert cli.main(["dataset", "import", "whatsup", str(broken), "--subset", "coco-two", "--out", str(tmp_path / "b")]) == 1
+    assert (
+        cli.main(["dataset", "import", "whatsup", str(broken), "--subset", "coco-two", "--out", str(tmp_path / "b")])
+        == 1
+    )
     assert "entry 3, field 'image_id'" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert cli.main(["dataset", "import", "nosuch", "x", "--out", str(tmp_path / "c")]) == 2
     assert "no importer 'nosuch'; registered: table, whatsup" in capsys.readouterr().err
@@ -183,7 +272,12 @@ def test_whatsup_from_the_command_line(tmp_path, capsys):
 # ---- CSV / JSONL --------------------------------------------------------------------------------
 def _table_rows():
     return [
-        {"image_path": "a.png", "spatial_relation": "left", "label": 1, "captions": ["a cup left of a plate", "the cup is left of the plate"]},
+        {
+            "image_path": "a.png",
+            "spatial_relation": "left",
+            "label": 1,
+            "captions": ["a cup left of a plate", "the cup is left of the plate"],
+        },
         {"image_path": "sub/b.png", "spatial_relation": "above", "label": "0", "captions": "a cup above a plate"},
     ]
 
@@ -194,9 +288,11 @@ def test_table_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in _table_rows()) + "\n\n")
     csv_file = tmp_path / "rows.csv"
-    csv_file.write_text("image_path,spatial_relation,label,captions,note\n"
-                        'a.png,left,1,"[""a cup left of a plate"", ""the cup is left of the plate""]",x\n'
-                        "sub/b.png,above,0,a cup above a plate,y\n")
+    csv_file.write_text(
+        "image_path,spatial_relation,label,captions,note\n"
+        'a.png,left,1,"[""a cup left of a plate"", ""the cup is left of the plate""]",x\n'
+        "sub/b.png,above,0,a cup above a plate,y\n"
+    )
     for source in (jsonl, csv_file):
         result = import_table(source, images=images)
         ds = result.dataset
@@ -209,17 +305,26 @@ def test_table_jsonl_and_csv(tmp_path):
 
 def test_table_reports_every_bad_record_with_its_line(tmp_path):
     _touch(tmp_path / "a.png")
-    lines = [json.dumps(_table_rows()[0]),
-             "{not json",
-             json.dumps({"image_path": "missing.png", "spatial_relation": "diagonal", "label": 3, "captions": []}),
-             "[1, 2]",
-             json.dumps({"image_path": "a.png", "label": 1, "captions": ["c"]})]
+    lines = [
+        json.dumps(_table_rows()[0]),
+        "{not json",
+        json.dumps({"image_path": "missing.png", "spatial_relation": "diagonal", "label": 3, "captions": []}),
+        "[1, 2]",
+        json.dumps({"image_path": "a.png", "label": 1, "captions": ["c"]}),
+    ]
     (tmp_path / "t.jsonl").write_text("\n".join(lines))
     with pytest.raises(spatial.DatasetImportError) as info:
         import_table(tmp_path / "t.jsonl")
     got = {(p.row, p.field) for p in info.value.problems}
-    assert got == {(2, None), (3, "image_path"), (3, "spatial_relation"), (3, "label"), (3, "captions"), (4, None),
-                   (5, "spatial_relation")}
+    assert got == {
+        (2, None),
+        (3, "image_path"),
+        (3, "spatial_relation"),
+        (3, "label"),
+        (3, "captions"),
+        (4, None),
+        (5, "spatial_relation"),
+    }
     assert "t.jsonl: 7 problem(s) in 4 entries (1-based line numbers)" in str(info.value)
     assert "line 2: is not valid JSON" in str(info.value)
     assert len(import_table(tmp_path / "t.jsonl", skip_bad=True).dataset) == 1
@@ -227,7 +332,9 @@ def test_table_reports_every_bad_record_with_its_line(tmp_path):
     (tmp_path / "t.csv").write_text("image_path,label,captions\na.png,1,c\n")
     with pytest.raises(spatial.DatasetImportError, match="header lacks column.s. spatial_relation"):
         import_table(tmp_path / "t.csv")
-    (tmp_path / "u.csv").write_text("image_path,spatial_relation,label,captions\na.png,left,1,c,extra\na.png,left,yes,\n")
+    (tmp_path / "u.csv").write_text(
+        "image_path,spatial_relation,label,captions\na.png,left,1,c,extra\na.png,left,yes,\n"
+    )
     with pytest.raises(spatial.DatasetImportError) as info:
         import_table(tmp_path / "u.csv")
     assert {(p.row, p.field) for p in info.value.problems} == {(2, None), (3, "label"), (3, "captions")}

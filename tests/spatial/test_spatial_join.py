@@ -18,12 +18,14 @@ torch.set_num_threads(1)
 
 def _dataset(n_images=30, rows_per_image=3):
     n = n_images * rows_per_image
-    return datasets.Dataset.from_dict({
-        "image_path": [f"images/{i // rows_per_image:03d}.png" for i in range(n)],
-        "spatial_relation": [spatial.RELATIONS[i % 4] for i in range(n)],
-        "label": [(i // 4) % 2 for i in range(n)],
-        "captions": [[f"claim {i}"] for i in range(n)],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "image_path": [f"images/{i // rows_per_image:03d}.png" for i in range(n)],
+            "spatial_relation": [spatial.RELATIONS[i % 4] for i in range(n)],
+            "label": [(i // 4) % 2 for i in range(n)],
+            "captions": [[f"claim {i}"] for i in range(n)],
+        }
+    )
 
 
 # ---- split --------------------------------------------------------------------------------------
@@ -32,7 +34,11 @@ def test_split_keeps_each_image_in_one_split_and_is_deterministic():
     idx = spatial.split_indices(ds, seed=1)
     assert sorted(np.concatenate(list(idx.values())).tolist()) == list(range(len(ds)))
     images = {name: {ds[int(i)]["image_path"] for i in rows} for name, rows in idx.items()}
-    assert not (images["train"] & images["validation"] or images["train"] & images["test"] or images["validation"] & images["test"])
+    assert not (
+        images["train"] & images["validation"]
+        or images["train"] & images["test"]
+        or images["validation"] & images["test"]
+    )
     assert [len(images[s]) for s in spatial.SPLITS] == [24, 3, 3]
     again = spatial.split_indices(ds, seed=1)
     assert all(np.array_equal(idx[s], again[s]) for s in spatial.SPLITS)
@@ -85,8 +91,14 @@ def store_and_data(tmp_path):
     targets = spatial.row_targets(ds)
     store = FeatureStore.create(tmp_path / "store")
     data = rows_for(0, len(ds), (8,), torch.float16)
-    with store.create_feature_set("enc/layer_1", len(ds), (8,), "float16", labels=targets.labels("relation"),
-                                  metadata={"pooling": "cls", **targets.metadata("relation")}) as w:
+    with store.create_feature_set(
+        "enc/layer_1",
+        len(ds),
+        (8,),
+        "float16",
+        labels=targets.labels("relation"),
+        metadata={"pooling": "cls", **targets.metadata("relation")},
+    ) as w:
         w.write(0, data)
     with store.create_feature_set("enc/grid", len(ds), (2, 3), "float32") as w:
         w.write(0, torch.arange(len(ds) * 6, dtype=torch.float32).view(len(ds), 2, 3))
@@ -137,7 +149,9 @@ def test_with_features_on_splits_and_in_dataloader_workers(store_and_data):
 
 def test_with_features_refuses_a_dataset_that_does_not_belong(store_and_data):
     ds, store, _ = store_and_data
-    with pytest.raises(spatial.DatasetAlignmentError, match="the dataset has 5 rows but feature set 'enc/layer_1' has 20"):
+    with pytest.raises(
+        spatial.DatasetAlignmentError, match="the dataset has 5 rows but feature set 'enc/layer_1' has 20"
+    ):
         spatial.with_features(ds.select(range(5)), store, key="enc/layer_1")
     reordered = ds.select(list(range(19, -1, -1))).flatten_indices()
     with pytest.raises(spatial.DatasetAlignmentError, match="disagree on") as info:

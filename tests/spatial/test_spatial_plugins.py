@@ -166,7 +166,9 @@ def test_entry_point_plugins_and_the_environment_switch(fresh_plugins, tmp_path,
     monkeypatch.syspath_prepend(str(_fake_distribution(tmp_path / "site")))
     monkeypatch.delenv("FEATSTORE_LOAD_PLUGINS")
     plugins.reset_plugins()
-    with pytest.warns(plugins.PluginWarning, match=r"plugin 'broken' \(from featstore-test-plugins\) failed to load.*missing library"):
+    with pytest.warns(
+        plugins.PluginWarning, match=r"plugin 'broken' \(from featstore-test-plugins\) failed to load.*missing library"
+    ):
         names = plugins.plugin_names()
     assert "lines" in names and "broken" not in names
     assert "lines" in get_importers()
@@ -191,8 +193,19 @@ def test_cli_with_an_installed_plugin_in_a_fresh_process(tmp_path):
     source, out = _lines_file(tmp_path), tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("FEATSTORE_LOAD_PLUGINS", None)
-    argv = [sys.executable, "-m", "featstore", "dataset", "import", "lines", str(source),
-            "--prefix", str(tmp_path / "pics") + "/", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "featstore",
+        "dataset",
+        "import",
+        "lines",
+        str(source),
+        "--prefix",
+        str(tmp_path / "pics") + "/",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "plugin 'broken'" in done.stderr and "imported 2 rows" in done.stdout

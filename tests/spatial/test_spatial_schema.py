@@ -21,35 +21,52 @@ def _images(folder, names):
 
 def _good(tmp_path, n=4):
     _images(tmp_path / "images", [f"{i}.png" for i in range(n)])
-    return datasets.Dataset.from_dict({
-        "image_path": [f"images/{i}.png" for i in range(n)],
-        "spatial_relation": list(spatial.RELATIONS)[:n],
-        "label": [i % 2 for i in range(n)],
-        "captions": [[f"caption {i}"] for i in range(n)],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "image_path": [f"images/{i}.png" for i in range(n)],
+            "spatial_relation": list(spatial.RELATIONS)[:n],
+            "label": [i % 2 for i in range(n)],
+            "captions": [[f"caption {i}"] for i in range(n)],
+        }
+    )
 
 
 def test_good_dataset_validates_with_a_summary(tmp_path):
     summary = spatial.validate(_good(tmp_path), root=tmp_path)
-    assert summary == {"rows": 4, "images": 4, "relations": {"bottom": 1, "left": 1, "right": 1, "top": 1},
-                       "labels": {"0": 2, "1": 2}}
+    assert summary == {
+        "rows": 4,
+        "images": 4,
+        "relations": {"bottom": 1, "left": 1, "right": 1, "top": 1},
+        "labels": {"0": 2, "1": 2},
+    }
 
 
 def test_every_bad_row_and_field_is_reported_at_once(tmp_path):
     _images(tmp_path / "images", ["ok.png"])
-    ds = datasets.Dataset.from_dict({
-        "image_path": ["images/ok.png", "images/missing.png", "images/ok.png", "", "images/ok.png"],
-        "spatial_relation": ["left", "above", "diagonal", "top", "behind"],
-        "label": [1, 2, 0, -1, 1],
-        "captions": [["a"], ["b"], [], ["c", "  "], ["d"]],
-    })
+    ds = datasets.Dataset.from_dict(
+        {
+            "image_path": ["images/ok.png", "images/missing.png", "images/ok.png", "", "images/ok.png"],
+            "spatial_relation": ["left", "above", "diagonal", "top", "behind"],
+            "label": [1, 2, 0, -1, 1],
+            "captions": [["a"], ["b"], [], ["c", "  "], ["d"]],
+        }
+    )
     with pytest.raises(spatial.DatasetValidationError) as info:
         spatial.validate(ds, root=tmp_path)
     exc = info.value
     assert isinstance(exc, FeatureStoreError)
     got = {(p.row, p.field) for p in exc.problems}
-    assert got == {(1, "image_path"), (1, "spatial_relation"), (1, "label"), (2, "spatial_relation"),
-                   (2, "captions"), (3, "image_path"), (3, "label"), (3, "captions"), (4, "spatial_relation")}
+    assert got == {
+        (1, "image_path"),
+        (1, "spatial_relation"),
+        (1, "label"),
+        (2, "spatial_relation"),
+        (2, "captions"),
+        (3, "image_path"),
+        (3, "label"),
+        (3, "captions"),
+        (4, "spatial_relation"),
+    }
     text = str(exc)
     assert "row 1, field 'spatial_relation': unknown relation 'above'; write 'top' instead" in text
     assert "missing.png does not exist" in text and "is 2, not 0 or 1" in text
@@ -77,7 +94,9 @@ def test_extra_relations_are_allowed_only_when_the_info_lists_them(tmp_path):
     plain = datasets.Dataset.from_dict(cols)
     with pytest.raises(spatial.DatasetValidationError):
         spatial.validate(plain, check_files=False)
-    flagged = datasets.Dataset.from_dict(cols, info=spatial.make_info({"kind": "test"}, extra_relations=["front", "behind"]))
+    flagged = datasets.Dataset.from_dict(
+        cols, info=spatial.make_info({"kind": "test"}, extra_relations=["front", "behind"])
+    )
     assert spatial.dataset_relations(flagged) == ("left", "right", "top", "bottom", "front", "behind")
     assert spatial.validate(flagged, check_files=False)["relations"] == {"front": 1}
 
@@ -134,7 +153,9 @@ def test_load_errors_name_the_folder(tmp_path):
 
 
 def test_load_with_validation_names_the_split(tmp_path):
-    bad = datasets.Dataset.from_dict({"image_path": ["x.png"], "spatial_relation": ["up"], "label": [1], "captions": [["c"]]})
+    bad = datasets.Dataset.from_dict(
+        {"image_path": ["x.png"], "spatial_relation": ["up"], "label": [1], "captions": [["c"]]}
+    )
     datasets.DatasetDict({"train": bad}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(spatial.DatasetValidationError, match=r"split 'train'") as info:
         spatial.load_from_disk(tmp_path / "dd", validate_rows=True, check_files=False)
@@ -154,8 +175,10 @@ def test_plugin_manager_and_spatial_import_without_datasets():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['datasets'] = None\n"
-            "import featstore.spatial, featstore.spatial.synth, featstore.plugins\n"
-            "names = featstore.plugins.plugin_names(); assert 'featstore.spatial.importers' in names, names\n"
-            "s = featstore.spatial.synth.plan_scene(0, 0); assert s.label in (0, 1)")
+    code = (
+        "import sys; sys.modules['datasets'] = None\n"
+        "import featstore.spatial, featstore.spatial.synth, featstore.plugins\n"
+        "names = featstore.plugins.plugin_names(); assert 'featstore.spatial.importers' in names, names\n"
+        "s = featstore.spatial.synth.plan_scene(0, 0); assert s.label in (0, 1)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "FEATSTORE_LOAD_PLUGINS": ""})

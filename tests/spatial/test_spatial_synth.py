@@ -12,14 +12,17 @@ import torch
 from PIL import Image
 
 from featstore import spatial
-from featstore.spatial import synth
+from featstore.spatial import scenes, synth
 
 torch.set_num_threads(1)
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,15 @@ def test_schema_and_validation(small):
     summary = spatial.validate(ds)
     assert summary["rows"] == summary["images"] == 48
     assert ds[0]["image_path"] == "images/000000.png" and (out / "images" / "000000.png").is_file()
-    assert spatial.dataset_meta(ds)["source"] == {"kind": "synth", "generator": "featstore.spatial_synth",
-                                                  "version": synth.GENERATOR_VERSION, "n": 48, "seed": 3,
-                                                  "size": 64, "distractors": 0.5}
+    assert spatial.dataset_meta(ds)["source"] == {
+        "kind": "synth",
+        "generator": "featstore.spatial_synth",
+        "version": synth.GENERATOR_VERSION,
+        "n": 48,
+        "seed": 3,
+        "size": 64,
+        "distractors": 0.5,
+    }
     assert Image.open(out / "images" / "000007.png").size == (64, 64)
 
 
@@ -44,8 +53,8 @@ def test_balanced_over_relations_and_labels(small):
     pairs = Counter(zip(ds["spatial_relation"], ds["label"]))
     assert pairs == {(r, lab): 6 for r in spatial.RELATIONS for lab in (0, 1)}
     for n in range(1, 41):  # any prefix is balanced to within one row
-        rel = Counter(synth.row_plan(0, i)[0] for i in range(n))
-        lab = Counter(synth.row_plan(0, i)[1] for i in range(n))
+        rel = Counter(scenes.row_plan(0, i)[0] for i in range(n))
+        lab = Counter(scenes.row_plan(0, i)[1] for i in range(n))
         assert max(rel.values()) - min(rel.get(r, 0) for r in spatial.RELATIONS) <= 1
         assert abs(lab[0] - lab[1]) <= 1
 
@@ -64,7 +73,9 @@ def test_rows_do_not_depend_on_n(small, tmp_path):
     out, ds = small
     prefix = synth.generate(tmp_path / "prefix", n=10, seed=3, size=64, workers=1, progress=False)
     assert prefix[:10]["captions"] == ds[:10]["captions"]
-    assert _hashes(tmp_path / "prefix" / "images") == {k: v for k, v in _hashes(out / "images").items() if int(k[:6]) < 10}
+    assert _hashes(tmp_path / "prefix" / "images") == {
+        k: v for k, v in _hashes(out / "images").items() if int(k[:6]) < 10
+    }
 
 
 def test_geometry_matches_the_label():
@@ -72,15 +83,15 @@ def test_geometry_matches_the_label():
     for i in range(400):
         s = synth.plan_scene(7, i, size)
         a, b = s.subject.box, s.reference.box
-        assert synth.holds(s.relation, a, b) == bool(s.label)
-        assert synth.holds(spatial.OPPOSITE[s.relation], a, b) == (not s.label)  # false rows: the opposite side
+        assert scenes.holds(s.relation, a, b) == bool(s.label)
+        assert scenes.holds(spatial.OPPOSITE[s.relation], a, b) == (not s.label)  # false rows: the opposite side
         others = [r for r in spatial.RELATIONS if r not in (s.relation, spatial.OPPOSITE[s.relation])]
-        assert not any(synth.holds(r, a, b) for r in others)  # never diagonal: the other axis overlaps
+        assert not any(scenes.holds(r, a, b) for r in others)  # never diagonal: the other axis overlaps
         # roles by colour: the image alone tells the subject (warm) from the reference (cool) and distractors
-        assert s.subject.colour in synth.SUBJECT_COLOURS and s.reference.colour in synth.REFERENCE_COLOURS
+        assert s.subject.colour in scenes.SUBJECT_COLOURS and s.reference.colour in scenes.REFERENCE_COLOURS
         for d in s.distractors:
-            assert d.colour in synth.DISTRACTOR_COLOURS
-            assert synth._boxes_clear(d.box, [a, b], 0)
+            assert d.colour in scenes.DISTRACTOR_COLOURS
+            assert scenes.boxes_clear(d.box, [a, b], 0)
         for box in [a, b] + [d.box for d in s.distractors]:
             assert 0 <= box[0] < box[2] <= size and 0 <= box[1] < box[3] <= size
 
@@ -89,14 +100,20 @@ def test_captions_name_both_objects_and_the_relation():
     words = {"left": "left", "right": "right", "top": ("above", "higher"), "bottom": ("below", "lower", "beneath")}
     for i in range(64):
         s = synth.plan_scene(1, i)
-        assert len(s.captions) == synth.CAPTIONS_PER_ROW == len(set(s.captions))
+        assert len(s.captions) == scenes.CAPTIONS_PER_ROW == len(set(s.captions))
         for c in s.captions:
             assert c.index(s.subject.name) < c.index(s.reference.name, len(s.subject.name))
             assert any(w in c for w in np.atleast_1d(words[s.relation]))
         assert s.captions[0].startswith(("a ", "an "))
-    assert synth._captions(__import__("random").Random(0), "left", synth.SceneObject("circle", "orange", (0, 0, 0), 0, (0, 0, 1, 1)),
-                           synth.SceneObject("square", "blue", (0, 0, 0), 0, (2, 0, 3, 1)))[0] == \
-        "an orange circle to the left of a blue square"
+    assert (
+        synth._captions(
+            __import__("random").Random(0),
+            "left",
+            synth.SceneObject("circle", "orange", (0, 0, 0), 0, (0, 0, 1, 1)),
+            synth.SceneObject("square", "blue", (0, 0, 0), 0, (2, 0, 3, 1)),
+        )[0]
+        == "an orange circle to the left of a blue square"
+    )
 
 
 def test_the_pixels_show_the_planned_objects():
@@ -116,8 +133,12 @@ def test_distractors_can_be_switched_off():
 
 
 def test_bad_arguments_and_existing_output(tmp_path, small):
-    for kwargs, msg in (({"n": 0}, "n must be an integer >= 1"), ({"size": 16}, "size must be"),
-                        ({"distractors": 2}, "probability"), ({"seed": 1.5}, "seed must be an integer")):
+    for kwargs, msg in (
+        ({"n": 0}, "n must be an integer >= 1"),
+        ({"size": 16}, "size must be"),
+        ({"distractors": 2}, "probability"),
+        ({"seed": 1.5}, "seed must be an integer"),
+    ):
         with pytest.raises(ValueError, match=msg):
             synth.generate(tmp_path / "x", progress=False, **{"n": 4, **kwargs})
     out, _ = small

@@ -44,20 +44,49 @@ def _instrument_module(module) -> int:
     return count
 
 
-
 _HEADER = {
     "__metadata__": {"format": "pt"},
     "features": {"dtype": "F16", "shape": [10, 4], "data_offsets": [0, 80]},
     "labels": {"dtype": "I64", "shape": [10], "data_offsets": [80, 160]},
 }
 _RECORD = {
-    "file": "enc/layer_1.safetensors", "dtype": "float16", "shape": [10, 4], "labels": True, "rows_committed": 10,
-    "committed": [[0, 10]], "complete": True, "metadata": {"seed": 0}, "created_at": 1.0, "finished_at": 2.0,
+    "file": "enc/layer_1.safetensors",
+    "dtype": "float16",
+    "shape": [10, 4],
+    "labels": True,
+    "rows_committed": 10,
+    "committed": [[0, 10]],
+    "complete": True,
+    "metadata": {"seed": 0},
+    "created_at": 1.0,
+    "finished_at": 2.0,
     "checksum": {"algorithm": "crc32", "block_rows": 4, "blocks": [1, 2, 3], "labels": 4, "header": 5},
 }
 _MANIFEST = {"format": "featstore", "format_version": 1, "feature_sets": {"enc/layer_1": _RECORD}}
-_WORDS = ["features", "labels", "dtype", "shape", "data_offsets", "F16", "I64", "BOOL", "float16", "int64", "file",
-          "committed", "checksum", "blocks", "block_rows", "header", "format", "featstore", "../x", "/x", "a\\b", ""]
+_WORDS = [
+    "features",
+    "labels",
+    "dtype",
+    "shape",
+    "data_offsets",
+    "F16",
+    "I64",
+    "BOOL",
+    "float16",
+    "int64",
+    "file",
+    "committed",
+    "checksum",
+    "blocks",
+    "block_rows",
+    "header",
+    "format",
+    "featstore",
+    "../x",
+    "/x",
+    "a\\b",
+    "",
+]
 
 
 def _value(fdp: atheris.FuzzedDataProvider, depth: int = 0):

@@ -104,8 +104,17 @@ def _cmake_target(cxx: str, target: str, out_dir: Path) -> Path:
     ``cxx``; the binary is copied into ``out_dir``."""
     cmake = find_tool("cmake")
     build = cmake_build_dir(cxx)
-    configure = [cmake, "-S", str(REPO), "-B", str(build), "-DFEATSTORE_FUZZ=ON", "-DFEATSTORE_PYTHON=OFF",
-                 "-DFEATSTORE_CUDA=OFF", f"-DCMAKE_CXX_COMPILER={cxx}"]
+    configure = [
+        cmake,
+        "-S",
+        str(REPO),
+        "-B",
+        str(build),
+        "-DFEATSTORE_FUZZ=ON",
+        "-DFEATSTORE_PYTHON=OFF",
+        "-DFEATSTORE_CUDA=OFF",
+        f"-DCMAKE_CXX_COMPILER={cxx}",
+    ]
     ninja = find_tool("ninja")
     if ninja and not (build / "CMakeCache.txt").exists():  # the generator is fixed at the first configure
         configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
@@ -136,7 +145,9 @@ def build_gather_fuzzer(out_dir: Path, engine: str = "auto") -> tuple[Path, str]
         flags[0] = "-fsanitize=fuzzer,address,undefined"
         _compile([cxx, *CXXFLAGS, *flags, *sources, "-o", str(binary)])
     else:
-        _compile([cxx, *CXXFLAGS, *SANITIZE_FLAGS, *sources, str(CSRC / "fuzz" / "standalone_main.cpp"), "-o", str(binary)])
+        _compile(
+            [cxx, *CXXFLAGS, *SANITIZE_FLAGS, *sources, str(CSRC / "fuzz" / "standalone_main.cpp"), "-o", str(binary)]
+        )
     return binary, engine
 
 
@@ -148,8 +159,17 @@ def build_tsan_stress(out_dir: Path) -> Path:
     if _use_cmake():
         return _cmake_target(cxx, "tsan_pool_stress", out_dir)
     binary = out_dir / "tsan_pool_stress"
-    _compile([cxx, *CXXFLAGS, "-fsanitize=thread", str(CSRC / "fuzz" / "tsan_pool_stress.cpp"),
-              *map(str, gather_library_sources()), "-o", str(binary)])
+    _compile(
+        [
+            cxx,
+            *CXXFLAGS,
+            "-fsanitize=thread",
+            str(CSRC / "fuzz" / "tsan_pool_stress.cpp"),
+            *map(str, gather_library_sources()),
+            "-o",
+            str(binary),
+        ]
+    )
     return binary
 
 
@@ -202,8 +222,17 @@ def parse_seeds() -> list[bytes]:
     header = json.dumps({"__metadata__": {"format": "pt"}, **tensors}, separators=(",", ":")).encode()
     safetensors = struct.pack("<Q", len(header)) + header + b"\0" * (layout.features_bytes + layout.labels_bytes)
     record = fmt.FeatureSetRecord(
-        key="enc/layer_1", file="enc/layer_1.safetensors", dtype="float16", shape=(10, 4), has_labels=True,
-        committed=[(0, 10)], complete=True, block_rows=4, block_crc32=[1, 2, 3], labels_crc32=4, header_crc32=5,
+        key="enc/layer_1",
+        file="enc/layer_1.safetensors",
+        dtype="float16",
+        shape=(10, 4),
+        has_labels=True,
+        committed=[(0, 10)],
+        complete=True,
+        block_rows=4,
+        block_crc32=[1, 2, 3],
+        labels_crc32=4,
+        header_crc32=5,
     )
     manifest = {**fmt.empty_manifest(), "feature_sets": {"enc/layer_1": record.to_json()}}
     raw = [b"\x00" + safetensors, b"\x01" + json.dumps(manifest, separators=(",", ":")).encode(), b"\x01{}", b"\x00"]
@@ -214,9 +243,36 @@ def parse_seeds() -> list[bytes]:
 # JSON strings and values of the formats, as a libFuzzer dictionary: mutations then splice in whole
 # field names rather than guessing them byte by byte.
 PARSE_TOKENS = [
-    "__metadata__", "dtype", "shape", "data_offsets", "F16", "F32", "BF16", "I64", "U8", "BOOL", "features", "labels",
-    "format", "featstore", "format_version", "feature_sets", "file", "committed", "complete", "checksum",
-    "block_rows", "blocks", "header", "metadata", "created_at", "finished_at", "float16", "int64", "../x", "/abs",
+    "__metadata__",
+    "dtype",
+    "shape",
+    "data_offsets",
+    "F16",
+    "F32",
+    "BF16",
+    "I64",
+    "U8",
+    "BOOL",
+    "features",
+    "labels",
+    "format",
+    "featstore",
+    "format_version",
+    "feature_sets",
+    "file",
+    "committed",
+    "complete",
+    "checksum",
+    "block_rows",
+    "blocks",
+    "header",
+    "metadata",
+    "created_at",
+    "finished_at",
+    "float16",
+    "int64",
+    "../x",
+    "/abs",
 ]
 
 
@@ -228,12 +284,23 @@ def run_parse_fuzz(runs: int, work: Path, seed: int = 1, timeout: float | None =
         (corpus / f"seed{i}").write_bytes(data)
     dictionary = work / "parse.dict"
     dictionary.write_text("".join(f"{json.dumps(json.dumps(t))}\n" for t in PARSE_TOKENS))
-    cmd = [sys.executable, str(Path(__file__).with_name("fuzz_parse.py")), f"-runs={runs}", f"-seed={seed}",
-           "-max_len=4096", "-timeout=10", f"-dict={dictionary}", f"-artifact_prefix={work}/", "-print_final_stats=1",
-           str(corpus)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("fuzz_parse.py")),
+        f"-runs={runs}",
+        f"-seed={seed}",
+        "-max_len=4096",
+        "-timeout=10",
+        f"-dict={dictionary}",
+        f"-artifact_prefix={work}/",
+        "-print_final_stats=1",
+        str(corpus),
+    ]
     # The parsers are pure Python: the numpy backend keeps a sanitised _core (which would need its
     # runtime preloaded) out of the atheris process.
-    env = _clean_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), FEATSTORE_PUREPYTHON="1")
+    env = _clean_env(
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), FEATSTORE_PUREPYTHON="1"
+    )
     return _run_fuzzer(cmd, env=env, timeout=timeout)
 
 

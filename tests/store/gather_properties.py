@@ -41,8 +41,9 @@ def _core_case(draw):
     row_bytes = draw(st.integers(1, 48))
     n_rows = draw(st.integers(0, 40))
     extra = draw(st.integers(0, row_bytes - 1))  # a partial row at the end of src is ignored
-    src = np.frombuffer(draw(st.binary(min_size=n_rows * row_bytes + extra, max_size=n_rows * row_bytes + extra)),
-                        dtype=np.uint8)
+    src = np.frombuffer(
+        draw(st.binary(min_size=n_rows * row_bytes + extra, max_size=n_rows * row_bytes + extra)), dtype=np.uint8
+    )
     in_range = st.integers(0, max(n_rows - 1, 0)) if n_rows else st.just(0)
     index = st.one_of(in_range, in_range, in_range, st.integers(-(2**63), 2**63 - 1), st.sampled_from([-1, n_rows]))
     idx = np.array(draw(st.lists(index, max_size=64)), dtype=np.int64)
@@ -63,10 +64,14 @@ def _index(n: int):
     row = st.integers(-n - 3, n + 2) | edges
     return st.one_of(
         st.lists(row, max_size=20),
-        st.tuples(st.sampled_from(INDEX_DTYPES), st.lists(row | st.integers(-(2**64), 2**64), max_size=20)).map(_as_array),
+        st.tuples(st.sampled_from(INDEX_DTYPES), st.lists(row | st.integers(-(2**64), 2**64), max_size=20)).map(
+            _as_array
+        ),
         st.lists(st.booleans(), min_size=n, max_size=n).map(np.array),
         st.lists(st.booleans(), min_size=0, max_size=n + 2).map(np.array),
-        st.tuples(bound | st.none(), bound | st.none(), st.integers(-5, 5).filter(bool) | st.none()).map(lambda t: slice(*t)),
+        st.tuples(bound | st.none(), bound | st.none(), st.integers(-5, 5).filter(bool) | st.none()).map(
+            lambda t: slice(*t)
+        ),
         st.integers(-n - 2, n + 1),
     )
 

@@ -68,8 +68,16 @@ def check_after_kill(root: Path) -> int:
 
 @pytest.mark.parametrize(
     "crash_at",
-    ["file-created", "data-written:3", "data-synced:5", "manifest-temp-written:1", "manifest-temp-synced:4",
-     "manifest-renamed:6", "manifest-dir-synced:9", "data-synced:12"],
+    [
+        "file-created",
+        "data-written:3",
+        "data-synced:5",
+        "manifest-temp-written:1",
+        "manifest-temp-synced:4",
+        "manifest-renamed:6",
+        "manifest-dir-synced:9",
+        "data-synced:12",
+    ],
 )
 def test_kill_at_each_step_then_resume_is_bit_identical(tmp_path, reference, crash_at):
     code, err = finish(run_writer(tmp_path, crash_at))

@@ -19,8 +19,10 @@ from featstore import FeatureStoreError
 torch.set_num_threads(1)
 
 # Building the TorchScript cases warns that torch.jit is deprecated; loading them, that torch.load saw TorchScript.
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'torch.load' received a zip file:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:'torch.load' received a zip file:UserWarning"),
+]
 
 PEAK_LIMIT = 1 << 20  # bytes of Python allocations while one case fails
 

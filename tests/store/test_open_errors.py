@@ -29,6 +29,7 @@ def _edit_manifest(fn):
         obj = json.loads(manifest.read_text())
         fn(obj["feature_sets"]["enc/layer_1"], obj)
         manifest.write_text(json.dumps(obj))
+
     return mutate
 
 
@@ -40,27 +41,60 @@ def _rewrite_header(fn):
         fn(header)
         body = json.dumps(header).encode().ljust(n)
         path.write_bytes(raw[:8] + body + raw[8 + n :])
+
     return mutate
 
 
 CASES = {
     "truncated": (lambda p, m: os.truncate(p, os.path.getsize(p) - 3), CorruptFileError, "trailing|truncated"),
     "too short": (lambda p, m: os.truncate(p, 5), CorruptFileError, "too short"),
-    "huge header length": (lambda p, m: p.write_bytes(struct.pack("<Q", 1 << 60) + p.read_bytes()[8:]), CorruptFileError, "header length"),
-    "header longer than file": (lambda p, m: p.write_bytes(struct.pack("<Q", 10**6) + p.read_bytes()[8:]), CorruptFileError, "only"),
-    "not json": (lambda p, m: p.write_bytes(p.read_bytes()[:8] + b"{nope" + p.read_bytes()[13:]), CorruptFileError, "not valid JSON"),
-    "not utf8": (lambda p, m: p.write_bytes(p.read_bytes()[:8] + b"{\xff" + p.read_bytes()[10:]), CorruptFileError, "UTF-8"),
+    "huge header length": (
+        lambda p, m: p.write_bytes(struct.pack("<Q", 1 << 60) + p.read_bytes()[8:]),
+        CorruptFileError,
+        "header length",
+    ),
+    "header longer than file": (
+        lambda p, m: p.write_bytes(struct.pack("<Q", 10**6) + p.read_bytes()[8:]),
+        CorruptFileError,
+        "only",
+    ),
+    "not json": (
+        lambda p, m: p.write_bytes(p.read_bytes()[:8] + b"{nope" + p.read_bytes()[13:]),
+        CorruptFileError,
+        "not valid JSON",
+    ),
+    "not utf8": (
+        lambda p, m: p.write_bytes(p.read_bytes()[:8] + b"{\xff" + p.read_bytes()[10:]),
+        CorruptFileError,
+        "UTF-8",
+    ),
     "trailing bytes": (lambda p, m: p.write_bytes(p.read_bytes() + b"xx"), CorruptFileError, "trailing bytes"),
     "missing file": (lambda p, m: p.unlink(), FormatError, "is missing"),
     "dtype disagrees": (_edit_manifest(lambda e, o: e.update(dtype="float32")), FormatError, "dtype"),
     "shape disagrees": (_edit_manifest(lambda e, o: e.update(shape=[10, 2])), FormatError, "shape"),
-    "path leaves root": (_edit_manifest(lambda e, o: e.update(file="../x.safetensors")), FormatError, "leaves the store root"),
+    "path leaves root": (
+        _edit_manifest(lambda e, o: e.update(file="../x.safetensors")),
+        FormatError,
+        "leaves the store root",
+    ),
     "absolute path": (_edit_manifest(lambda e, o: e.update(file="/etc/passwd")), FormatError, "leaves the store root"),
     "newer format": (_edit_manifest(lambda e, o: o.update(format_version=99)), FormatVersionError, "upgrade featstore"),
     "bad committed ranges": (_edit_manifest(lambda e, o: e.update(committed=[[0, 99]])), FormatError, "committed"),
-    "unknown dtype in header": (_rewrite_header(lambda h: h["features"].update(dtype="Q9")), CorruptFileError, "unknown dtype"),
-    "offsets disagree with shape": (_rewrite_header(lambda h: h["features"].update(shape=[10, 5])), CorruptFileError, "span"),
-    "header bit flip": (_rewrite_header(lambda h: h["__metadata__"].update({"featstore.key": "enc/layer_2"})), CorruptFileError, "checksum"),
+    "unknown dtype in header": (
+        _rewrite_header(lambda h: h["features"].update(dtype="Q9")),
+        CorruptFileError,
+        "unknown dtype",
+    ),
+    "offsets disagree with shape": (
+        _rewrite_header(lambda h: h["features"].update(shape=[10, 5])),
+        CorruptFileError,
+        "span",
+    ),
+    "header bit flip": (
+        _rewrite_header(lambda h: h["__metadata__"].update({"featstore.key": "enc/layer_2"})),
+        CorruptFileError,
+        "checksum",
+    ),
 }
 
 

@@ -27,8 +27,9 @@ def test_export_follows_the_seed_layout(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_import_round_trip(tmp_path, dtype):
     features = torch.randn(40, 3, 4).to(dtype)
-    torch.save({"features": features, "labels": torch.arange(40), "metadata": {"model": "x", "n": 3}},
-               tmp_path / "in.pt")
+    torch.save(
+        {"features": features, "labels": torch.arange(40), "metadata": {"model": "x", "n": 3}}, tmp_path / "in.pt"
+    )
     store = FeatureStore.create(tmp_path / "store")
     fs = store.import_pt(tmp_path / "in.pt", "clip/last_layer")
     assert torch.equal(fs[:], features) and torch.equal(fs.labels, torch.arange(40))

@@ -32,8 +32,12 @@ def _index_strategy():
         st.lists(ints, min_size=1, max_size=40).map(lambda v: torch.tensor(v)),
         st.lists(st.booleans(), min_size=N, max_size=N).map(np.array),
         st.lists(st.booleans(), min_size=N, max_size=N).map(torch.tensor),
-        st.builds(slice, st.none() | st.integers(-60, 60), st.none() | st.integers(-60, 60),
-                  st.none() | st.integers(-5, 5).filter(lambda s: s != 0)),
+        st.builds(
+            slice,
+            st.none() | st.integers(-60, 60),
+            st.none() | st.integers(-60, 60),
+            st.none() | st.integers(-5, 5).filter(lambda s: s != 0),
+        ),
         st.lists(ints, min_size=1, max_size=12).map(lambda v: np.array(v).reshape(1, -1)),
     )
 

@@ -14,16 +14,30 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks" / "reliability"
 
 def run_script(name: str, tmp_path: Path, *args: str, timeout: int = 300) -> dict:
     out = tmp_path / f"{name}.json"
-    proc = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *args, "--json", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / f"{name}.py"), *args, "--json", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def test_crash_stress_20_kills(tmp_path):
     # 20 SIGKILLs of a forked writer at random crash points and random times; every store sound
-    figures = run_script("crash_stress", tmp_path, "--writer-kills", "20", "--extract-kills", "0", "--seed", "1",
-                         "--workdir", str(tmp_path))
+    figures = run_script(
+        "crash_stress",
+        tmp_path,
+        "--writer-kills",
+        "20",
+        "--extract-kills",
+        "0",
+        "--seed",
+        "1",
+        "--workdir",
+        str(tmp_path),
+    )
     assert figures["kills"] == 20 and figures["stores_broken"] == 0, figures["writer"]["failures"]
     by_step = figures["writer"]["kills_by_step"]
     assert "time" in by_step and len(by_step) >= 5, by_step
@@ -61,8 +75,9 @@ def test_flip_in_header_metadata_fails_at_open_and_verify_names_the_set(tmp_path
 
 
 def test_readers_and_writer_concurrently_then_racing_writers(tmp_path):
-    figures = run_script("concurrency", tmp_path, "--seconds", "5", "--readers", "4", "--race-rounds", "5",
-                         "--workdir", str(tmp_path))
+    figures = run_script(
+        "concurrency", tmp_path, "--seconds", "5", "--readers", "4", "--race-rounds", "5", "--workdir", str(tmp_path)
+    )
     assert figures["errors"] == 0, figures["readers"]
     assert figures["batches_read"] > 0 and figures["commits"] > 0 and figures["manifest_reads_during_writes"] > 0
     assert figures["race_rounds_with_one_winner"] == 5, figures["race_failures"]

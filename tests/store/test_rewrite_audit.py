@@ -38,12 +38,15 @@ def test_featstore_writes_through_the_audit_without_violations(tmp_path, audit):
     assert audit.calls_checked > before and audit.violations == []
 
 
-@pytest.mark.parametrize("code, expected", [
-    ("os.close(os.open(path, os.O_RDWR))", "finished file"),
-    ("open(path, 'r+b').close()", "finished file"),
-    ("os.truncate(path, 0)", "truncated"),
-    ("os.replace(other, path)", "renamed over"),
-])
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("os.close(os.open(path, os.O_RDWR))", "finished file"),
+        ("open(path, 'r+b').close()", "finished file"),
+        ("os.truncate(path, 0)", "truncated"),
+        ("os.replace(other, path)", "renamed over"),
+    ],
+)
 def test_rewriting_a_finished_file_is_a_violation(tmp_path, audit, code, expected):
     store, _, _ = make_store(tmp_path)
     other = tmp_path / "other"

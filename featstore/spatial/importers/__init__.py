@@ -21,4 +21,6 @@ def register_importers(register):
     from .whatsup import import_whatsup
 
     register("table", import_table, help="a CSV or JSONL file of the schema's columns plus a folder of images")
-    register("whatsup", import_whatsup, help="the What'sUp benchmark (Kamath et al. 2023): subsets A, B, COCO-QA, VG-QA")
+    register(
+        "whatsup", import_whatsup, help="the What'sUp benchmark (Kamath et al. 2023): subsets A, B, COCO-QA, VG-QA"
+    )

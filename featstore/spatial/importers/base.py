@@ -66,20 +66,26 @@ class Importer:
         except FeatureStoreError:
             raise
         except Exception as exc:  # a bug or an unhandled input error inside the importer: name it
-            raise DatasetImportError(f"importer {self.name!r} (plugin {self.plugin!r}) failed on {source}: {exc!r}") from exc
+            raise DatasetImportError(
+                f"importer {self.name!r} (plugin {self.plugin!r}) failed on {source}: {exc!r}"
+            ) from exc
         if isinstance(result, datasets.Dataset):
             result = ImportResult(result)
         if not isinstance(result, ImportResult) or not isinstance(result.dataset, datasets.Dataset):
             raise DatasetImportError(
                 f"importer {self.name!r} (plugin {self.plugin!r}) returned {type(result).__name__}, not a "
-                "datasets.Dataset or featstore.spatial.importers.ImportResult; fix the plugin")
+                "datasets.Dataset or featstore.spatial.importers.ImportResult; fix the plugin"
+            )
         return result
 
 
 def add_skip_bad(parser: argparse.ArgumentParser) -> None:
     """The ``--skip-bad`` option the built-in importers share."""
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out malformed entries and missing images (each is reported) instead of failing")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out malformed entries and missing images (each is reported) instead of failing",
+    )
 
 
 class RowCollector:
@@ -114,12 +120,18 @@ class RowCollector:
             entries = len({p.row for p in self.problems})
             raise DatasetImportError(
                 f"{self.source}: {len(self.problems)} problem(s) in {entries} entr{'y' if entries == 1 else 'ies'} "
-                f"({positions}); fix them, or pass --skip-bad (skip_bad=True) to leave those entries out:", self.problems)
+                f"({positions}); fix them, or pass --skip-bad (skip_bad=True) to leave those entries out:",
+                self.problems,
+            )
         if not self.columns["image_path"]:
-            raise DatasetImportError(f"{self.source}: no rows to import ({sum(self.skipped.values())} skipped on purpose, "
-                                     f"{len(self.problems)} bad entries)", self.problems)
-        info = make_info({**source_info, "skipped": dict(self.skipped), "bad_entries_skipped": len(self.problems)},
-                         extra_relations)
+            raise DatasetImportError(
+                f"{self.source}: no rows to import ({sum(self.skipped.values())} skipped on purpose, "
+                f"{len(self.problems)} bad entries)",
+                self.problems,
+            )
+        info = make_info(
+            {**source_info, "skipped": dict(self.skipped), "bad_entries_skipped": len(self.problems)}, extra_relations
+        )
         ds = datasets.Dataset.from_dict(self.columns, features=schema_features(), info=info)
         return ImportResult(ds, dict(self.skipped), list(self.problems))
 

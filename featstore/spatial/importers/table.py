@@ -21,8 +21,12 @@ from .base import ImportResult, RowCollector, add_skip_bad
 FORMATS = ("csv", "jsonl")
 
 
-def import_table(source: str | os.PathLike, images: str | os.PathLike | None = None, format: str | None = None,
-                 skip_bad: bool = False) -> ImportResult:
+def import_table(
+    source: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    format: str | None = None,
+    skip_bad: bool = False,
+) -> ImportResult:
     """Import ``source`` (a .csv or .jsonl file); relative image paths resolve against ``images``
     (default: the file's folder)."""
     path = Path(source)
@@ -33,7 +37,9 @@ def import_table(source: str | os.PathLike, images: str | os.PathLike | None = N
         raise DatasetImportError(f"{path} does not exist or is not a file; pass the CSV or JSONL file to import")
     image_root = Path(images) if images is not None else path.parent
     if not image_root.is_dir():
-        raise DatasetImportError(f"images folder {image_root} does not exist; pass --images DIR (the folder image_path is relative to)")
+        raise DatasetImportError(
+            f"images folder {image_root} does not exist; pass --images DIR (the folder image_path is relative to)"
+        )
     image_root = image_root.resolve()
     rows = RowCollector(str(path), "line")
     records = _read_jsonl(path, rows) if fmt == "jsonl" else _read_csv(path)
@@ -49,7 +55,9 @@ def import_table(source: str | os.PathLike, images: str | os.PathLike | None = N
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--images", default=None, help="folder that relative image paths start from (default: the file's folder)")
+    parser.add_argument(
+        "--images", default=None, help="folder that relative image paths start from (default: the file's folder)"
+    )
     parser.add_argument("--format", choices=FORMATS, default=None, help="default: from the file name (.csv or .jsonl)")
     add_skip_bad(parser)
 
@@ -62,8 +70,10 @@ def _read_csv(path: Path):
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DatasetImportError(f"{path}: the header lacks column(s) {', '.join(missing)}; the first line must name "
-                                     f"the columns {', '.join(REQUIRED_COLUMNS)} (found {reader.fieldnames})")
+            raise DatasetImportError(
+                f"{path}: the header lacks column(s) {', '.join(missing)}; the first line must name "
+                f"the columns {', '.join(REQUIRED_COLUMNS)} (found {reader.fieldnames})"
+            )
         for record in reader:
             yield reader.line_num, record
 
@@ -76,12 +86,29 @@ def _read_jsonl(path: Path, rows: RowCollector):
             try:
                 record = json.loads(text)
             except ValueError as exc:
-                rows.add_entry([], [rows.problem(line_no, None, f"is not valid JSON ({exc.msg} at column {exc.colno}); "
-                                                 "write one JSON object per line")])
+                rows.add_entry(
+                    [],
+                    [
+                        rows.problem(
+                            line_no,
+                            None,
+                            f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line",
+                        )
+                    ],
+                )
                 continue
             if not isinstance(record, dict):
-                rows.add_entry([], [rows.problem(line_no, None, f"is a JSON {type(record).__name__}, not an object with "
-                                                 f"the keys {', '.join(REQUIRED_COLUMNS)}")])
+                rows.add_entry(
+                    [],
+                    [
+                        rows.problem(
+                            line_no,
+                            None,
+                            f"is a JSON {type(record).__name__}, not an object with "
+                            f"the keys {', '.join(REQUIRED_COLUMNS)}",
+                        )
+                    ],
+                )
                 continue
             yield line_no, record
 
@@ -89,8 +116,11 @@ def _read_jsonl(path: Path, rows: RowCollector):
 def _parse(record: dict[str, Any], line: int, image_root: Path, rows: RowCollector):
     problems: list[Problem] = []
     if None in record:  # csv.DictReader puts surplus fields under the key None
-        problems.append(rows.problem(line, None, f"has {len(record[None])} more field(s) than the header; quote "
-                                     "values that contain commas"))
+        problems.append(
+            rows.problem(
+                line, None, f"has {len(record[None])} more field(s) than the header; quote values that contain commas"
+            )
+        )
         record = {k: v for k, v in record.items() if k is not None}
     for name in REQUIRED_COLUMNS:
         if name not in record or record[name] is None:
@@ -105,18 +135,35 @@ def _parse(record: dict[str, Any], line: int, image_root: Path, rows: RowCollect
     else:
         resolved = (image_root / image.strip()) if not os.path.isabs(image.strip()) else Path(image.strip())
         if not resolved.is_file():
-            problems.append(rows.problem(line, "image_path", f"image file {resolved} does not exist; fix the path "
-                                         f"(relative paths start at {image_root}, see --images) or add the file"))
+            problems.append(
+                rows.problem(
+                    line,
+                    "image_path",
+                    f"image file {resolved} does not exist; fix the path "
+                    f"(relative paths start at {image_root}, see --images) or add the file",
+                )
+            )
 
     relation = normalize_relation(record["spatial_relation"])
     if relation not in RELATIONS:
-        problems.append(rows.problem(line, "spatial_relation", f"{record['spatial_relation']!r} is not one of "
-                                     f"{', '.join(RELATIONS)} (or a synonym such as 'above', 'left of', 'under')"))
+        problems.append(
+            rows.problem(
+                line,
+                "spatial_relation",
+                f"{record['spatial_relation']!r} is not one of "
+                f"{', '.join(RELATIONS)} (or a synonym such as 'above', 'left of', 'under')",
+            )
+        )
 
     label = _label(record["label"])
     if label is None:
-        problems.append(rows.problem(line, "label", f"is {record['label']!r}; use 1 when the captions are true of the "
-                                     "image and 0 when they are false"))
+        problems.append(
+            rows.problem(
+                line,
+                "label",
+                f"is {record['label']!r}; use 1 when the captions are true of the image and 0 when they are false",
+            )
+        )
 
     captions, why = _captions(record["captions"])
     if why:
@@ -143,7 +190,10 @@ def _captions(value: Any) -> tuple[list[str], str | None]:
             try:
                 value = json.loads(text)
             except ValueError as exc:
-                return [], f"looks like a JSON list but does not parse ({exc.msg}); write [\"caption one\", \"caption two\"]"
+                return (
+                    [],
+                    f'looks like a JSON list but does not parse ({exc.msg}); write ["caption one", "caption two"]',
+                )
         else:
             return ([text], None) if text else ([], "is empty; give at least one caption")
     if not isinstance(value, list):

@@ -30,8 +30,9 @@ class PatchColorEncoder(Encoder):
     def patch_size(self) -> int:
         match = re.fullmatch(r"patch(\d+)", self.model_id)
         if not match or IMAGE_SIZE % int(match.group(1)):
-            raise ModelLoadError(f"patchcolor: model must be 'patchN' with N dividing {IMAGE_SIZE} (e.g. patch16), "
-                                 f"got {self.model_id!r}")
+            raise ModelLoadError(
+                f"patchcolor: model must be 'patchN' with N dividing {IMAGE_SIZE} (e.g. patch16), got {self.model_id!r}"
+            )
         return int(match.group(1))
 
     def load_config(self) -> dict[str, Any]:
@@ -51,10 +52,10 @@ class PatchColorEncoder(Encoder):
         return _Processor(IMAGE_SIZE)
 
     def encode(self, model, inputs, layers: Sequence[str]) -> dict[str, LayerTokens]:
-        pooled = model(inputs["pixel_values"])                  # (B, 3, h, w)
+        pooled = model(inputs["pixel_values"])  # (B, 3, h, w)
         h, w = pooled.shape[2:]
-        patches = pooled.flatten(2).transpose(1, 2)             # (B, h*w, 3), raster order
-        image_mean = patches.mean(1, keepdim=True)              # a "CLS" token: the whole image's colour
+        patches = pooled.flatten(2).transpose(1, 2)  # (B, h*w, 3), raster order
+        image_mean = patches.mean(1, keepdim=True)  # a "CLS" token: the whole image's colour
         out = {}
         for layer in layers:
             tokens = patches if layer == "color" else patches - image_mean
@@ -64,8 +65,12 @@ class PatchColorEncoder(Encoder):
 
     def provenance(self) -> dict[str, Any]:
         """No weight files to hash: the settings are the whole model."""
-        return {"encoder": self.name, "model": self.model_id, "dtype": str(self.dtype).replace("torch.", ""),
-                "preprocessing": {"image_size": IMAGE_SIZE, "resample": "bilinear", "scale": "0..1"}}
+        return {
+            "encoder": self.name,
+            "model": self.model_id,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "preprocessing": {"image_size": IMAGE_SIZE, "resample": "bilinear", "scale": "0..1"},
+        }
 
 
 class _Processor:
@@ -77,8 +82,10 @@ class _Processor:
     def __call__(self, images, return_tensors="pt"):
         from PIL import Image
 
-        arrays = [np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
-                  for im in images]
+        arrays = [
+            np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
+            for im in images
+        ]
         return {"pixel_values": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()}
 
 
