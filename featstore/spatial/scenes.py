@@ -302,7 +302,7 @@ def plan_scene(seed: int, index: int, size: int = 224, distractors: float = 0.5)
         reference,
         tuple(extras),
         background,
-        _captions(r, relation, subject, reference),
+        captions(r, relation, subject, reference),
     )
 
 
@@ -311,7 +311,7 @@ def _rotation(r: random.Random, shape: str) -> float:
     return 0.0 if shape == "circle" else _uniform(r, -12, 12)
 
 
-def _captions(r: random.Random, relation: str, a: SceneObject, b: SceneObject) -> tuple[str, ...]:
+def captions(r: random.Random, relation: str, a: SceneObject, b: SceneObject) -> tuple[str, ...]:
     names = {
         "a": f"{_article(a.colour)} {a.name}",
         "b": f"{_article(b.colour)} {b.name}",

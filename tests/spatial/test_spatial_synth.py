@@ -106,7 +106,7 @@ def test_captions_name_both_objects_and_the_relation():
             assert any(w in c for w in np.atleast_1d(words[s.relation]))
         assert s.captions[0].startswith(("a ", "an "))
     assert (
-        synth._captions(
+        scenes.captions(
             __import__("random").Random(0),
             "left",
             synth.SceneObject("circle", "orange", (0, 0, 0), 0, (0, 0, 1, 1)),
