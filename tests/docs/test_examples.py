@@ -48,7 +48,7 @@ MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|file)\s*:(?P<value>.*?)-->\s*$
 EXPECTED_OUTPUT = {
     "docs/getting-started.md": ["test_acc", "relation"],
     "docs/probes.md": ["probe_results.json"],
-    "docs/cli.md": ["usage: featstore"],
+    "docs/cli.md": ["usage: featstore info", "featstore info: error: nowhere is not a folder"],
     "README.md": ["[(40, 100)]", "dinov2/last"],
 }
 
@@ -229,3 +229,32 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     store_page = (site / "reference" / "store" / "index.html").read_text()
     assert "FeatureStore" in store_page and "create_feature_set" in store_page, "the API reference lost its docstrings"
+
+
+def _commands(parser, prefix="featstore"):
+    """(command path, option strings) of every (sub)command of an argparse parser."""
+    import argparse
+
+    out = [(prefix, [s for a in parser._actions if not isinstance(a, argparse._SubParsersAction)
+                     for s in a.option_strings if s.startswith("--") and s != "--help"])]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, f"{prefix} {name}")
+    return out
+
+
+def test_cli_reference_names_every_command_and_option():
+    """docs/cli.md lists every command and every option the parser has (and each importer's)."""
+    from featstore.cli import build_parser
+    from featstore.dataset_cli import _importer_parser
+    from featstore.plugins import get_importers
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    commands = _commands(build_parser())
+    for name, importer in get_importers().items():
+        if importer.plugin == "featstore.importers":  # the built-in ones
+            commands += _commands(_importer_parser(name, importer), f"featstore dataset import {name}")
+    missing = [f"{cmd}: {opt}" for cmd, opts in commands for opt in opts if opt not in text]
+    missing += [cmd for cmd, _ in commands if cmd.split()[-1] not in text]
+    assert not missing, f"docs/cli.md does not mention: {missing}"
