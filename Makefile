@@ -13,13 +13,24 @@ SAN_ENV = LD_PRELOAD="$(shell gcc -print-file-name=libasan.so) $(shell gcc -prin
 BUILD_ARGS ?=
 RUN_ENV ?=
 
-.PHONY: demo test test-sanitized bench install clean
+.PHONY: demo test lint docs test-sanitized bench install clean
 
 demo: $(STAMP)
 	$(BIN)/featstore demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The habits CI enforces: ruff (lint and format), the layer contracts (import-linter), mypy, the docs build.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict -q -d build/site
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gather.py

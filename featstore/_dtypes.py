@@ -50,4 +50,4 @@ def byte_view(t: torch.Tensor) -> memoryview:
     """The bytes of a contiguous CPU tensor as a flat memoryview (works for bfloat16 too)."""
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    return t.reshape(-1).view(torch.uint8).numpy().data.cast("B")

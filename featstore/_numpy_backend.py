@@ -26,7 +26,7 @@ _ADVICE = {
 }
 
 
-def _check_advise(offset: int, length: int, advice: str, size: int) -> int | None:
+def _check_advise(offset: int, length: int, advice: str, size: int) -> int:
     adv = _ADVICE.get(advice)
     if adv is None:
         raise ValueError(f"unknown advice '{advice}', expected one of normal, random, sequential, willneed, dontneed")
@@ -42,6 +42,8 @@ class MappedFile(mmap.mmap):
     A 0-byte file gives an instance of ``_EmptyMappedFile`` (a bytearray subclass) instead,
     since a 0-byte mmap is impossible; it has the same attributes.
     """
+
+    _path: str
 
     def __new__(cls, path: str):
         path = os.fsdecode(path)
@@ -67,7 +69,7 @@ class MappedFile(mmap.mmap):
         return self._path
 
     @property
-    def size(self) -> int:  # shadows mmap.size(), which would fstat the file
+    def size(self) -> int:  # type: ignore[override]  # shadows mmap.size(), which would fstat the file
         return len(self)
 
     def advise(self, offset: int, length: int, advice: str) -> None:
@@ -110,7 +112,7 @@ def _byte_view(obj, name: str, writable: bool) -> np.ndarray:
             raise TypeError(
                 f"{name} must support the buffer protocol (or __dlpack__), got {type(obj).__name__}"
             ) from None
-        mv = memoryview(np.from_dlpack(obj))
+        mv = np.from_dlpack(obj).data
     if not mv.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
     if writable and mv.readonly:

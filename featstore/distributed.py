@@ -156,7 +156,8 @@ def on_main(ranks: Ranks, step):
 
     from .errors import DistributedError
 
-    value, failure, message = None, None, [None]
+    value, failure = None, None
+    message: list[str | None] = [None]
     if ranks.is_main:
         try:
             value = step()

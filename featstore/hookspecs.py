@@ -38,11 +38,11 @@ def register_importers(register: Callable[..., None]) -> None:
             (``featstore.spatial``); image paths should be absolute. It is validated before it is saved.
 
     Returns:
-        Nothing; an exception raised here becomes a warning naming the plugin, and its importers are
-        left out.
+        None: the hook returns nothing. An exception raised in it becomes a warning naming the
+            plugin, and its importers are left out.
 
-    Example::
-
+    Example:
+        ```python
         from featstore.hookspecs import hookimpl
 
         def import_mycsv(source, skip_bad=False):
@@ -54,6 +54,7 @@ def register_importers(register: Callable[..., None]) -> None:
         @hookimpl
         def register_importers(register):
             register("mycsv", import_mycsv, help="my lab's CSV files")
+        ```
     """
 
 
@@ -71,19 +72,20 @@ def register_encoders(register: Callable[..., None]) -> None:
             warns). ``aliases`` are further names for the same encoder (e.g. ``"qwen2.5-vl"``).
 
     Returns:
-        Nothing; an exception raised here becomes a warning naming the plugin, and its encoders are
-        left out.
+        None: the hook returns nothing. An exception raised in it becomes a warning naming the
+            plugin, and its encoders are left out.
 
-    Example::
-
+    Example:
+        ```python
         from featstore.encoders import Encoder
         from featstore.hookspecs import hookimpl
 
         class MyEncoder(Encoder):
             name = "myvit"
-            ...                                   # layers(), preprocess(), forward(): see Encoder
+            ...  # list_layers(), load_config(), load_model(), load_processor(), encode(): see Encoder
 
         @hookimpl
         def register_encoders(register):
             register(MyEncoder, aliases=["my-vit"])
+        ```
     """

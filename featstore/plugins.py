@@ -128,7 +128,8 @@ def _norm(name: str) -> str:
 def plugin_names() -> list[str]:
     """Names of the registered plugins (built-in module paths and entry-point names)."""
     pm = get_plugin_manager()
-    return [pm.get_name(p) for p in pm.get_plugins()]
+    # get_name() is None only for unregistered objects, and get_plugins() lists registered ones
+    return [name for p in pm.get_plugins() if (name := pm.get_name(p)) is not None]
 
 
 def _name_first(name: Any, obj: Any = None, **kwargs) -> tuple[Any, Any, dict[str, Any]]:

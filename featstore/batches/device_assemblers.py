@@ -44,7 +44,7 @@ class _SideStreamAssembler:
         return finish_on_current_stream(item, self.device)
 
 
-_device_copies: dict[tuple[int, str], tuple[weakref.ref, weakref.ref]] = {}
+_device_copies: dict[tuple[int, str], tuple[weakref.ref[FeatureSet], weakref.ref[torch.Tensor]]] = {}
 _copies_lock = threading.Lock()
 
 
@@ -54,8 +54,10 @@ def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
     key = (id(fs), str(device))
     with _copies_lock:
         refs = _device_copies.get(key)
-        if refs is not None and refs[0]() is fs and refs[1]() is not None:
-            return refs[1]()
+        if refs is not None and refs[0]() is fs:
+            cached = refs[1]()  # one strong reference: a second call could find it collected
+            if cached is not None:
+                return cached
         tensor = fs.to_torch().to(device)
         _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda _: _device_copies.pop(key, None)))
         return tensor

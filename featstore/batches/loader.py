@@ -30,6 +30,12 @@ from .device_paths import loader_path
 _END = object()
 
 
+def _fresh_seed() -> int:
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # SeedSequence() given no entropy draws a fresh int
+    return int(entropy % (1 << 63))
+
+
 class _Failure:
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -86,7 +92,7 @@ class BatchLoader:
         self.single = len(self.sets) == 1 if single is None else single
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
+        self.seed = _fresh_seed() if seed is None else int(seed)
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.epoch = int(epoch)
@@ -106,7 +112,8 @@ class BatchLoader:
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
         self.info: dict[str, Any] = self._choose_path(cache, cache_share)
-        self._assembler_cache = None  # the device cache / registrations, built once, reused across epochs
+        # the device cache / registrations, built once, reused across epochs
+        self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
 
     def _choose_path(self, cache: str, cache_share: float | None) -> dict[str, Any]:
         """The device path (featstore.batches.device_paths); auto falls back to pinned if registration fails."""

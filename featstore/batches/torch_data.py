@@ -55,7 +55,9 @@ class FeatureDataset(Dataset):
             fs.gather_into(rows, out, threads)
             feats[fs.key] = out
         features = next(iter(feats.values())) if len(self.sets) == 1 else feats
-        labels = self._label_set.labels[torch.from_numpy(rows)] if self.with_labels else None
+        label_set = self._label_set if self.with_labels else None
+        all_labels = label_set.labels if label_set is not None else None
+        labels = all_labels[torch.from_numpy(rows)] if all_labels is not None else None
         return features, labels
 
 
@@ -76,6 +78,7 @@ class GatheredBatch(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        row: torch.Tensor | dict[str, torch.Tensor]
         if isinstance(self.features, torch.Tensor):
             row = self.features[i]
         else:

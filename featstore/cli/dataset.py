@@ -89,7 +89,7 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _importer_parser(name: str, importer) -> argparse.ArgumentParser:
+def importer_parser(name: str, importer) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"featstore dataset import {name}",
         description=importer.help + (f" (plugin {importer.plugin})" if importer.plugin else ""),
@@ -113,7 +113,7 @@ def _cmd_import(args) -> int:
             "(plugins add more; see `featstore dataset importers`)"
         )
     importer = importers[args.importer]
-    opts = vars(_importer_parser(args.importer, importer).parse_args(args.args))
+    opts = vars(importer_parser(args.importer, importer).parse_args(args.args))
     source, out, overwrite = opts.pop("source"), opts.pop("out"), opts.pop("overwrite")
     result = importer(source, **opts)
     for line in result.notes():

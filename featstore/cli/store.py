@@ -4,6 +4,7 @@ seed's ``.pt`` format, from the shell."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 
 def add_store_commands(sub) -> None:
@@ -36,18 +37,18 @@ def _cmd_info(args) -> int:
     from ..store import FeatureStore
 
     store = FeatureStore.open(args.root, strict=False)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in store.keys():
-        r = store.info(key)
+        rec = store.info(key)
         rows.append(
             {
                 "key": key,
-                "shape": list(r.shape),
-                "dtype": r.dtype,
-                "rows_committed": r.rows_committed,
-                "complete": r.complete,
-                "labels": r.has_labels,
-                "metadata": r.metadata,
+                "shape": list(rec.shape),
+                "dtype": rec.dtype,
+                "rows_committed": rec.rows_committed,
+                "complete": rec.complete,
+                "labels": rec.has_labels,
+                "metadata": rec.metadata,
                 "problem": str(store.problems[key]) if key in store.problems else None,
             }
         )

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
 
 DINO_MEAN, DINO_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -31,7 +35,7 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: i
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    kw = dict(
+    kw: dict[str, Any] = dict(
         hidden_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,
@@ -39,6 +43,7 @@ def make_dinov2(folder: Path, registers: int = 0, layers: int = 4, image_size: i
         image_size=image_size,
         patch_size=14,
     )
+    model: PreTrainedModel
     if registers:
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
@@ -77,6 +82,7 @@ def make_clip(folder: Path, full: bool = False, image_size: int = 224) -> Path:
         patch_size=16,
         image_size=image_size,
     )
+    model: PreTrainedModel
     if full:
         text = CLIPTextConfig(
             hidden_size=32,
@@ -112,6 +118,9 @@ def make_qwen(
     from transformers import Qwen2VLImageProcessorPil
 
     torch.manual_seed(2)
+    vision: PreTrainedConfig
+    Full: type[PreTrainedConfig]
+    Tower: type[PreTrainedModel]
     if family == "qwen2-vl":
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig, Qwen2VLVisionConfig
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel as Tower

@@ -99,7 +99,7 @@ class Encoder:
         self.model_id = str(model)
         self.device = torch.device(device)
         self.dtype = _torch_dtype(dtype)
-        self._model = None
+        self._model: torch.nn.Module | None = None
         self._processor = None
         self._layers: list[str] | None = None
         self._config = None
@@ -253,15 +253,15 @@ class Encoder:
         try:
             from transformers.utils import cached_file
 
-            path = cached_file(self.model_id, filename)
+            cached = cached_file(self.model_id, filename)
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot get {filename} of model {self.model_id!r} ({exc}); pass a local save_pretrained folder, "
                 "or a hub id that is cached (offline) or downloadable"
             ) from None
-        if path is None:
+        if cached is None:
             raise ModelLoadError(f"model {self.model_id!r} has no {filename}")
-        return str(path)
+        return str(cached)
 
     def model_folder(self) -> Path:
         """The folder holding the model's files (local folder or hub snapshot)."""

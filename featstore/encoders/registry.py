@@ -29,7 +29,7 @@ class EncoderEntry:
     """A registered encoder: its class, the plugin that registered it, and its aliases."""
 
     name: str
-    cls: type
+    cls: type[Encoder]
     plugin: str | None = None
     aliases: tuple[str, ...] = field(default=())
 
@@ -47,7 +47,9 @@ class EncoderEntry:
         return encoder.name, encoder, {"aliases": tuple(aliases)}
 
     @classmethod
-    def make(cls, name: str, obj: type, plugin: str | None = None, aliases: tuple[str, ...] = ()) -> EncoderEntry:
+    def make(
+        cls, name: str, obj: type[Encoder], plugin: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> EncoderEntry:
         """Build the entry ``plugins.collect`` stores for one ``register`` call."""
         return cls(name, obj, plugin, tuple(a for a in aliases if a != name))
 

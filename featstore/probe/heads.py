@@ -20,8 +20,8 @@ class HeadGroup:
     dim: int
     settings: list[tuple[float, float]]
     n_out: int
-    weight: torch.Tensor = field(init=False)
-    bias: torch.Tensor = field(init=False)
+    weight: torch.nn.Parameter = field(init=False)
+    bias: torch.nn.Parameter = field(init=False)
 
     def __post_init__(self):
         self.h = len(self.settings)

@@ -175,13 +175,17 @@ def _train(
     )
     for _ in range(epochs):
         for x, y, _idx in loader:  # one gather, shared by every head
+            assert isinstance(x, torch.Tensor) and y is not None  # one feature set, labels given
             tgt, rel = y // len(t.relations), y % len(t.relations)
             loss = sum(scores(g, out, tgt, rel, t.binary)[0] for g, out in zip(groups, net(x)))
+            assert isinstance(loss, torch.Tensor)  # views() gives every set at least one head group
             heads.zero_grad(set_to_none=True)
             loss.backward()  # under DDP: the gradients averaged over the ranks
             with torch.no_grad():
                 for g in groups:
-                    adamw_step(g, g.weight.grad, g.bias.grad)
+                    gw, gb = g.weight.grad, g.bias.grad
+                    assert gw is not None and gb is not None  # every head is in the loss: backward() set them
+                    adamw_step(g, gw, gb)
     return groups
 
 
@@ -195,6 +199,7 @@ def _evaluate(
         for x, y, _idx in fs.batches(
             EVAL_BATCH, rows=rows, labels=labels, shuffle=False, device=device, rank=0, world_size=1
         ):
+            assert isinstance(x, torch.Tensor) and y is not None  # one feature set, labels given
             t, r = y // len(task.relations), y % len(task.relations)
             rels.append(r.cpu())
             for g in groups:

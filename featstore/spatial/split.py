@@ -27,7 +27,7 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
         raise ValueError(
             f"fractions must be three non-negative numbers (train, validation, test) summing to 1, got {fractions!r}"
         )
-    return fr  # type: ignore[return-value]
+    return fr
 
 
 def image_counts(n_images: int, fractions: tuple[float, float, float]) -> list[int]:

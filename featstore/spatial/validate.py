@@ -101,7 +101,7 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
                     if not isinstance(c, str) or not c.strip():
                         problems.append(Problem(i, "captions", f"caption {j} is {c!r}; remove it or write the caption"))
     if problems:
-        order = {name: k for k, name in enumerate(REQUIRED_COLUMNS)}
+        order: dict[str | None, int] = {name: k for k, name in enumerate(REQUIRED_COLUMNS)}  # field None sorts last
         problems.sort(key=lambda p: (-1 if p.row is None else p.row, order.get(p.field, len(order))))
         raise DatasetValidationError(f"dataset with {len(ds)} rows has {len(problems)} problem(s):", problems)
     return summary

@@ -146,8 +146,8 @@ class FeatureSet:
                 return self.to_torch()[index]
             first, rest = index[0], index[1:]
             head = self[first]
-            lead = 0 if _is_scalar_index(first) else 1
-            return head[(slice(None),) * lead + rest]
+            n_lead = 0 if _is_scalar_index(first) else 1
+            return head[(slice(None),) * n_lead + rest]
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step > 0:

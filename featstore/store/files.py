@@ -7,7 +7,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import CorruptFileError, FormatError
 
@@ -18,7 +18,7 @@ def short_repr(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def is_nonneg_int(x: Any) -> bool:
+def is_nonneg_int(x: Any) -> TypeGuard[int]:
     """True for a non-negative int that is not a bool (JSON ``true`` parses as one)."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 

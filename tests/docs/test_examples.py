@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,9 @@ def isolated(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples_run(page, isolated, capsys):
-    out = run_page(page, isolated, capsys)
+    with warnings.catch_warnings():  # the docs show today's module paths, not the deprecated aliases
+        warnings.filterwarnings("error", message=r"featstore\.\S+ moved to", category=DeprecationWarning)
+        out = run_page(page, isolated, capsys)
     missing = [s for s in EXPECTED_OUTPUT.get(page, []) if s not in out]
     assert not missing, f"{page}: its examples did not print {missing}; output:\n{out[-3000:]}"
 
@@ -247,14 +250,14 @@ def _commands(parser, prefix="featstore"):
 def test_cli_reference_names_every_command_and_option():
     """docs/cli.md lists every command and every option the parser has (and each importer's)."""
     from featstore.cli import build_parser
-    from featstore.dataset_cli import _importer_parser
-    from featstore.plugins import get_importers
+    from featstore.cli.dataset import importer_parser
+    from featstore.spatial.importers import get_importers
 
     text = (ROOT / "docs" / "cli.md").read_text()
     commands = _commands(build_parser())
     for name, importer in get_importers().items():
-        if importer.plugin == "featstore.importers":  # the built-in ones
-            commands += _commands(_importer_parser(name, importer), f"featstore dataset import {name}")
+        if importer.plugin == "featstore.spatial.importers":  # the built-in ones
+            commands += _commands(importer_parser(name, importer), f"featstore dataset import {name}")
     missing = [f"{cmd}: {opt}" for cmd, opts in commands for opt in opts if opt not in text]
     missing += [cmd for cmd, _ in commands if cmd.split()[-1] not in text]
     assert not missing, f"docs/cli.md does not mention: {missing}"

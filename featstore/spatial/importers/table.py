@@ -85,14 +85,15 @@ def _read_jsonl(path: Path, rows: RowCollector):
                 continue
             try:
                 record = json.loads(text)
-            except ValueError as exc:
+            except ValueError as exc:  # a JSONDecodeError, or e.g. an integer too long for int()
+                detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
                 rows.add_entry(
                     [],
                     [
                         rows.problem(
                             line_no,
                             None,
-                            f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line",
+                            f"is not valid JSON ({detail}); write one JSON object per line",
                         )
                     ],
                 )
@@ -113,7 +114,7 @@ def _read_jsonl(path: Path, rows: RowCollector):
             yield line_no, record
 
 
-def _parse(record: dict[str, Any], line: int, image_root: Path, rows: RowCollector):
+def _parse(record: dict[str | None, Any], line: int, image_root: Path, rows: RowCollector):
     problems: list[Problem] = []
     if None in record:  # csv.DictReader puts surplus fields under the key None
         problems.append(
@@ -189,10 +190,11 @@ def _captions(value: Any) -> tuple[list[str], str | None]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except ValueError as exc:
+            except ValueError as exc:  # a JSONDecodeError, or e.g. an integer too long for int()
+                detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
                 return (
                     [],
-                    f'looks like a JSON list but does not parse ({exc.msg}); write ["caption one", "caption two"]',
+                    f'looks like a JSON list but does not parse ({detail}); write ["caption one", "caption two"]',
                 )
         else:
             return ([text], None) if text else ([], "is empty; give at least one caption")

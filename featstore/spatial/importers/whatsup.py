@@ -193,6 +193,7 @@ def _controlled_entry(entry: Any, pos: int, root: Path, image_dir: str, kind: st
         )
     if problems:
         return [], problems
+    assert isinstance(image_path, str) and isinstance(options, list)  # else a problem was recorded above
     true_relation = filename_relation(image_path)
     if true_relation is None:
         problems.append(
