@@ -16,6 +16,7 @@ from .batches import Batch, BatchLoader, FeatureDataset, FeatureSet, FeatureStor
 from .errors import (
     CorruptFileError,
     CudaUnavailableError,
+    DistributedError,
     EncoderError,
     ExtractionError,
     FeatureStoreError,
@@ -72,6 +73,7 @@ __all__ = [
     "BatchLoader",
     "CorruptFileError",
     "CudaUnavailableError",
+    "DistributedError",
     "EncoderError",
     "ExtractionError",
     "FeatureDataset",

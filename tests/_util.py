@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from featstore import FeatureStore
+from featstore.spatial import row_targets
 
 
 def rows_for(start: int, stop: int, row_shape, dtype=torch.float16, seed: int = 0) -> torch.Tensor:
@@ -27,3 +28,25 @@ def make_store(root, key="enc/layer_1", n_rows=64, row_shape=(16,), dtype=torch.
     with store.create_feature_set(key, n_rows, row_shape, dtype, {"seed": seed}, lab) as w:
         w.write(0, data)
     return FeatureStore.open(root), data, lab
+
+
+def write_probe_store(root, ds, seed=0):
+    """For probe tests: a vector set whose relation is planted, one of pure noise, and a patch grid where the relation is *where* the signal is."""
+    rt = row_targets(ds)
+    rng = np.random.default_rng(seed)
+    n = len(ds)
+    store = FeatureStore.create(root)
+    means = rng.standard_normal((len(rt.relations), 32)).astype(np.float32)
+    x = rng.standard_normal((n, 32)).astype(np.float32) + 2.0 * means[rt.relation]
+    meta = {"encoder": "toy", "layer": "layer_1", "pooling": "cls"}
+    with store.create_feature_set("toy/layer_1/cls", n, (32,), "float16", meta, rt.label) as w:
+        w.write(0, x.astype(np.float16))
+    with store.create_feature_set("toy/layer_0/cls", n, (32,), "float16", {**meta, "layer": "layer_0"}, rt.label) as w:
+        w.write(0, rng.standard_normal((n, 32)).astype(np.float16))
+    g = rng.standard_normal((n, 4, 8)).astype(np.float32)
+    g[np.arange(n), rt.relation % 4, :] += 3.0
+    with store.create_feature_set(
+        "toy/layer_1/patch", n, (4, 8), "float16", {**meta, "pooling": "patch"}, rt.label
+    ) as w:
+        w.write(0, g.astype(np.float16))
+    return FeatureStore.open(root)

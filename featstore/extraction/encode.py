@@ -4,6 +4,7 @@ batch for every layer and pooling, and each writer given exactly the rows it has
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from .._dtypes import TORCH_DTYPES
 from ..encoders import Encoder, pool
 from ..errors import ExtractionError
-from .plan import Plan
+from .plan import Job, Plan
 
 
 # ---- reading images in workers -----------------------------------------------------------------
@@ -61,26 +62,27 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 
 
 def encode_batches(
-    plan: Plan, todo: list[list[int]], active: dict, store_dtype: str, num_workers: int, writer_for, after_batch
+    job: Job, todo: list[list[int]], writer_for: Callable, after_batch: Callable[[int, int], None]
 ) -> None:
     """Encode each batch of distinct images in ``todo`` (decoded in DataLoader workers) and write every
     (layer, pooling)'s rows that its writer, ``writer_for(lp, key, row_shape)``, has not committed;
     ``after_batch(batches_done, images)`` after each batch."""
     if not todo:
         return
+    plan = job.plan
     loader = torch.utils.data.DataLoader(
         _Images(plan.paths, plan.first_row),
         batch_sampler=todo,
-        num_workers=num_workers,
+        num_workers=job.num_workers,
         collate_fn=_Collate(plan.encoder),
         persistent_workers=False,
-        prefetch_factor=2 if num_workers else None,
+        prefetch_factor=2 if job.num_workers else None,
     )
     for done, (idx, inputs) in enumerate(loader, 1):
         tokens = plan.encoder.forward(inputs, plan.layers)
         rows, where = _batch_rows(plan, idx)
-        for (layer, p), key in active.items():
-            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[store_dtype])
+        for (layer, p), key in job.active.items():
+            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[job.store_dtype])
             writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
             for a, b in _runs(_uncommitted(writer, rows)):
                 first = int(np.searchsorted(rows, a))  # rows a..b-1 are consecutive entries of the sorted rows
@@ -88,11 +90,12 @@ def encode_batches(
         after_batch(done, len(idx))
 
 
-def row_shapes(plan: Plan, active: dict, store_dtype: str) -> dict[str, tuple[int, ...]]:
+def row_shapes(job: Job) -> dict[str, tuple[int, ...]]:
     """The row shape of every active set, from one forward pass of the first image."""
+    plan = job.plan
     _, inputs = _Collate(plan.encoder)([_Images(plan.paths, plan.first_row)[0]])
     tokens = plan.encoder.forward(inputs, plan.layers)
-    return {key: tuple(pool(tokens[layer], p).shape[1:]) for (layer, p), key in active.items()}
+    return {key: tuple(pool(tokens[layer], p).shape[1:]) for (layer, p), key in job.active.items()}
 
 
 def _batch_rows(plan: Plan, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ existing store still needs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,18 +188,39 @@ def check_existing(store: FeatureStore, plan: Plan, n_rows: int, store_dtype: st
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def batches_to_do(plan: Plan, keys, store: FeatureStore, n_rows: int, batch_size: int) -> list[list[int]]:
-    """Batches of distinct images (always the same fixed chunks) with a row not committed in ``keys``."""
-    missing = np.zeros(n_rows, dtype=bool)
-    for key in keys:
-        if key in store:
-            for a, b in gaps(store.info(key).committed, n_rows):
+@dataclass(frozen=True)
+class Job:
+    """One run of an extraction: the store, the plan, the sets still to write and how to write them."""
+
+    store: FeatureStore
+    plan: Plan
+    active: dict[tuple[str, str], str]  # (layer, pooling) -> key, for the sets not complete yet
+    n_rows: int
+    store_dtype: str
+    batch_size: int
+    num_workers: int
+    commit_every: int
+    progress: bool
+
+    def refreshed(self) -> Job:
+        """The same job over the store's manifest as it is on disk now."""
+        return replace(self, store=self.store.refresh())
+
+
+def batches_to_do(job: Job) -> list[list[int]]:
+    """Batches of distinct images (always the same fixed chunks) with a row that an active set has not
+    committed, as ``job.store`` says."""
+    missing = np.zeros(job.n_rows, dtype=bool)
+    for key in job.active.values():
+        if key in job.store:
+            for a, b in gaps(job.store.info(key).committed, job.n_rows):
                 missing[a:b] = True
         else:
             missing[:] = True
     todo = []
-    for start in range(0, len(plan.paths), batch_size):
-        batch = list(range(start, min(start + batch_size, len(plan.paths))))
-        if any(missing[plan.rows_of[j]].any() for j in batch):
+    paths = job.plan.paths
+    for start in range(0, len(paths), job.batch_size):
+        batch = list(range(start, min(start + job.batch_size, len(paths))))
+        if any(missing[job.plan.rows_of[j]].any() for j in batch):
             todo.append(batch)
     return todo

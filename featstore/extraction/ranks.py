@@ -21,48 +21,25 @@ import time
 
 from ..distributed import Ranks, all_sum_or_fail, barrier, on_main, split_evenly
 from ..errors import DistributedError
+from ..store import FeatureWriter
 from ..store.shards import RankShard, fold_progress
 from .encode import encode_batches, progress_bar
-from .plan import ExtractResult, Plan, batches_to_do
+from .plan import ExtractResult, Job, batches_to_do
 from .writers import take_sets
 
 __all__ = ["extract_ranks"]
 
 
-def extract_ranks(
-    store,
-    plan: Plan,
-    active: dict,
-    n_rows: int,
-    store_dtype: str,
-    batch_size: int,
-    num_workers: int,
-    commit_every: int,
-    progress: bool,
-    ranks: Ranks,
-    result: ExtractResult,
-) -> None:
+def extract_ranks(job: Job, ranks: Ranks, result: ExtractResult) -> None:
     """Run this rank's share of an extraction; see the module doc. ``result`` gets the job's totals."""
-    owners: dict = {}
+    owners: dict[str, FeatureWriter] = {}
 
     def take() -> None:
-        owners.update(take_sets(store, plan, active, n_rows, store_dtype, create_new=True))
+        owners.update(take_sets(job, create_new=True))
 
     try:
         on_main(ranks, take)
-        _write_share(
-            store.refresh(),
-            plan,
-            active,
-            n_rows,
-            store_dtype,
-            batch_size,
-            num_workers,
-            commit_every,
-            progress,
-            ranks,
-            result,
-        )
+        _write_share(job.refreshed(), ranks, result)
         barrier(ranks)  # every rank's rows are durable and in its progress files
 
         def finish() -> None:
@@ -76,24 +53,15 @@ def extract_ranks(
             w.close()
 
 
-def _write_share(
-    store,
-    plan: Plan,
-    active: dict,
-    n_rows: int,
-    store_dtype: str,
-    batch_size: int,
-    num_workers: int,
-    commit_every: int,
-    progress: bool,
-    ranks: Ranks,
-    result: ExtractResult,
-) -> None:
-    todo = batches_to_do(plan, active.values(), store, n_rows, batch_size)
+def _write_share(job: Job, ranks: Ranks, result: ExtractResult) -> None:
+    """Encode and write this rank's contiguous share of the batches still to do, committing to its
+    progress file every ``commit_every`` batches; rank 0's bar shows the whole job's progress."""
+    plan, commit_every = job.plan, job.commit_every
+    todo = batches_to_do(job)
     mine = [todo[i] for i in split_evenly(len(todo), ranks.rank, ranks.world_size)]
     rounds = -(-len(split_evenly(len(todo), 0, ranks.world_size)) // commit_every)  # rank 0 has the largest share
-    shard = RankShard(store, ranks.rank)
-    bar = progress_bar(sum(len(b) for b in todo), progress and ranks.is_main)
+    shard = RankShard(job.store, ranks.rank)
+    bar = progress_bar(sum(len(b) for b in todo), job.progress and ranks.is_main)
     state = {"images": 0, "unreported": 0, "rounds": 0}
 
     def report() -> None:  # one all-reduce per round on every rank: the same number on all of them
@@ -111,9 +79,9 @@ def _write_share(
     try:
         if mine:
             plan.encoder.load()  # before the clock starts
-        writers = {key: shard.join(key, plan.metadata[lp], owner=ranks.is_main) for lp, key in active.items()}
+        writers = {key: shard.join(key, plan.metadata[lp], owner=ranks.is_main) for lp, key in job.active.items()}
         start = time.perf_counter()
-        encode_batches(plan, mine, active, store_dtype, num_workers, lambda lp, key, shape: writers[key], after_batch)
+        encode_batches(job, mine, lambda lp, key, shape: writers[key], after_batch)
         shard.commit()
         while state["rounds"] < rounds:
             report()

@@ -25,7 +25,7 @@ from .._dtypes import dtype_name
 from ..distributed import ensure_process_group, local_device, on_main
 from ..store import FeatureStore
 from .encode import encode_batches, progress_bar
-from .plan import ExtractResult, Plan, batches_to_do, check_existing, plan_extraction
+from .plan import ExtractResult, Job, batches_to_do, check_existing, plan_extraction
 from .ranks import extract_ranks
 from .writers import open_writer, take_sets, write_exports
 
@@ -87,51 +87,39 @@ def extract(
         result.exports = write_exports(store, plan, export_pt) if ranks.is_main else []
         return result
     plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
+    job = Job(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress)
     if ranks.distributed:
-        extract_ranks(
-            store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress, ranks, result
-        )
+        extract_ranks(job, ranks, result)
     else:
-        _extract_here(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress, result)
+        _extract_here(job, result)
     if ranks.is_main:
         result.exports = write_exports(FeatureStore.open(store.root), plan, export_pt)
     return result
 
 
-def _extract_here(
-    store: FeatureStore,
-    plan: Plan,
-    active: dict,
-    n_rows: int,
-    store_dtype: str,
-    batch_size: int,
-    num_workers: int,
-    commit_every: int,
-    progress: bool,
-    result: ExtractResult,
-) -> None:
+def _extract_here(job: Job, result: ExtractResult) -> None:
     """The single-process run: open (resume) every set, encode the batches with uncommitted rows, commit
     every ``commit_every`` batches, finish every set."""
-    writers = take_sets(store, plan, active, n_rows, store_dtype, create_new=False)
+    writers = take_sets(job, create_new=False)
     bar = None
     try:
-        todo = batches_to_do(plan, active.values(), store.refresh(), n_rows, batch_size)
+        todo = batches_to_do(job.refreshed())
         if todo:
-            plan.encoder.load()  # before the clock starts: result.seconds is the extraction itself
+            job.plan.encoder.load()  # before the clock starts: result.seconds is the extraction itself
         start = time.perf_counter()
-        bar = progress_bar(sum(len(b) for b in todo), progress)
+        bar = progress_bar(sum(len(b) for b in todo), job.progress)
 
         def writer_for(lp, key, row_shape):
-            return writers.get(key) or open_writer(store, plan, lp, key, n_rows, row_shape, store_dtype, writers)
+            return writers.get(key) or open_writer(job, lp, key, row_shape, writers)
 
         def after_batch(done: int, images: int) -> None:
             result.images_encoded += images
             bar.update(images)
-            if done % commit_every == 0:
+            if done % job.commit_every == 0:
                 for w in writers.values():
                     w.commit()
 
-        encode_batches(plan, todo, active, store_dtype, num_workers, writer_for, after_batch)
+        encode_batches(job, todo, writer_for, after_batch)
         for w in writers.values():
             w.finish()
         result.seconds = time.perf_counter() - start

@@ -4,30 +4,27 @@ in), and the ``.pt`` exports once the sets are complete."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import ExtractionError, WriterBusyError, WriterConflictError
-from ..store import FeatureStore
+from ..store import FeatureStore, FeatureWriter
 from ..store.shards import fold_progress
 from .encode import row_shapes
-from .plan import Plan
+from .plan import Job, Plan
 
 
-def take_sets(
-    store: FeatureStore, plan: Plan, active: dict, n_rows: int, store_dtype: str, create_new: bool
-) -> dict[str, Any]:
+def take_sets(job: Job, create_new: bool) -> dict[str, FeatureWriter]:
     """Open a writer (holding the set's lock) of every active set that exists, and with ``create_new``
     create the missing ones too (row shapes from one forward pass of the first image); fold into the
     manifest the rows that ranks of an earlier distributed run committed (featstore.store.shards)."""
 
-    writers: dict[str, Any] = {}
+    writers: dict[str, FeatureWriter] = {}
     try:
-        shapes = {key: store.info(key).row_shape for key in active.values() if key in store}
-        if create_new and len(shapes) < len(active):
-            shapes.update(row_shapes(plan, active, store_dtype))
-        for lp, key in active.items():
+        shapes = {key: job.store.info(key).row_shape for key in job.active.values() if key in job.store}
+        if create_new and len(shapes) < len(job.active):
+            shapes.update(row_shapes(job))
+        for lp, key in job.active.items():
             if key in shapes:
-                fold_progress(open_writer(store, plan, lp, key, n_rows, shapes[key], store_dtype, writers))
+                fold_progress(open_writer(job, lp, key, shapes[key], writers))
     except BaseException:
         for w in writers.values():
             w.close()
@@ -35,10 +32,13 @@ def take_sets(
     return writers
 
 
-def open_writer(store: FeatureStore, plan: Plan, lp, key: str, n_rows: int, row_shape, store_dtype: str, writers: dict):
+def open_writer(
+    job: Job, lp: tuple[str, str], key: str, row_shape: tuple[int, ...], writers: dict[str, FeatureWriter]
+) -> FeatureWriter:
+    """Create or resume the writer of ``key`` (the set of ``lp``) and add it to ``writers``."""
     try:
-        writer = store.create_feature_set(
-            key, n_rows, row_shape, store_dtype, plan.metadata[lp], plan.labels, resume=True
+        writer = job.store.create_feature_set(
+            key, job.n_rows, row_shape, job.store_dtype, job.plan.metadata[lp], job.plan.labels, resume=True
         )
     except WriterBusyError:
         raise  # another run is writing it: --overwrite would not help
@@ -49,6 +49,7 @@ def open_writer(store: FeatureStore, plan: Plan, lp, key: str, n_rows: int, row_
 
 
 def write_exports(store: FeatureStore, plan: Plan, export_pt: bool) -> list[Path]:
+    """The ``.pt`` export of every set of the plan, written unless one newer than the set exists."""
     if not export_pt:
         return []
     out = []

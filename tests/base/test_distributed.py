@@ -188,7 +188,7 @@ PROBE = dict(lrs=(0.003, 0.01), wds=(0.0,), epochs=4, batch_size=32)
 @pytest.fixture(scope="module")
 def one_launch(inputs, tmp_path_factory):
     """One torchrun of tests/base/dist_worker.py: featstore.extract in the process group, fs.batches' shares, a probe."""
-    from test_probe import write_store
+    from _util import write_probe_store as write_store
 
     from featstore.spatial import load_from_disk
     from featstore.spatial.synth import generate

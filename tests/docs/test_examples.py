@@ -35,12 +35,31 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")) + ["README.md", "datasets/README.md"]
+PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")) + [
+    "README.md",
+    "datasets/README.md",
+]
 
 PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell", "console"}
-SHOWN = {"text", "json", "jsonl", "toml", "yaml", "yml", "ini", "csv", "cpp", "c", "diff", "output", "pycon", "cmake",
-         "make", "makefile"}
+SHOWN = {
+    "text",
+    "json",
+    "jsonl",
+    "toml",
+    "yaml",
+    "yml",
+    "ini",
+    "csv",
+    "cpp",
+    "c",
+    "diff",
+    "output",
+    "pycon",
+    "cmake",
+    "make",
+    "makefile",
+}
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|file)\s*:(?P<value>.*?)-->\s*$")
@@ -57,12 +76,12 @@ EXPECTED_OUTPUT = {
 @dataclass
 class Block:
     page: str
-    number: int          # 1-based, among the page's fenced blocks
-    line: int            # 1-based line of the opening fence
+    number: int  # 1-based, among the page's fenced blocks
+    line: int  # 1-based line of the opening fence
     lang: str
     code: str
     not_run: str | None  # the reason, when marked not-run
-    file: str | None     # the target path, when marked as a file
+    file: str | None  # the target path, when marked as a file
 
     @property
     def where(self) -> str:
@@ -120,13 +139,20 @@ def run_page(page: str, workdir: Path, capsys) -> str:
     blocks = parse_blocks(page, (ROOT / page).read_text())
     for b in blocks:
         assert b.lang, f"{b.where}: the fence names no language; write ```python, ```bash, ```text, ..."
-        assert b.lang in PYTHON | SHELL | SHOWN, f"{b.where}: unknown language {b.lang!r} (known: {sorted(PYTHON | SHELL | SHOWN)})"
+        assert b.lang in PYTHON | SHELL | SHOWN, (
+            f"{b.where}: unknown language {b.lang!r} (known: {sorted(PYTHON | SHELL | SHOWN)})"
+        )
         if b.not_run is not None:
             assert b.not_run, f"{b.where}: a not-run marker must say why the block cannot run here"
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     namespace: dict = {"__name__": "__docs__"}
     printed: list[str] = []
     for b in blocks:
@@ -144,12 +170,21 @@ def run_page(page: str, workdir: Path, capsys) -> str:
                 printed.append(capsys.readouterr().out)
                 _fail(b, traceback.format_exc(limit=-6))
         elif b.lang in SHELL:
-            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", shell_script(b)], cwd=workdir, env=env,
-                                  capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", shell_script(b)],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             printed.append(proc.stdout + proc.stderr)
             if proc.returncode != 0:
-                _fail(b, f"exit status {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
-                         f"--- stderr ---\n{proc.stderr[-4000:]}")
+                _fail(
+                    b,
+                    f"exit status {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr ---\n{proc.stderr[-4000:]}",
+                )
     printed.append(capsys.readouterr().out)
     return "".join(printed)
 
@@ -191,17 +226,26 @@ def test_every_page_has_examples_that_run():
     for page in PAGES:
         if page.startswith("docs/reference/") or page in exempt:
             continue
-        runnable = [b for b in parse_blocks(page, (ROOT / page).read_text())
-                    if b.lang in PYTHON | SHELL and b.not_run is None and b.file is None]
+        runnable = [
+            b
+            for b in parse_blocks(page, (ROOT / page).read_text())
+            if b.lang in PYTHON | SHELL and b.not_run is None and b.file is None
+        ]
         assert runnable, f"{page} has no runnable example"
 
 
 def test_parser_finds_markers_and_indented_blocks():
-    text = ("intro\n\n<!-- not-run: needs a GPU -->\n```python\nimport x\n```\n\n- item\n\n  ```bash\n  echo hi\n  ```\n"
-            "<!-- file: a/b.py -->\n```python\nA = 1\n```\n<!-- not-run: -->\n```text\nout\n```\n")
+    text = (
+        "intro\n\n<!-- not-run: needs a GPU -->\n```python\nimport x\n```\n\n- item\n\n  ```bash\n  echo hi\n  ```\n"
+        "<!-- file: a/b.py -->\n```python\nA = 1\n```\n<!-- not-run: -->\n```text\nout\n```\n"
+    )
     blocks = parse_blocks("t.md", text)
     assert [(b.lang, b.not_run, b.file) for b in blocks] == [
-        ("python", "needs a GPU", None), ("bash", None, None), ("python", None, "a/b.py"), ("text", "", None)]
+        ("python", "needs a GPU", None),
+        ("bash", None, None),
+        ("python", None, "a/b.py"),
+        ("text", "", None),
+    ]
     assert blocks[1].code == "echo hi\n" and blocks[1].line == 10
     assert shell_script(Block("t", 1, 1, "console", "$ echo a\na\n", None, None)) == "echo a\n"
 
@@ -220,15 +264,23 @@ def test_readme_is_a_landing_page():
 
 
 def test_mkdocs_build_strict(tmp_path):
-    missing = [m for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
-               if importlib.util.find_spec(m.split(".")[0]) is None
-               or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)]
+    missing = [
+        m
+        for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+        if importlib.util.find_spec(m.split(".")[0]) is None
+        or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)
+    ]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[docs]' to build the docs")
     site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(site)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     store_page = (site / "reference" / "store" / "index.html").read_text()
     assert "FeatureStore" in store_page and "create_feature_set" in store_page, "the API reference lost its docstrings"
@@ -238,8 +290,18 @@ def _commands(parser, prefix="featstore"):
     """(command path, option strings) of every (sub)command of an argparse parser."""
     import argparse
 
-    out = [(prefix, [s for a in parser._actions if not isinstance(a, argparse._SubParsersAction)
-                     for s in a.option_strings if s.startswith("--") and s != "--help"])]
+    out = [
+        (
+            prefix,
+            [
+                s
+                for a in parser._actions
+                if not isinstance(a, argparse._SubParsersAction)
+                for s in a.option_strings
+                if s.startswith("--") and s != "--help"
+            ],
+        )
+    ]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _util import write_probe_store as write_store
 
 from featstore import FeatureStore
 from featstore.probe import make_task, train_probes, wilson_interval
@@ -11,28 +12,6 @@ from featstore.spatial.split import split_indices
 from featstore.spatial.synth import generate
 
 torch.set_num_threads(1)
-
-
-def write_store(root, ds, seed=0):
-    """A vector set whose relation is planted, one of pure noise, and a patch grid where the relation is *where* the signal is."""
-    rt = row_targets(ds)
-    rng = np.random.default_rng(seed)
-    n = len(ds)
-    store = FeatureStore.create(root)
-    means = rng.standard_normal((len(rt.relations), 32)).astype(np.float32)
-    x = rng.standard_normal((n, 32)).astype(np.float32) + 2.0 * means[rt.relation]
-    meta = {"encoder": "toy", "layer": "layer_1", "pooling": "cls"}
-    with store.create_feature_set("toy/layer_1/cls", n, (32,), "float16", meta, rt.label) as w:
-        w.write(0, x.astype(np.float16))
-    with store.create_feature_set("toy/layer_0/cls", n, (32,), "float16", {**meta, "layer": "layer_0"}, rt.label) as w:
-        w.write(0, rng.standard_normal((n, 32)).astype(np.float16))
-    g = rng.standard_normal((n, 4, 8)).astype(np.float32)
-    g[np.arange(n), rt.relation % 4, :] += 3.0
-    with store.create_feature_set(
-        "toy/layer_1/patch", n, (4, 8), "float16", {**meta, "pooling": "patch"}, rt.label
-    ) as w:
-        w.write(0, g.astype(np.float16))
-    return FeatureStore.open(root)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_probe import write_store
+from _util import write_probe_store as write_store
 
 import featstore
 from featstore.cli import main
