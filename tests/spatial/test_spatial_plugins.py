@@ -219,8 +219,8 @@ def test_hook_documentation_has_arguments_returns_and_an_example():
     from featstore import hookspecs
 
     doc = hookspecs.register_importers.__doc__
-    assert "Arguments:" in doc and "Returns:" in doc and "Example::" in doc
-    example = textwrap.dedent(doc.split("Example::", 1)[1])
+    assert "Arguments:" in doc and "Returns:" in doc and "Example:" in doc
+    example = textwrap.dedent(doc.split("```python", 1)[1].split("```", 1)[0])
     namespace: dict = {}
     exec(compile(example, "register_importers example", "exec"), namespace)
     got = []
