@@ -34,6 +34,7 @@ class BatchSpec:
     labels: np.ndarray | None
     device: torch.device
     single: bool  # one set: a batch's features are its tensor, not a dict
+    read: str = "mmap"  # how the CPU gathers read the files: "mmap" or "direct"
 
     def features(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
         """The ``features`` field of a batch made of ``tensors`` (key -> tensor)."""
@@ -88,7 +89,7 @@ class CpuAssembler:
         feats = {}
         for key, fs in self.spec.sets.items():
             out = self.buffers[key].take(len(idx))
-            fs.gather_into(idx, out)
+            fs.gather_into(idx, out, read=self.spec.read)
             feats[key] = out
         labels = torch.from_numpy(self.spec.labels[idx]) if self.spec.labels is not None else None
         return Batch(self.spec.features(feats), labels, torch.from_numpy(idx))
@@ -125,7 +126,7 @@ class PinnedAssembler:
         host = {}
         for key, fs in self.spec.sets.items():
             host[key] = self.host[slot][key][:n]
-            fs.gather_into(idx, host[key])
+            fs.gather_into(idx, host[key], read=self.spec.read)
         host_labels = None
         if self.spec.labels is not None:
             host_labels = self.host_labels[slot][:n]

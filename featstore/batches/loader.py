@@ -22,6 +22,7 @@ from ..distributed import resolve_ranks, shard_order
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
 from ..store import FeatureSet
+from ..store.memory import choose_read, memory_facts
 from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
@@ -54,7 +55,10 @@ class BatchLoader:
     (padded by wrapping to a multiple of ``world_size``, or cut to one with ``drop_last``).
     On CUDA, ``cache`` picks how batches reach the device: "auto" (default), "device", "uva" or
     "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
-    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``info`` says which path runs and why.
+    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``read`` picks how rows
+    leave the files on the CPU and pinned paths: "mmap" (the mapping), "direct" (preadv straight into
+    the batch, for sets larger than memory) or "auto" (default: mmap when the sets fit in the memory
+    this process may use, featstore.store.memory). ``info`` says which paths run and why.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class BatchLoader:
         cache_share: float | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        read: str = "auto",
     ):
         if not sets:
             raise ValueError("batches need at least one feature set")
@@ -112,6 +117,7 @@ class BatchLoader:
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
         self.info: dict[str, Any] = self._choose_path(cache, cache_share)
+        self.read = self._choose_read(read)
         # the device cache / registrations, built once, reused across epochs
         self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
 
@@ -130,6 +136,18 @@ class BatchLoader:
                     raise
                 info.update(path="pinned", why=f"{choice.why}, but registration failed ({exc}); pinned staging")
         return info
+
+    def _choose_read(self, read: str) -> str:
+        """The read path of the CPU and pinned assemblers (the device and uva paths read the mapping)."""
+        set_bytes = sum(fs.nbytes for fs in self.sets.values())
+        choice = choose_read(read, set_bytes, memory_facts())
+        if self.info["path"] in ("device", "uva"):
+            if read == "direct":
+                raise ValueError(f"read='direct' needs the CPU or pinned path, but cache={self.info['path']!r} runs")
+            self.info.update(read="mmap", read_why=f"the {self.info['path']!r} path reads the sets' mapped pages")
+            return "mmap"
+        self.info.update(read=choice.path, read_why=choice.why)
+        return choice.path
 
     def _check_rows(self, rows) -> np.ndarray:
         if rows is None:
@@ -183,7 +201,7 @@ class BatchLoader:
 
     def _assembler(self):
         path = self.info["path"]
-        spec = BatchSpec(self.sets, self.batch_size, self.prefetch, self.labels, self.device, self.single)
+        spec = BatchSpec(self.sets, self.batch_size, self.prefetch, self.labels, self.device, self.single, self.read)
         if path in ("device", "uva"):
             if self._assembler_cache is None:
                 self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(spec)
