@@ -27,6 +27,7 @@ from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
 from .device_paths import loader_path
+from .orders import DEFAULT_BLOCK_BYTES, DEFAULT_WINDOW_BLOCKS, ORDERS, block_order, block_rows_for, block_share
 
 _END = object()
 
@@ -58,7 +59,10 @@ class BatchLoader:
     $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``read`` picks how rows
     leave the files on the CPU and pinned paths: "mmap" (the mapping), "direct" (preadv straight into
     the batch, for sets larger than memory) or "auto" (default: mmap when the sets fit in the memory
-    this process may use, featstore.store.memory). ``info`` says which paths run and why.
+    this process may use, featstore.store.memory). ``order``: "random" (default, a uniform
+    permutation) or "block" (quasi-random for sets larger than memory, featstore.batches.orders:
+    blocks of ``block_bytes`` of rows shuffled, then rows within windows of ``window_blocks``
+    blocks). ``info`` says which paths run and why.
     """
 
     def __init__(
@@ -79,6 +83,9 @@ class BatchLoader:
         rank: int | None = None,
         world_size: int | None = None,
         read: str = "auto",
+        order: str = "random",
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        window_blocks: int = DEFAULT_WINDOW_BLOCKS,
     ):
         if not sets:
             raise ValueError("batches need at least one feature set")
@@ -118,6 +125,7 @@ class BatchLoader:
             self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
         self.info: dict[str, Any] = self._choose_path(cache, cache_share)
         self.read = self._choose_read(read)
+        self.order, self.block_rows, self.window_blocks = self._check_order(order, block_bytes, window_blocks)
         # the device cache / registrations, built once, reused across epochs
         self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
 
@@ -148,6 +156,20 @@ class BatchLoader:
             return "mmap"
         self.info.update(read=choice.path, read_why=choice.why)
         return choice.path
+
+    def _check_order(self, order: str, block_bytes: int, window_blocks: int) -> tuple[str, int, int]:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}, got {order!r}")
+        if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
+            raise ValueError(f"window_blocks must be a positive integer, got {window_blocks!r}")
+        block_rows = block_rows_for(sum(fs.row_bytes for fs in self.sets.values()), block_bytes)
+        if order == "random":
+            self.info["order"] = "random"
+            return order, 0, 0
+        if not self.shuffle:
+            raise ValueError("order='block' is a shuffled order; it cannot go with shuffle=False")
+        self.info.update(order="block", block_rows=block_rows, window_blocks=window_blocks)
+        return order, block_rows, window_blocks
 
     def _check_rows(self, rows) -> np.ndarray:
         if rows is None:
@@ -181,6 +203,9 @@ class BatchLoader:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The row numbers this rank serves in ``epoch``, in order: its share of the epoch's order,
         which is the same on every rank (the permutation of ``(seed, epoch)``)."""
+        if self.order == "block":
+            blocks = block_order(self.rows, self.seed, epoch, self.block_rows, self.window_blocks)
+            return block_share(blocks, self.ranks.rank, self.ranks.world_size, self.drop_last)
         order = self.rows
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
@@ -201,7 +226,17 @@ class BatchLoader:
 
     def _assembler(self):
         path = self.info["path"]
-        spec = BatchSpec(self.sets, self.batch_size, self.prefetch, self.labels, self.device, self.single, self.read)
+        spec = BatchSpec(
+            self.sets,
+            self.batch_size,
+            self.prefetch,
+            self.labels,
+            self.device,
+            self.single,
+            self.read,
+            self.block_rows,
+            self.window_blocks,
+        )
         if path in ("device", "uva"):
             if self._assembler_cache is None:
                 self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(spec)

@@ -55,8 +55,9 @@ class DirectReader:
                     self._fd = fd
         return self._fd
 
-    def read(self, rows: np.ndarray, out, depth: int | None = None) -> None:
-        """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes)."""
+    def read(self, rows: np.ndarray, out, depth: int | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes),
+        ``depth`` requests in flight (default :func:`queue_depth`) of at most ``max_request_bytes``."""
         try:
             _backend.read_rows(
                 self.fileno(),
@@ -66,7 +67,7 @@ class DirectReader:
                 rows,
                 out,
                 queue_depth() if depth is None else depth,
-                MAX_REQUEST_BYTES,
+                max_request_bytes,
                 str(self.path),
             )
         except EOFError as exc:
