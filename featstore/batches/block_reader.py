@@ -21,7 +21,7 @@ from .._dtypes import byte_view
 from ..store import FeatureSet
 
 Read = Callable[[np.ndarray, torch.Tensor], None]
-BLOCK_REQUEST_BYTES = 512 << 10  # a block is read as several requests in flight
+BLOCK_REQUEST_BYTES = 1 << 20  # a block is read as several requests in flight
 
 
 class BlockCache:
@@ -44,26 +44,37 @@ class BlockCache:
         for b in wanted.tolist():
             if b in self.slots:
                 self.slots.move_to_end(b)
-        free = [s for s in range(self.n_slots) if s not in set(self.slots.values())]
-        for b in wanted.tolist():
-            if b in self.slots:
-                continue
-            if not free:
+        missing = [b for b in wanted.tolist() if b not in self.slots]
+        if missing:
+            used = set(self.slots.values())
+            free = [s for s in range(self.n_slots) if s not in used]
+            while len(free) < len(missing):
                 old = next(k for k in self.slots if k not in keep)
                 free.append(self.slots.pop(old))
-            slot = free.pop()
-            self._load(b, slot)
-            self.slots[b] = slot
+            self._load(missing, sorted(free)[: len(missing)])
         slot_of = np.array([self.slots[b] for b in wanted.tolist()], dtype=np.int64)
         local = slot_of[np.searchsorted(wanted, blocks)] * self.block_rows + (idx - blocks * self.block_rows)
         _backend.gather(self.arena, self.fs.row_bytes, local, byte_view(out))
 
-    def _load(self, block: int, slot: int) -> None:
-        first = block * self.block_rows
-        rows = np.arange(first, min(len(self.fs), first + self.block_rows), dtype=np.int64)
-        view = self.arena[slot * self.slot_bytes : slot * self.slot_bytes + len(rows) * self.fs.row_bytes]
-        self.fs.direct.read(rows, view, max_request_bytes=BLOCK_REQUEST_BYTES)
-        self.blocks_read += 1
+    def _load(self, blocks: list[int], slots: list[int]) -> None:
+        """Read ``blocks`` into ``slots`` (sorted): one direct read per run of consecutive slots, so
+        the blocks of a window are read with all their requests in flight together."""
+        R, n, rb = self.block_rows, len(self.fs), self.fs.row_bytes
+        runs: list[list[tuple[int, int]]] = []
+        for b, s in zip(blocks, slots, strict=True):
+            last = runs[-1][-1] if runs else None
+            # a run goes on in the next slot, after a whole block (the set's last block may be short)
+            if last is not None and last[1] == s - 1 and (last[0] + 1) * R <= n:
+                runs[-1].append((b, s))
+            else:
+                runs.append([(b, s)])
+        for run in runs:
+            rows = np.concatenate([np.arange(b * R, min(n, b * R + R), dtype=np.int64) for b, _ in run])
+            start = run[0][1] * self.slot_bytes
+            self.fs.direct.read(rows, self.arena[start : start + len(rows) * rb], max_request_bytes=BLOCK_REQUEST_BYTES)
+            for b, s in run:
+                self.slots[b] = s
+            self.blocks_read += len(run)
 
 
 def reader(fs: FeatureSet, read: str, block_rows: int = 0, window_blocks: int = 0) -> Read:
