@@ -8,6 +8,7 @@ per repetition, so machine noise hits them alike; the table gives medians and ea
 to the bare gather of the same repetitions. Variants:
 
   gather              fs.gather_into(idx, out) into one preallocated tensor, on the calling thread
+  gather + permutation  the same, with the epoch's permutation (rng.permutation(n)) timed too
   gather 4 buffers    the same into 4 buffers in turn (what a prefetching loader must use at least)
   batches             fs.batches(bs, labels=False): the prefetch thread (prefetch=2), recycled buffers
   batches + labels    the same with the stored labels gathered too
@@ -56,26 +57,35 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--row-values",
+        type=int,
+        default=768,
+        help="float16 values a row (2: the gather costs ~nothing, what is left is the loader)",
+    )
     args = ap.parse_args()
     import featstore
 
     torch.set_num_threads(1)
     n = 32_768 if args.quick else 262_144
+    width = args.row_values
     repeats = 2 if args.quick else args.repeats
     work = Path(args.workdir or tempfile.mkdtemp(prefix="featstore-handoff-", dir="/var/tmp"))
     store = featstore.FeatureStore.create(work / "store")
     rng = np.random.default_rng(0)
-    with store.create_feature_set("vec", n, (768,), "float16", labels=np.arange(n) % 10) as w:
+    with store.create_feature_set("vec", n, (width,), "float16", labels=np.arange(n) % 10) as w:
         for a in range(0, n, 32_768):
-            w.write(a, rng.standard_normal((min(n, a + 32_768) - a, 768), dtype=np.float32).astype(np.float16))
+            w.write(a, rng.standard_normal((min(n, a + 32_768) - a, width), dtype=np.float32).astype(np.float16))
     fs = featstore.FeatureStore.open(work / "store")["vec"]
     fs.advise("willneed")
     float(fs.to_torch().float().sum())  # in the page cache and mapped
 
-    def gather(bs: int, rep: int, buffers: int = 1) -> float:
-        perm = np.random.default_rng(rep).permutation(n).astype(np.int64)
-        outs = [torch.empty(bs, 768, dtype=torch.float16) for _ in range(buffers)]
+    def gather(bs: int, rep: int, buffers: int = 1, shuffle_timed: bool = False) -> float:
+        outs = [torch.empty(bs, width, dtype=torch.float16) for _ in range(buffers)]
         t = time.perf_counter()
+        perm = np.random.default_rng(rep).permutation(n)
+        if not shuffle_timed:
+            t = time.perf_counter()
         for k, i in enumerate(range(0, n - bs + 1, bs)):
             fs.gather_into(perm[i : i + bs], outs[k % buffers])
         return (n // bs * bs) / (time.perf_counter() - t)
@@ -90,6 +100,7 @@ def main() -> int:
 
     variants = {
         "gather": gather,
+        "gather + permutation": lambda bs, r: gather(bs, r, 1, True),
         "gather 4 buffers": lambda bs, r: gather(bs, r, 4),
         "batches": batches,
         "batches + labels": lambda bs, r: batches(bs, r, labels=True),
@@ -109,13 +120,14 @@ def main() -> int:
                 runs[name].append(variants[name](bs, rep))
         table[str(bs)] = runs
     busy_after = cpu_busy_share()
+    row_bytes = fs.row_bytes
     del fs
     shutil.rmtree(work, ignore_errors=True)
     results = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": n,
-        "row_bytes": fs.row_bytes,
+        "row_bytes": row_bytes,
         "repeats": repeats,
         "backend": featstore.backend(),
         "threads": featstore.get_num_threads(),
@@ -124,7 +136,7 @@ def main() -> int:
         "busy_after": busy_after,
         "rows_per_s": table,
     }
-    stem = "handoff-quick" if args.quick else "handoff"
+    stem = ("handoff-quick" if args.quick else "handoff") + ("" if width == 768 else f"-{width}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text(report(results))
@@ -143,8 +155,8 @@ def report(results: dict) -> str:
         "(other processes included: the machine was shared, so the figures are noisy; the ratios compare "
         "variants of the same repetitions).",
         "",
-        "| variant | B=1024 GB/s | ratio to gather | B=8192 GB/s | ratio to gather |",
-        "|---|---|---|---|---|",
+        "| variant | B=1024 GB/s | us/batch | ratio to gather | B=8192 GB/s | us/batch | ratio to gather |",
+        "|---|---|---|---|---|---|---|",
     ]
     t = results["rows_per_s"]
     for name in t["1024"]:
@@ -152,7 +164,7 @@ def report(results: dict) -> str:
         for bs in ("1024", "8192"):
             med = statistics.median(t[bs][name])
             ratio = statistics.median(a / b for a, b in zip(t[bs][name], t[bs]["gather"], strict=True))
-            cells += [f"{med * results['row_bytes'] / 1e9:.2f}", f"{ratio:.2f}"]
+            cells += [f"{med * results['row_bytes'] / 1e9:.2f}", f"{1e6 * int(bs) / med:.0f}", f"{ratio:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -115,6 +115,7 @@ class BatchLoader:
                 "seed to get disjoint shares; pass seed=<int>"
             )
         self.rows = self._check_rows(rows)
+        self.all_rows = rows is None  # self.rows is arange(n_rows)
         for fs in self.sets.values():
             fs.check_committed(self.rows)  # only for sets opened with allow_incomplete
         self.labels = self._check_labels(labels)
@@ -209,7 +210,8 @@ class BatchLoader:
         order = self.rows
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            order = self.rows[rng.permutation(len(self.rows))]
+            perm = rng.permutation(len(self.rows))
+            order = perm if self.all_rows else self.rows[perm]  # rows[perm] is perm when rows is arange
         return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -244,32 +246,32 @@ class BatchLoader:
         return PinnedAssembler(spec) if path == "pinned" else CpuAssembler(spec)
 
     def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        # The hand-off is a C-level SimpleQueue (no Python Condition per batch) bounded by a semaphore:
+        # the producer takes a slot before assembling a batch, the consumer frees it as it takes one,
+        # so at most prefetch + 1 batches are assembled ahead, as with a Queue(maxsize=prefetch).
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        slots = threading.Semaphore(self.prefetch + 1)
         stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
 
         def produce() -> None:
             try:
                 for idx in chunks:
-                    if stop.is_set() or not put(make.assemble(idx)):
+                    while not slots.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
                         return
-                put(_END)
+                    q.put(make.assemble(idx))
+                q.put(_END)
             except BaseException as exc:  # handed to the consumer, raised there
-                put(_Failure(exc))
+                q.put(_Failure(exc))
 
         thread = threading.Thread(target=produce, name="featstore-prefetch", daemon=True)
         thread.start()
         try:
             while True:
                 item = q.get()
+                slots.release()
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
@@ -277,8 +279,5 @@ class BatchLoader:
                 yield make.finish(item)
         finally:
             stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+            slots.release()  # a producer waiting for a slot wakes, sees stop and returns
+            thread.join()
