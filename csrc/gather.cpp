@@ -156,6 +156,10 @@ std::uint64_t* radix_sort(std::uint64_t* a, std::uint64_t* b, std::size_t n, int
 
 }  // namespace
 
+bool check_row_indices(const std::int64_t* indices, std::size_t n, std::size_t n_rows) {
+    return check_indices(indices, n, n_rows);
+}
+
 void gather_rows(const std::uint8_t* src, std::size_t src_bytes, std::size_t row_bytes,
                  const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                  int threads) {

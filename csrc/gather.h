@@ -13,6 +13,10 @@ public:
     using std::out_of_range::out_of_range;
 };
 
+// Throws IndexError (the message gather_rows uses) for the first of indices[0, n) outside
+// [0, n_rows); returns whether they are non-decreasing.
+bool check_row_indices(const std::int64_t* indices, std::size_t n, std::size_t n_rows);
+
 // Copies row indices[i] of src (rows of row_bytes bytes; n_rows = src_bytes / row_bytes) to
 // out[i*row_bytes, (i+1)*row_bytes). Validates everything before the first byte moves:
 //   row_bytes == 0 or out_bytes < n*row_bytes -> std::invalid_argument,

@@ -1,10 +1,11 @@
-// pybind11 bindings for featstore._core: MappedFile, gather, set_num_threads, get_num_threads.
+// pybind11 bindings for featstore._core: MappedFile, gather, read_rows, set_num_threads, get_num_threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <memory>
 #include <string>
 
+#include "direct_read.h"
 #include "gather.h"
 #include "mapped_file.h"
 #include "thread_pool.h"
@@ -51,10 +52,8 @@ private:
     Py_buffer view_{};
 };
 
-void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::handle out, int threads) {
-    if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
-    if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
-    // indices: exactly a 1-D C-contiguous int64 ndarray; never a silent converting copy.
+// indices: exactly a 1-D C-contiguous int64 ndarray; never a silent converting copy.
+py::array check_index_array(py::handle indices) {
     if (!py::isinstance<py::array>(indices))
         throw py::type_error("indices must be a numpy int64 array, got " +
                              std::string(py::str(py::type::of(indices).attr("__name__"))));
@@ -63,7 +62,13 @@ void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::hand
         throw py::type_error("indices must have dtype int64, got " + std::string(py::str(idx.dtype())));
     if (idx.ndim() != 1) throw py::value_error("indices must be 1-D, got " + std::to_string(idx.ndim()) + "-D");
     if (!(idx.flags() & py::array::c_style)) throw py::value_error("indices must be C-contiguous");
+    return idx;
+}
 
+void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::handle out, int threads) {
+    if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
+    if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
+    auto idx = check_index_array(indices);
     ByteView s(src, "src", false);
     ByteView o(out, "out", true);
     const auto* ip = static_cast<const std::int64_t*>(idx.data());
@@ -73,10 +78,29 @@ void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::hand
                            threads);
 }
 
+void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t n_rows, py::handle indices,
+               py::handle out, int queue_depth, std::int64_t max_request_bytes, const py::object& path) {
+    if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
+    if (offset < 0) throw py::value_error("offset must be >= 0, got " + std::to_string(offset));
+    if (n_rows < 0) throw py::value_error("n_rows must be >= 0, got " + std::to_string(n_rows));
+    if (queue_depth < 1) throw py::value_error("queue_depth must be >= 1, got " + std::to_string(queue_depth));
+    if (max_request_bytes < 1)
+        throw py::value_error("max_request_bytes must be positive, got " + std::to_string(max_request_bytes));
+    auto idx = check_index_array(indices);
+    ByteView o(out, "out", true);
+    const std::string raw = py::bytes(py::module_::import("os").attr("fsencode")(path));
+    const auto* ip = static_cast<const std::int64_t*>(idx.data());
+    const auto n = static_cast<std::size_t>(idx.shape(0));
+    py::gil_scoped_release nogil;
+    featstore::read_rows(fd, static_cast<std::uint64_t>(offset), static_cast<std::size_t>(row_bytes),
+                         static_cast<std::size_t>(n_rows), ip, n, o.data(), o.size(), queue_depth,
+                         static_cast<std::size_t>(max_request_bytes), raw);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "featstore compiled core: copy-on-write file mappings and a multithreaded row gather.";
+    m.doc() = "featstore compiled core: copy-on-write file mappings, a multithreaded row gather, direct row reads.";
 
     py::register_exception_translator([](std::exception_ptr p) {
         try {
@@ -87,6 +111,8 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
         } catch (const featstore::IndexError& e) {
             PyErr_SetString(PyExc_IndexError, e.what());
+        } catch (const featstore::ShortReadError& e) {
+            PyErr_SetString(PyExc_EOFError, e.what());
         }
     });
 
@@ -131,6 +157,18 @@ src/out may also be objects with __dlpack__ on the CPU (e.g. torch.Tensor).
 Every index is checked before any byte is copied: one outside [0, n_rows) raises IndexError
 (negative indices are not wrapped). The GIL is released during the copy.
 threads: 0 = the pool's size (get_num_threads()), 1 = inline on the calling thread.)doc");
+
+    m.def("read_rows", &read_rows, py::arg("fd"), py::arg("offset"), py::arg("row_bytes"), py::arg("n_rows"),
+          py::arg("indices"), py::arg("out"), py::arg("queue_depth") = 32, py::arg("max_request_bytes") = 1 << 20,
+          py::arg("path") = "", R"doc(
+Read row indices[i] of the file open as fd into out[i*row_bytes:(i+1)*row_bytes] with pread/preadv.
+
+The rows are the n_rows rows of row_bytes bytes from byte offset of the file. indices and out are
+checked as gather checks them, and every index before any read (IndexError). The picks are read in
+file order, rows adjacent in the file by one preadv (at most max_request_bytes each), with up to
+queue_depth requests in flight on the I/O thread pool (1 = on the calling thread); a row asked for
+twice is read once. The GIL is released. A file shorter than its rows, or one cut while it is read,
+raises EOFError naming `path`; a failed read raises OSError(errno, strerror, path).)doc");
 
     m.def(
         "set_num_threads",

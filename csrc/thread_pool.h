@@ -29,11 +29,14 @@
 namespace featstore {
 
 // size() threads in total: the caller of parallel_for plus size()-1 workers. Idle workers spin
-// (kSpin, yielding the CPU every couple of microseconds) before sleeping on a condvar, so calls in
+// (spin_, yielding the CPU every couple of microseconds) before sleeping on a condvar, so calls in
 // quick succession don't pay a wake-up; the caller likewise spins a while waiting for them.
 class ThreadPool {
 public:
-    explicit ThreadPool(int n_threads) : pid_(::getpid()) {
+    // spin: how long idle workers (and a waiting caller) spin before sleeping; the I/O pool of the
+    // direct read path (direct_read.cpp) spins not at all, its workers block in pread.
+    explicit ThreadPool(int n_threads, std::chrono::microseconds spin = kDefaultSpin)
+        : spin_(spin), pid_(::getpid()) {
         try {
             for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
         } catch (const std::exception&) {
@@ -77,7 +80,7 @@ public:
 private:
     using Call = void (*)(void*, std::size_t);
     using Clock = std::chrono::steady_clock;
-    static constexpr auto kSpin = std::chrono::microseconds(FEATSTORE_POOL_SPIN_US);
+    static constexpr auto kDefaultSpin = std::chrono::microseconds(FEATSTORE_POOL_SPIN_US);
 
     static void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -87,11 +90,12 @@ private:
 #endif
     }
 
-    // Spins until pred() or kSpin elapsed; returns pred().
+    // Spins until pred() or spin_ elapsed; returns pred().
     template <class P>
-    static bool spin_until(P&& pred) {
+    bool spin_until(P&& pred) const {
         if (pred()) return true;
-        const auto deadline = Clock::now() + kSpin;
+        if (spin_.count() == 0) return false;
+        const auto deadline = Clock::now() + spin_;
         for (;;) {
             for (int i = 0; i < 64; ++i) {
                 cpu_relax();
@@ -170,6 +174,7 @@ private:
     }
 
     int size_;  // set once in the constructor
+    const std::chrono::microseconds spin_;
     const pid_t pid_;
     std::vector<std::thread> workers_;
     std::mutex busy_;  // held by the one parallel_for that owns the workers
@@ -262,6 +267,33 @@ inline std::shared_ptr<ThreadPool> global_pool() {
         r.pool = std::make_shared<ThreadPool>(r.n_threads);
     }
     return r.pool;
+}
+
+// ---- the process-wide I/O pool of the direct read path -------------------------------------
+// Workers that block in pread/preadv, so there are more of them than CPUs (the queue depth) and
+// they never spin. Created on first use with queue_depth threads, re-created when a call asks for
+// another depth, and after fork(), like global_pool().
+inline std::shared_ptr<ThreadPool> io_pool(int queue_depth) {
+    static detail::PoolRegistry* r = [] {
+        auto* reg = new detail::PoolRegistry();
+        static detail::PoolRegistry* self = reg;
+        ::pthread_atfork([] { self->mu.lock(); }, [] { self->mu.unlock(); }, [] { self->mu.unlock(); });
+        return reg;
+    }();
+    std::shared_ptr<ThreadPool> old;
+    std::shared_ptr<ThreadPool> pool;
+    {
+        std::lock_guard<std::mutex> lk(r->mu);
+        if (r->pool && r->pool->pid() != ::getpid()) detail::leak(std::move(r->pool));
+        if (r->pool && r->n_threads != queue_depth) old = std::move(r->pool);
+        if (!r->pool) {
+            r->pool = std::make_shared<ThreadPool>(queue_depth, std::chrono::microseconds(0));
+            r->n_threads = queue_depth;
+        }
+        pool = r->pool;
+    }
+    old.reset();  // joins the old workers outside the lock, unless a caller still holds it
+    return pool;
 }
 
 }  // namespace featstore

@@ -1,4 +1,4 @@
-"""featstore compiled core: copy-on-write file mappings and a multithreaded row gather."""
+"""featstore compiled core: copy-on-write file mappings, a multithreaded row gather, direct row reads."""
 
 import os
 from typing import Literal
@@ -36,6 +36,19 @@ def gather(
     threads: int = 0,
 ) -> None:
     """Copy row ``indices[i]`` of ``src`` (rows of ``row_bytes`` bytes) to row i of ``out``, GIL released."""
+
+def read_rows(
+    fd: int,
+    offset: int,
+    row_bytes: int,
+    n_rows: int,
+    indices: npt.NDArray[np.int64],
+    out: Buffer | torch.Tensor,
+    queue_depth: int = 32,
+    max_request_bytes: int = 1048576,
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes] = "",
+) -> None:
+    """Read row ``indices[i]`` of the file open as ``fd`` into row i of ``out`` with preadv (EOFError if it is short)."""
 
 def set_num_threads(n: int) -> None:
     """Set the size of the persistent gather thread pool (>= 1; else ValueError)."""

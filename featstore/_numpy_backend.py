@@ -15,7 +15,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["MappedFile", "gather", "get_num_threads", "set_num_threads"]
+__all__ = ["MappedFile", "gather", "get_num_threads", "read_rows", "set_num_threads"]
 
 _ADVICE = {
     "normal": mmap.MADV_NORMAL,
@@ -120,12 +120,7 @@ def _byte_view(obj, name: str, writable: bool) -> np.ndarray:
     return np.frombuffer(mv, dtype=np.uint8)
 
 
-def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
-    """Copy row indices[i] of src to out[i*row_bytes:(i+1)*row_bytes] (see featstore._core.gather)."""
-    if row_bytes <= 0:
-        raise ValueError(f"row_bytes must be positive, got {row_bytes}")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+def _check_index_array(indices) -> None:
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"indices must be a numpy int64 array, got {type(indices).__name__}")
     if indices.dtype != np.int64 or not indices.dtype.isnative:
@@ -134,23 +129,120 @@ def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
         raise ValueError(f"indices must be 1-D, got {indices.ndim}-D")
     if not indices.flags.c_contiguous:
         raise ValueError("indices must be C-contiguous")
-    s = _byte_view(src, "src", False)
-    o = _byte_view(out, "out", True)
-    n = len(indices)
+
+
+def _check_out(o: np.ndarray, n: int, row_bytes: int) -> int:
     need = n * row_bytes
     if o.size < need:
         raise ValueError(f"out has {o.size} bytes but {n} indices x {row_bytes} row_bytes need {need} bytes")
-    n_rows = s.size // row_bytes
-    if n == 0:
-        return
+    return need
+
+
+def _check_in_range(indices: np.ndarray, n_rows: int) -> None:
     if int(indices.min()) < 0 or int(indices.max()) >= n_rows:
         bad = (indices < 0) | (indices >= n_rows)
         i = int(bad.argmax())
         raise IndexError(f"index {int(indices[i])} at position {i} is out of range for {n_rows} rows")
+
+
+def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
+    """Copy row indices[i] of src to out[i*row_bytes:(i+1)*row_bytes] (see featstore._core.gather)."""
+    if row_bytes <= 0:
+        raise ValueError(f"row_bytes must be positive, got {row_bytes}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _check_index_array(indices)
+    s = _byte_view(src, "src", False)
+    o = _byte_view(out, "out", True)
+    n = len(indices)
+    need = _check_out(o, n, row_bytes)
+    n_rows = s.size // row_bytes
+    if n == 0:
+        return
+    _check_in_range(indices, n_rows)
     src2d = s[: n_rows * row_bytes].reshape(n_rows, row_bytes)
     out2d = o[:need].reshape(n, row_bytes)
     # mode="clip": indices are already checked, and mode="raise" would buffer `out`.
     np.take(src2d, indices, axis=0, out=out2d, mode="clip")
+
+
+def read_rows(
+    fd: int,
+    offset: int,
+    row_bytes: int,
+    n_rows: int,
+    indices,
+    out,
+    queue_depth: int = 32,
+    max_request_bytes: int = 1 << 20,
+    path: str | bytes | os.PathLike = "",
+) -> None:
+    """Read row indices[i] of the file open as fd into out (see featstore._core.read_rows).
+
+    Single-threaded here (``queue_depth`` is checked, not used): one ``os.preadv`` per run of rows
+    adjacent in the file, each into its rows of ``out``.
+    """
+    for name, v, low in (("row_bytes", row_bytes, 1), ("offset", offset, 0), ("n_rows", n_rows, 0)):
+        if v < low:
+            raise ValueError(f"{name} must be {'positive' if low else '>= 0'}, got {v}")
+    if queue_depth < 1:
+        raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
+    if max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
+    _check_index_array(indices)
+    o = _byte_view(out, "out", True)
+    n = len(indices)
+    _check_out(o, n, row_bytes)
+    if n == 0:
+        return
+    _check_in_range(indices, n_rows)
+    name = os.fsdecode(path)
+    end = offset + n_rows * row_bytes
+    size = os.fstat(fd).st_size
+    if size < end:
+        raise EOFError(
+            f"{name} is {size} bytes, but its {n_rows} rows of {row_bytes} bytes end at byte {end} (truncated?)"
+        )
+    order = np.argsort(indices, kind="stable")
+    rows = indices[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    uniq_rows, uniq_pos = rows[first], order[first]
+    # runs of adjacent rows, at most max_request_bytes (and 1024 iovecs) each
+    max_rows = max(1, min(1024, max_request_bytes // row_bytes))
+    breaks = np.flatnonzero(np.diff(uniq_rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(uniq_rows)]])
+    rows2d = o[: n * row_bytes].reshape(n, row_bytes)
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        for s in range(a, b, max_rows):
+            e = min(b, s + max_rows)
+            _read_run(fd, offset + int(uniq_rows[s]) * row_bytes, [rows2d[p] for p in uniq_pos[s:e].tolist()], name)
+    repeat = ~first
+    if repeat.any():
+        # each repeat copies from the first position that asked for its row
+        src_pos = order[np.flatnonzero(first)[np.cumsum(first) - 1]]
+        rows2d[order[repeat]] = rows2d[src_pos[repeat]]
+
+
+def _read_run(fd: int, at: int, buffers: list, name: str) -> None:
+    want = sum(len(b) for b in buffers)
+    done = 0
+    views = [memoryview(b) for b in buffers]
+    while done < want:
+        got = os.preadv(fd, views, at + done)
+        if got == 0:
+            raise EOFError(
+                f"short read from {name}: got {done} of {want} bytes at offset {at + done}; "
+                "the file ends before its rows (truncated?)"
+            )
+        done += got
+        while got and views:
+            if got >= len(views[0]):
+                got -= len(views.pop(0))
+            else:
+                views[0] = views[0][got:]
+                got = 0
 
 
 def _default_num_threads() -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..store import FeatureSet
+from .block_reader import reader
 
 
 class Batch(NamedTuple):
@@ -34,6 +35,9 @@ class BatchSpec:
     labels: np.ndarray | None
     device: torch.device
     single: bool  # one set: a batch's features are its tensor, not a dict
+    read: str = "mmap"  # how the CPU gathers read the files: "mmap" or "direct"
+    block_rows: int = 0  # the block order's rows per block (0: another order)
+    window_blocks: int = 0
 
     def features(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
         """The ``features`` field of a batch made of ``tensors`` (key -> tensor)."""
@@ -83,12 +87,13 @@ class CpuAssembler:
         self.buffers = {
             k: RecyclingBuffers(fs.row_shape, fs.dtype, spec.batch_size, limit) for k, fs in spec.sets.items()
         }
+        self.readers = {k: reader(fs, spec.read, spec.block_rows, spec.window_blocks) for k, fs in spec.sets.items()}
 
     def assemble(self, idx: np.ndarray) -> Batch:
         feats = {}
-        for key, fs in self.spec.sets.items():
+        for key, read in self.readers.items():
             out = self.buffers[key].take(len(idx))
-            fs.gather_into(idx, out)
+            read(idx, out)
             feats[key] = out
         labels = torch.from_numpy(self.spec.labels[idx]) if self.spec.labels is not None else None
         return Batch(self.spec.features(feats), labels, torch.from_numpy(idx))
@@ -114,6 +119,7 @@ class PinnedAssembler:
         self.host_labels = [torch.empty(bs, dtype=torch.int64, pin_memory=True) for _ in range(n_slots)]
         self.copied: list[torch.cuda.Event | None] = [None] * n_slots
         self.next_slot = 0
+        self.readers = {k: reader(fs, spec.read, spec.block_rows, spec.window_blocks) for k, fs in spec.sets.items()}
 
     def assemble(self, idx: np.ndarray) -> tuple[Batch, torch.cuda.Event]:
         slot = self.next_slot
@@ -123,9 +129,9 @@ class PinnedAssembler:
             previous.synchronize()  # the slot's previous copy has left the buffer
         n = len(idx)
         host = {}
-        for key, fs in self.spec.sets.items():
+        for key, read in self.readers.items():
             host[key] = self.host[slot][key][:n]
-            fs.gather_into(idx, host[key])
+            read(idx, host[key])
         host_labels = None
         if self.spec.labels is not None:
             host_labels = self.host_labels[slot][:n]

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import CudaUnavailableError
+from ..store.memory import physical_ram
 
 CACHE_MODES = ("auto", "device", "uva", "pinned")
 DEFAULT_DEVICE_SHARE = 0.5
@@ -152,8 +153,6 @@ def loader_path(
 
 
 def host_ram() -> int | None:
-    """Physical memory of this machine in bytes, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Physical memory of this machine in bytes, capped by this process's memory cgroup limit
+    (featstore.store.memory.physical_ram), or None where nothing says."""
+    return physical_ram()

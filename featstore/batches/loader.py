@@ -22,10 +22,12 @@ from ..distributed import resolve_ranks, shard_order
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
 from ..store import FeatureSet
+from ..store.memory import choose_read, memory_facts
 from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
 from .device_paths import loader_path
+from .orders import DEFAULT_BLOCK_BYTES, DEFAULT_WINDOW_BLOCKS, ORDERS, block_order, block_rows_for, block_share
 
 _END = object()
 
@@ -54,7 +56,13 @@ class BatchLoader:
     (padded by wrapping to a multiple of ``world_size``, or cut to one with ``drop_last``).
     On CUDA, ``cache`` picks how batches reach the device: "auto" (default), "device", "uva" or
     "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
-    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``info`` says which path runs and why.
+    $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``read`` picks how rows
+    leave the files on the CPU and pinned paths: "mmap" (the mapping), "direct" (preadv straight into
+    the batch, for sets larger than memory) or "auto" (default: mmap when the sets fit in the memory
+    this process may use, featstore.store.memory). ``order``: "random" (default, a uniform
+    permutation) or "block" (quasi-random for sets larger than memory, featstore.batches.orders:
+    blocks of ``block_bytes`` of rows shuffled, then rows within windows of ``window_blocks``
+    blocks). ``info`` says which paths run and why.
     """
 
     def __init__(
@@ -74,6 +82,10 @@ class BatchLoader:
         cache_share: float | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        read: str = "auto",
+        order: str = "random",
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        window_blocks: int = DEFAULT_WINDOW_BLOCKS,
     ):
         if not sets:
             raise ValueError("batches need at least one feature set")
@@ -103,6 +115,7 @@ class BatchLoader:
                 "seed to get disjoint shares; pass seed=<int>"
             )
         self.rows = self._check_rows(rows)
+        self.all_rows = rows is None  # self.rows is arange(n_rows)
         for fs in self.sets.values():
             fs.check_committed(self.rows)  # only for sets opened with allow_incomplete
         self.labels = self._check_labels(labels)
@@ -112,6 +125,8 @@ class BatchLoader:
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())  # 'cuda' means the current GPU, fixed now
         self.info: dict[str, Any] = self._choose_path(cache, cache_share)
+        self.read = self._choose_read(read)
+        self.order, self.block_rows, self.window_blocks = self._check_order(order, block_bytes, window_blocks)
         # the device cache / registrations, built once, reused across epochs
         self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
 
@@ -130,6 +145,32 @@ class BatchLoader:
                     raise
                 info.update(path="pinned", why=f"{choice.why}, but registration failed ({exc}); pinned staging")
         return info
+
+    def _choose_read(self, read: str) -> str:
+        """The read path of the CPU and pinned assemblers (the device and uva paths read the mapping)."""
+        set_bytes = sum(fs.nbytes for fs in self.sets.values())
+        choice = choose_read(read, set_bytes, memory_facts())
+        if self.info["path"] in ("device", "uva"):
+            if read == "direct":
+                raise ValueError(f"read='direct' needs the CPU or pinned path, but cache={self.info['path']!r} runs")
+            self.info.update(read="mmap", read_why=f"the {self.info['path']!r} path reads the sets' mapped pages")
+            return "mmap"
+        self.info.update(read=choice.path, read_why=choice.why)
+        return choice.path
+
+    def _check_order(self, order: str, block_bytes: int, window_blocks: int) -> tuple[str, int, int]:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}, got {order!r}")
+        if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
+            raise ValueError(f"window_blocks must be a positive integer, got {window_blocks!r}")
+        block_rows = block_rows_for(sum(fs.row_bytes for fs in self.sets.values()), block_bytes)
+        if order == "random":
+            self.info["order"] = "random"
+            return order, 0, 0
+        if not self.shuffle:
+            raise ValueError("order='block' is a shuffled order; it cannot go with shuffle=False")
+        self.info.update(order="block", block_rows=block_rows, window_blocks=window_blocks)
+        return order, block_rows, window_blocks
 
     def _check_rows(self, rows) -> np.ndarray:
         if rows is None:
@@ -163,10 +204,14 @@ class BatchLoader:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The row numbers this rank serves in ``epoch``, in order: its share of the epoch's order,
         which is the same on every rank (the permutation of ``(seed, epoch)``)."""
+        if self.order == "block":
+            blocks = block_order(self.rows, self.seed, epoch, self.block_rows, self.window_blocks)
+            return block_share(blocks, self.ranks.rank, self.ranks.world_size, self.drop_last)
         order = self.rows
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            order = self.rows[rng.permutation(len(self.rows))]
+            perm = rng.permutation(len(self.rows))
+            order = perm if self.all_rows else self.rows[perm]  # rows[perm] is perm when rows is arange
         return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -183,7 +228,17 @@ class BatchLoader:
 
     def _assembler(self):
         path = self.info["path"]
-        spec = BatchSpec(self.sets, self.batch_size, self.prefetch, self.labels, self.device, self.single)
+        spec = BatchSpec(
+            self.sets,
+            self.batch_size,
+            self.prefetch,
+            self.labels,
+            self.device,
+            self.single,
+            self.read,
+            self.block_rows,
+            self.window_blocks,
+        )
         if path in ("device", "uva"):
             if self._assembler_cache is None:
                 self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(spec)
@@ -191,32 +246,32 @@ class BatchLoader:
         return PinnedAssembler(spec) if path == "pinned" else CpuAssembler(spec)
 
     def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        # The hand-off is a C-level SimpleQueue (no Python Condition per batch) bounded by a semaphore:
+        # the producer takes a slot before assembling a batch, the consumer frees it as it takes one,
+        # so at most prefetch + 1 batches are assembled ahead, as with a Queue(maxsize=prefetch).
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        slots = threading.Semaphore(self.prefetch + 1)
         stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
 
         def produce() -> None:
             try:
                 for idx in chunks:
-                    if stop.is_set() or not put(make.assemble(idx)):
+                    while not slots.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
                         return
-                put(_END)
+                    q.put(make.assemble(idx))
+                q.put(_END)
             except BaseException as exc:  # handed to the consumer, raised there
-                put(_Failure(exc))
+                q.put(_Failure(exc))
 
         thread = threading.Thread(target=produce, name="featstore-prefetch", daemon=True)
         thread.start()
         try:
             while True:
                 item = q.get()
+                slots.release()
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
@@ -224,8 +279,5 @@ class BatchLoader:
                 yield make.finish(item)
         finally:
             stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+            slots.release()  # a producer waiting for a slot wakes, sees stop and returns
+            thread.join()

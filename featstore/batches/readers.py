@@ -23,9 +23,9 @@ class FeatureSet(store.FeatureSet):
         """Batches of this set (and its labels); see :class:`featstore.BatchLoader` for the options."""
         return BatchLoader({self.key: self}, batch_size, **options)
 
-    def dataset(self, labels: bool = True) -> FeatureDataset:
+    def dataset(self, labels: bool = True, read: str = "auto") -> FeatureDataset:
         """A map-style torch Dataset over this set; see :class:`featstore.FeatureDataset`."""
-        return FeatureDataset([self], labels=labels)
+        return FeatureDataset([self], labels=labels, read=read)
 
 
 class FeatureStore(store.FeatureStore):
@@ -44,7 +44,7 @@ class FeatureStore(store.FeatureStore):
         keys = [keys] if isinstance(keys, str) else list(keys)
         return BatchLoader({k: self[k] for k in keys}, batch_size, **options)
 
-    def dataset(self, keys: str | Iterable[str], labels: bool = True) -> FeatureDataset:
-        """A map-style torch Dataset over one or several feature sets."""
+    def dataset(self, keys: str | Iterable[str], labels: bool = True, read: str = "auto") -> FeatureDataset:
+        """A map-style torch Dataset over one or several feature sets (``read``: see :class:`featstore.FeatureDataset`)."""
         keys = [keys] if isinstance(keys, str) else list(keys)
-        return FeatureDataset([self[k] for k in keys], labels=labels)
+        return FeatureDataset([self[k] for k in keys], labels=labels, read=read)

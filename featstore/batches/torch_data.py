@@ -16,13 +16,15 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..indexing import normalize_rows
 from ..store import FeatureSet
+from ..store.memory import choose_read, memory_facts
 
 
 class FeatureDataset(Dataset):
     """Row i is ``(features, label)`` (or just ``features`` without labels); features are a tensor,
-    or a dict key -> tensor when the dataset spans several feature sets."""
+    or a dict key -> tensor when the dataset spans several feature sets. ``read``: "auto" (default),
+    "mmap" or "direct", as for :meth:`featstore.FeatureSet.gather` (decided once, for all the sets)."""
 
-    def __init__(self, sets: list[FeatureSet], labels: bool = True):
+    def __init__(self, sets: list[FeatureSet], labels: bool = True, read: str = "auto"):
         if not sets:
             raise ValueError("a FeatureDataset needs at least one feature set")
         n = len(sets[0])
@@ -33,6 +35,9 @@ class FeatureDataset(Dataset):
         self.sets = list(sets)
         self.with_labels = labels and any(fs.labels is not None for fs in sets)
         self._label_set = next((fs for fs in sets if fs.labels is not None), None)
+        total = sum(fs.nbytes for fs in sets)
+        self.read_choice = choose_read(read, total, memory_facts())
+        self.read = self.read_choice.path
 
     def __len__(self) -> int:
         return len(self.sets[0])
@@ -52,7 +57,7 @@ class FeatureDataset(Dataset):
         feats = {}
         for fs in self.sets:
             out = torch.empty((len(rows), *fs.row_shape), dtype=fs.dtype)
-            fs.gather_into(rows, out, threads)
+            fs.gather_into(rows, out, threads, read=self.read)
             feats[fs.key] = out
         features = next(iter(feats.values())) if len(self.sets) == 1 else feats
         label_set = self._label_set if self.with_labels else None

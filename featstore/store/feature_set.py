@@ -18,8 +18,10 @@ from .. import _backend
 from .._dtypes import TORCH_DTYPES, byte_view
 from ..errors import CorruptFileError, IncompleteFeatureSetError
 from ..indexing import normalize_rows
+from .direct import DirectReader
 from .manifest import FORMAT_VERSION, MANIFEST_NAME
 from .members import checked_header
+from .memory import READ_MODES, choose_read, memory_facts
 from .pt_io import write_pt
 from .record import FeatureSetRecord
 
@@ -30,6 +32,10 @@ class FeatureSet:
     Indexing follows numpy along the first axis and returns torch tensors: ``fs[3]``, ``fs[-1]``,
     ``fs[10:20]`` (a zero-copy view), ``fs[[5, 1, 5]]``, ``fs[mask]``. ``fs.gather(idx, out=buf)``
     fills a preallocated tensor. Views are copy-on-write: writing to them never touches the file.
+
+    Rows are read through the mapping (``read="mmap"``) or with preadv straight into the output
+    (``read="direct"``, for sets larger than memory); ``read="auto"`` picks by the memory this
+    process may use (featstore.store.memory). Both give the same bytes.
 
     For code that reads the bytes itself (the CUDA path, other loaders): ``mapped_file`` is the
     compiled core's mapping of the whole file and ``data`` a memoryview of the feature rows in it
@@ -56,6 +62,8 @@ class FeatureSet:
         self._labels: torch.Tensor | None = None
         self._committed_starts = np.array([a for a, _ in record.committed], dtype=np.int64)
         self._committed_ends = np.array([b for _, b in record.committed], dtype=np.int64)
+        self.direct = DirectReader(self.path, record.key, start, self.row_bytes, record.n_rows)
+        self._auto_read: str | None = None
 
     # ---- what it is -------------------------------------------------------------------------
     @property
@@ -159,33 +167,50 @@ class FeatureSet:
         out = self._gather_checked(rows)
         return out.view(*lead, *self.row_shape)
 
-    def gather(self, index, out: torch.Tensor | None = None) -> torch.Tensor:
+    def gather(self, index, out: torch.Tensor | None = None, read: str = "auto") -> torch.Tensor:
         """Copy the rows ``index`` (numpy-style) into ``out`` (allocated when None) and return it.
 
         ``out`` must be a contiguous CPU tensor (pinned is fine) of this set's dtype with
         ``len(rows)`` rows; the copy runs in the compiled core with the GIL released.
+        ``read``: "mmap", "direct" or "auto" (see :meth:`read_path`).
         """
+        path = self.read_path(read)
         rows, lead = normalize_rows(index, len(self))
         if lead == ():
             lead = (1,)
-        result = self._gather_checked(rows, out)
+        result = self._gather_checked(rows, out, path)
         return result if out is not None else result.view(*lead, *self.row_shape)
 
-    def _gather_checked(self, rows: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read_path(self, read: str = "auto") -> str:
+        """The path ``read`` means for this set: "mmap" or "direct" as asked; "auto" is "mmap" when the
+        set fits in the memory this process may use, else "direct" (decided once per set)."""
+        if read != "auto":
+            if read not in READ_MODES:
+                raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
+            return read
+        if self._auto_read is None:
+            self._auto_read = choose_read("auto", self.nbytes, memory_facts()).path
+        return self._auto_read
+
+    def _gather_checked(self, rows: np.ndarray, out: torch.Tensor | None = None, read: str = "mmap") -> torch.Tensor:
         self.check_committed(rows)
         expected = (len(rows), *self.row_shape)
         if out is None:
             out = torch.empty(expected, dtype=self.dtype)
         else:
             _check_out(out, expected, self.dtype, self.key)
-        self.gather_into(rows, out)
+        self.gather_into(rows, out, read=read)
         return out
 
-    def gather_into(self, rows: np.ndarray, out: torch.Tensor, threads: int = 0) -> None:
+    def gather_into(self, rows: np.ndarray, out: torch.Tensor, threads: int = 0, read: str = "mmap") -> None:
         """Hot path for loaders: ``rows`` is a valid int64 array, ``out`` a matching contiguous tensor.
-        ``threads``: 0 uses the gather pool, 1 copies on the calling thread."""
+        ``threads``: 0 uses the gather pool, 1 copies on the calling thread (mmap path);
+        ``read``: "mmap" (the mapping) or "direct" (preadv, ``FEATSTORE_QUEUE_DEPTH`` reads in flight)."""
         if self.row_bytes and len(rows):
-            _backend.gather(self.data, self.row_bytes, rows, byte_view(out), threads)
+            if read == "direct":
+                self.direct.read(rows, byte_view(out))
+            else:
+                _backend.gather(self.data, self.row_bytes, rows, byte_view(out), threads)
 
     def check_all_committed(self) -> None:
         """Raise IncompleteFeatureSetError unless every row is committed."""

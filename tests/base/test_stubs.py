@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 from pathlib import Path
 
@@ -130,6 +131,22 @@ def test_mapped_file_stub_matches_its_runtime_signature(tmp_path):
     out = bytearray(2)
     core.gather(src=b"abcd", row_bytes=2, indices=np.array([1], dtype=np.int64), out=out, threads=1)
     assert out == b"cd"
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        core.read_rows(
+            fd=fd,
+            offset=1,
+            row_bytes=1,
+            n_rows=3,
+            indices=np.array([2, 0], dtype=np.int64),
+            out=out,
+            queue_depth=2,
+            max_request_bytes=4,
+            path=f,
+        )
+    finally:
+        os.close(fd)
+    assert out == b"db"
 
 
 def test_stubs_and_py_typed_are_shipped_with_the_package():

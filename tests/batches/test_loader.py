@@ -88,8 +88,8 @@ def test_breaking_early_stops_the_thread(store):
 def test_errors_in_the_thread_reach_the_caller(store, monkeypatch):
     fs = store["enc/layer_10"]
 
-    def boom(rows, out):
-        raise OSError("disk on fire")
+    def boom(rows, out, threads=0, read="mmap"):
+        raise OSError(f"disk on fire ({read})")
 
     monkeypatch.setattr(fs, "gather_into", boom)
     with pytest.raises(OSError, match="disk on fire"):

@@ -1,0 +1,382 @@
+"""Out-of-core benchmark: feature sets 3x larger than a memory cgroup, read cold, by featstore and its peers.
+
+    sudo .venv/bin/python benchmarks/bench_out_of_core.py [--quick] [--limit-mib 512] [--repeats 3]
+        [--seconds 6] [--workdir DIR] [--keep]
+
+What it does:
+
+* makes a memory cgroup (v1 ``memory.limit_in_bytes``, else v2 ``memory.max``) of ``--limit-mib``
+  inside its own, and removes it at the end (needs root: without it, or without a memory
+  controller, it says so and exits 0 without results);
+* writes two feature sets, each at least ``--ratio`` (3) times the limit: 768-d float16 rows (read
+  in batches of 1024) and 257 x 384 float16 patch grids (batches of 64), plus a ``.pt`` export of
+  each for ``torch.load(mmap=True)``;
+* for every cell (set x reader x repetition) drops the set's files from the page cache
+  (``posix_fadvise(DONTNEED)``), then runs the reader in a fresh process that joins the cgroup once
+  torch is imported (cgroup v1 leaves what it held before charged where it was, so the limit binds
+  what the reading takes: page cache, batch buffers, private memory) and reads random batches for
+  ``--seconds`` (at least one batch);
+* readers: featstore ``fs.batches`` with ``read`` auto / direct / mmap in random and block order;
+  numpy memmap fancy indexing; safetensors ``safe_open(...).get_tensor`` + ``index_select``;
+  ``torch.load(mmap=True)`` + ``index_select``; a Python ``os.preadv`` loop, one row at a time;
+* ceilings: fio (installed with apt-get when missing) on the same file, with O_DIRECT and libaio:
+  random reads of the row's size rounded up to 4 KiB at the direct path's queue depth (32), and
+  sequential 1 MiB reads at queue depth 16;
+* reports rows/s, GB/s (10^9 bytes of rows delivered per second), the reader's peak private memory
+  (RssAnon) and whether the kernel OOM-killed it, medians over ``--repeats``, with the ratios the
+  issue sets as targets.
+
+Results: benchmarks/results/out_of_core.{json,md} (``--quick``: out_of_core-quick.*, smaller sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+MIB = 1 << 20
+QUEUE_DEPTH = 32
+
+FEATSTORE = [f"featstore {read} {order}" for order in ("random", "block") for read in ("auto", "direct", "mmap")]
+PEERS = [
+    "numpy memmap",
+    "safetensors mmap + index_select",
+    "torch.load(mmap=True) + index_select",
+    "python preadv loop",
+]
+
+
+# ---- the worker: one cell, in the cgroup ---------------------------------------------------------
+
+
+def _rss_anon() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    import featstore
+
+    torch.set_num_threads(1)
+    if spec["cgroup_procs"]:
+        Path(spec["cgroup_procs"]).write_text(str(os.getpid()))
+    base_anon = _rss_anon()
+    fs = featstore.FeatureStore.open(spec["root"])[spec["key"]]
+    n, bs, reader = len(fs), spec["batch"], spec["reader"]
+    perm = np.random.default_rng(spec["rep"]).permutation(n).astype(np.int64)
+    batches = (perm[i : i + bs] for i in range(0, n - bs + 1, bs))
+    info: dict = {}
+    if reader.startswith("featstore"):
+        _, read, order = reader.split()
+        loader = fs.batches(bs, seed=spec["rep"], read=read, order=order, labels=False, drop_last=True)
+        info = {k: loader.info[k] for k in ("read", "read_why")}
+        source = (b.features for b in loader)
+    elif reader == "numpy memmap":
+        m = np.memmap(fs.path, dtype=np.float16, mode="r", offset=fs.header.data_start, shape=(n, *fs.row_shape))
+        source = (m[idx] for idx in batches)
+    elif reader.startswith("safetensors"):
+        from safetensors import safe_open
+
+        t = safe_open(str(fs.path), framework="pt").get_tensor("features")
+        source = (torch.index_select(t, 0, torch.from_numpy(idx)) for idx in batches)
+    elif reader.startswith("torch.load"):
+        t = torch.load(spec["pt"], mmap=True, weights_only=True)["features"]
+        source = (torch.index_select(t, 0, torch.from_numpy(idx)) for idx in batches)
+    else:  # one os.preadv per row
+        fd = os.open(fs.path, os.O_RDONLY)
+        out = np.empty((bs, fs.row_bytes), np.uint8)
+        start, rb = fs.header.data_start, fs.row_bytes
+
+        def pread_loop(idx):
+            for i, r in enumerate(idx.tolist()):
+                os.preadv(fd, [out[i]], start + r * rb)
+            return out
+
+        source = (pread_loop(idx) for idx in batches)
+    rows, peak = 0, 0
+    t0 = time.perf_counter()
+    for x in source:
+        rows += x.shape[0]
+        peak = max(peak, _rss_anon())
+        if time.perf_counter() - t0 >= spec["seconds"]:
+            break
+    seconds = time.perf_counter() - t0
+    return {"rows": rows, "seconds": seconds, "private_bytes": peak - base_anon, **info}
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+
+
+def make_cgroup(limit: int) -> tuple[Path, str] | str:
+    """A fresh memory cgroup with ``limit`` (its folder, the file of its limit), or why not."""
+    if os.geteuid() != 0:
+        return "not root: a memory cgroup cannot be made (run it with sudo)"
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    v1 = Path("/sys/fs/cgroup/memory")
+    own = next((ln.split(":", 2)[2] for ln in lines if ":memory:" in ln), None)
+    name = f"featstore-bench-{os.getpid()}"
+    if own is not None and (v1 / "cgroup.procs").exists():
+        group = v1 / own.lstrip("/") / name
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        return group, "memory.limit_in_bytes"
+    v2_own = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
+    for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        ctrl = mount / "cgroup.controllers"
+        if v2_own is not None and ctrl.exists() and "memory" in ctrl.read_text().split():
+            group = mount / v2_own.lstrip("/") / name
+            group.mkdir()
+            (group / "memory.max").write_text(str(limit))
+            return group, "memory.max"
+    return "no cgroup v1 memory controller and no cgroup v2 with memory here"
+
+
+def drop_cache(paths: list[Path]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def write_set(store, key: str, n: int, row_shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    per = max(1, (64 * MIB) // (int(np.prod(row_shape)) * 2))
+    with store.create_feature_set(key, n, row_shape, "float16") as w:
+        for a in range(0, n, per):
+            b = min(n, a + per)
+            w.write(a, rng.standard_normal((b - a, *row_shape), dtype=np.float32).astype(np.float16))
+
+
+def fio(path: Path, rw: str, bs: int, depth: int, seconds: int) -> dict:
+    if shutil.which("fio") is None:
+        subprocess.run(["apt-get", "install", "-y", "fio"], check=False, capture_output=True)
+    if shutil.which("fio") is None:
+        return {"error": "fio is not installed and apt-get install fio failed"}
+    cmd = [
+        "fio", "--name=ceiling", f"--filename={path}", f"--rw={rw}", f"--bs={bs}", f"--iodepth={depth}",
+        "--ioengine=libaio", "--direct=1", f"--runtime={seconds}", "--time_based", "--readonly",
+        "--output-format=json",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip()[-300:]}
+    job = json.loads(out.stdout)["jobs"][0]["read"]
+    return {"iops": job["iops"], "bytes_per_s": job["bw_bytes"], "bs": bs, "depth": depth, "rw": rw}
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    def snap():
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(f), f[3] + f[4]
+
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="small sets and limit, 1 repetition, 2 s cells")
+    ap.add_argument("--limit-mib", type=int, default=512)
+    ap.add_argument("--ratio", type=float, default=3.2, help="set size / cgroup limit")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds of reading per cell")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.quick:
+        args.limit_mib, args.repeats, args.seconds = 128, 1, 2.0
+    limit = args.limit_mib * MIB
+    made = make_cgroup(limit)
+    if isinstance(made, str):
+        print(f"bench_out_of_core: skipped: {made}")
+        return 0
+    group, limit_file = made
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cgroup and the sets are removed on SIGTERM too
+    import featstore
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="featstore-ooc-", dir="/var/tmp"))
+    started = time.time()
+    results: dict = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "limit_bytes": limit,
+        "cgroup": f"{group}/{limit_file}",
+        "queue_depth": QUEUE_DEPTH,
+        "cpus": os.cpu_count(),
+        "cells": [],
+        "fio": {},
+        "busy_before": cpu_busy(),
+    }
+    try:
+        store = featstore.FeatureStore.create(work / "store")
+        target = int(limit * args.ratio)
+        sets = {"vec768 f16": ("vec/768", (768,), 1024), "patch 257x384 f16": ("patch/257x384", (257, 384), 64)}
+        for key, shape, _ in sets.values():
+            n = -(-target // (int(np.prod(shape)) * 2))
+            write_set(store, key, n, shape)
+            store[key].export_pt(work / f"{key.replace('/', '_')}.pt")
+        store = featstore.FeatureStore.open(work / "store")
+        for name, (key, _, bs) in sets.items():
+            fs = store[key]
+            pt = work / f"{key.replace('/', '_')}.pt"
+            results["fio"][name] = {
+                "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 5),
+                "sequential": fio(fs.path, "read", MIB, 16, 5),
+            }
+            for rep in range(args.repeats):
+                for reader in FEATSTORE + PEERS:
+                    drop_cache([fs.path, pt])
+                    spec = {
+                        "root": str(work / "store"),
+                        "key": key,
+                        "pt": str(pt),
+                        "batch": bs,
+                        "reader": reader,
+                        "rep": rep,
+                        "seconds": args.seconds,
+                        "cgroup_procs": str(group / "cgroup.procs"),
+                    }
+                    t0 = time.time()
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--worker", json.dumps(spec)],
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                    )
+                    cell = {"set": name, "reader": reader, "rep": rep, "row_bytes": fs.row_bytes, "bytes": fs.nbytes}
+                    if out.returncode == 0:
+                        cell.update(json.loads(out.stdout.strip().splitlines()[-1]))
+                    else:
+                        killed = out.returncode == -9
+                        cell["error"] = "OOM-killed" if killed else out.stderr.strip()[-400:]
+                    cell["wall_s"] = time.time() - t0
+                    results["cells"].append(cell)
+                    print(f"{name:18} {reader:40} rep {rep}: {_fmt_cell(cell)}", flush=True)
+        results["busy_after"] = cpu_busy()
+        results["runtime_s"] = time.time() - started
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.2)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    stem = "out_of_core-quick" if args.quick else "out_of_core"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(report(results))
+    print(report(results))
+    return 0
+
+
+def _fmt_cell(cell: dict) -> str:
+    if "error" in cell:
+        return cell["error"][-120:]
+    return f"{cell['rows'] / cell['seconds']:,.0f} rows/s, private {cell['private_bytes'] / MIB:.0f} MiB"
+
+
+def medians(results: dict) -> dict:
+    table: dict = {}
+    for cell in results["cells"]:
+        table.setdefault((cell["set"], cell["reader"]), []).append(cell)
+    out = {}
+    for key, cells in table.items():
+        ok = [c for c in cells if "error" not in c]
+        if not ok:
+            out[key] = {"error": cells[0]["error"]}
+            continue
+        rps = statistics.median(c["rows"] / c["seconds"] for c in ok)
+        out[key] = {
+            "rows_s": rps,
+            "gb_s": rps * ok[0]["row_bytes"] / 1e9,
+            "private_mib": max(c["private_bytes"] for c in ok) / MIB,
+            "failed": len(cells) - len(ok),
+            "read": ok[0].get("read", ""),
+        }
+    return out
+
+
+def report(results: dict) -> str:
+    med = medians(results)
+    lines = [
+        "# Out-of-core reads",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Date: {results['date']}; memory cgroup `{results['cgroup']}` = {results['limit_bytes'] / MIB:.0f} MiB; "
+        f"{results['cpus']} CPUs, busy {results['busy_before']:.0%} before and {results.get('busy_after', 0):.0%} "
+        "after (other processes included: the machine was shared).  ",
+        "Each cell: page cache dropped for the set's files, a fresh reader process in the cgroup, random batches "
+        "(block order where named) for a fixed time; medians over the repetitions.",
+        "",
+    ]
+    for name in dict.fromkeys(c["set"] for c in results["cells"]):
+        f = results["fio"].get(name, {})
+        row_bytes = next(c["row_bytes"] for c in results["cells"] if c["set"] == name)
+        size = next(c["bytes"] for c in results["cells"] if c["set"] == name)
+        rnd, seq = f.get("random", {}), f.get("sequential", {})
+        fio_rows = rnd.get("iops", 0) / max(1, -(-row_bytes // 4096) * 4096 // 4096) if "iops" in rnd else 0
+        if "iops" in rnd:
+            fio_rows = rnd["iops"] * (rnd["bs"] // 4096) / -(-row_bytes // 4096)
+        seq_rows = seq.get("bytes_per_s", 0) / row_bytes
+        lines += [
+            f"## {name}: {size / 1e9:.2f} GB, {row_bytes:,} bytes a row",
+            "",
+            f"fio ceilings (O_DIRECT, libaio): random {rnd.get('bs', 0) // 1024} KiB at QD {rnd.get('depth', '')}: "
+            f"{rnd.get('iops', 0):,.0f} IOPS = {fio_rows:,.0f} rows/s; sequential 1 MiB at QD 16: "
+            f"{seq.get('bytes_per_s', 0) / 1e9:.2f} GB/s = {seq_rows:,.0f} rows/s"
+            + (f" ({rnd.get('error', '')}{seq.get('error', '')})" if "error" in rnd or "error" in seq else ""),
+            "",
+            "| reader | path | rows/s | GB/s | private MiB | x fio random | x fio seq | x numpy memmap |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        memmap = med.get((name, "numpy memmap"), {}).get("rows_s")
+        for reader in FEATSTORE + PEERS:
+            m = med.get((name, reader))
+            if m is None:
+                continue
+            if "error" in m:
+                lines.append(f"| {reader} | | {m['error'][:60]} | | | | | |")
+                continue
+            r = m["rows_s"]
+            lines.append(
+                f"| {reader} | {m['read']} | {r:,.0f} | {m['gb_s']:.3f} | {m['private_mib']:.0f} | "
+                f"{r / fio_rows if fio_rows else 0:.2f} | {r / seq_rows if seq_rows else 0:.2f} | "
+                f"{r / memmap if memmap else 0:.1f} |" + (f" ({m['failed']} failed)" if m["failed"] else "")
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+// Direct row reads: validate, sort the picks by file position, cut them into runs of adjacent rows,
+// one preadv per run on the I/O pool, then copy the rows asked for twice.
+//
+// Why preadv with scattered iovecs: a run of rows adjacent in the file is one request to the disk
+// even when the batch wants them at positions far apart, so block-ordered batches (runs of
+// hundreds of rows) cost a few large requests, and random batches one request per row.
+// Why threads that block rather than io_uring: the thread pool needs no library or kernel feature
+// and keeps `queue_depth` requests in flight, which is what the disk needs; io_uring would save
+// the threads' context switches (see docs/performance.md).
+#include "direct_read.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "gather.h"
+#include "mapped_file.h"
+#include "thread_pool.h"
+
+namespace featstore {
+
+namespace {
+
+#ifdef IOV_MAX
+constexpr std::size_t kMaxIov = IOV_MAX;
+#else
+constexpr std::size_t kMaxIov = 1024;
+#endif
+
+struct Pick {
+    std::uint64_t row;
+    std::uint64_t pos;
+};
+
+struct Run {
+    std::size_t begin, end;  // [begin, end) of the unique picks, rows row[begin] .. row[begin] + (end - begin) - 1
+};
+
+[[noreturn]] void throw_short(const std::string& path, std::uint64_t at, std::size_t got, std::size_t want) {
+    throw ShortReadError("short read from " + path + ": got " + std::to_string(got) + " of " + std::to_string(want) +
+                         " bytes at offset " + std::to_string(at) + "; the file ends before its rows (truncated?)");
+}
+
+// One preadv of the run, repeated until every byte is in (a partial read moves the iovecs on).
+void read_run(int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* picks, const Run& run,
+              std::uint8_t* out, const std::string& path) {
+    std::vector<iovec> iov;
+    iov.reserve(run.end - run.begin);
+    for (std::size_t k = run.begin; k < run.end; ++k) {
+        std::uint8_t* dst = out + picks[k].pos * row_bytes;
+        if (!iov.empty() && static_cast<std::uint8_t*>(iov.back().iov_base) + iov.back().iov_len == dst)
+            iov.back().iov_len += row_bytes;
+        else
+            iov.push_back({dst, row_bytes});
+    }
+    const std::size_t want = (run.end - run.begin) * row_bytes;
+    const std::uint64_t start = offset + picks[run.begin].row * row_bytes;
+    std::size_t done = 0, first = 0;
+    while (done < want) {
+        const int cnt = static_cast<int>(iov.size() - first);
+        const ssize_t got = ::preadv(fd, iov.data() + first, cnt, static_cast<off_t>(start + done));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            throw SystemError(errno, std::strerror(errno), path);
+        }
+        if (got == 0) throw_short(path, start + done, done, want);
+        done += static_cast<std::size_t>(got);
+        std::size_t left = static_cast<std::size_t>(got);
+        while (left > 0 && first < iov.size()) {
+            if (left >= iov[first].iov_len) {
+                left -= iov[first].iov_len;
+                ++first;
+            } else {
+                iov[first].iov_base = static_cast<std::uint8_t*>(iov[first].iov_base) + left;
+                iov[first].iov_len -= left;
+                left = 0;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
+               const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
+               int queue_depth, std::size_t max_request_bytes, const std::string& path) {
+    if (row_bytes == 0) throw std::invalid_argument("row_bytes must be positive, got 0");
+    if (queue_depth < 1) throw std::invalid_argument("queue_depth must be >= 1, got " + std::to_string(queue_depth));
+    std::size_t need, rows_bytes;
+    if (__builtin_mul_overflow(n, row_bytes, &need) || out_bytes < need)
+        throw std::invalid_argument("out has " + std::to_string(out_bytes) + " bytes but " + std::to_string(n) +
+                                    " indices x " + std::to_string(row_bytes) + " row_bytes need " +
+                                    (need / row_bytes == n ? std::to_string(need) : std::string("more")) + " bytes");
+    if (__builtin_mul_overflow(n_rows, row_bytes, &rows_bytes) || offset > UINT64_MAX - rows_bytes)
+        throw std::invalid_argument("n_rows x row_bytes from offset " + std::to_string(offset) + " overflows");
+    const bool sorted = check_row_indices(indices, n, n_rows);
+    if (n == 0) return;
+    struct stat st;
+    if (::fstat(fd, &st) != 0) throw SystemError(errno, std::strerror(errno), path);
+    if (static_cast<std::uint64_t>(st.st_size) < offset + rows_bytes)
+        throw ShortReadError(path + " is " + std::to_string(st.st_size) + " bytes, but its " + std::to_string(n_rows) +
+                             " rows of " + std::to_string(row_bytes) + " bytes end at byte " +
+                             std::to_string(offset + rows_bytes) + " (truncated?)");
+
+    // Our own copy of the picks, clamped: another thread may change `indices` since they were checked.
+    std::vector<Pick> picks(n);
+    for (std::size_t i = 0; i < n; ++i)
+        picks[i] = {std::min<std::uint64_t>(static_cast<std::uint64_t>(indices[i]), n_rows - 1), i};
+    if (!sorted)
+        std::sort(picks.begin(), picks.end(),
+                  [](const Pick& a, const Pick& b) { return a.row < b.row || (a.row == b.row && a.pos < b.pos); });
+    // Unique rows (the first position asking for each), the repeats copied afterwards.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> repeats;  // (from position, to position)
+    std::size_t u = 0;
+    for (std::size_t k = 0; k < n; ++k) {
+        if (u > 0 && picks[u - 1].row == picks[k].row)
+            repeats.emplace_back(picks[u - 1].pos, picks[k].pos);
+        else
+            picks[u++] = picks[k];
+    }
+    const std::size_t max_rows = std::max<std::size_t>(1, std::min(kMaxIov, max_request_bytes / row_bytes));
+    std::vector<Run> runs;
+    for (std::size_t k = 0; k < u;) {
+        std::size_t e = k + 1;
+        while (e < u && e - k < max_rows && picks[e].row == picks[e - 1].row + 1) ++e;
+        runs.push_back({k, e});
+        k = e;
+    }
+
+    std::mutex mu;
+    std::exception_ptr failure;
+    std::atomic<bool> failed{false};
+    auto task = [&](std::size_t t) {
+        if (failed.load(std::memory_order_relaxed)) return;
+        try {
+            read_run(fd, offset, row_bytes, picks.data(), runs[t], out, path);
+        } catch (...) {
+            std::lock_guard<std::mutex> lk(mu);
+            if (!failure) failure = std::current_exception();
+            failed.store(true);
+        }
+    };
+    if (queue_depth == 1 || runs.size() == 1) {
+        for (std::size_t t = 0; t < runs.size(); ++t) task(t);
+    } else {
+        io_pool(queue_depth)->parallel_for(runs.size(), task);
+    }
+    if (failure) std::rethrow_exception(failure);
+    for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+}
+
+}  // namespace featstore

@@ -1,0 +1,33 @@
+// Direct row reads: rows of a file read with pread/preadv straight into the caller's buffer, many
+// requests in flight, adjacent rows coalesced (pure C++ on raw pointers and a file descriptor).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace featstore {
+
+// The file ended before a row did: it is shorter than its rows (truncated, perhaps while being
+// read). module.cpp maps it to Python's EOFError; the message names the file.
+class ShortReadError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Reads row indices[i] of the n_rows rows of row_bytes bytes stored in fd from byte `offset` to
+// out[i*row_bytes, (i+1)*row_bytes). Validates everything before the first read, as gather_rows
+// does (row_bytes == 0, out too small -> std::invalid_argument; an index outside [0, n_rows) ->
+// IndexError), then checks the file is long enough (fstat; ShortReadError if not).
+// The rows are visited in file order; rows adjacent in the file are read by one preadv (one iovec
+// per run of rows adjacent in out too), at most max_request_bytes and IOV_MAX iovecs a request;
+// a row asked for twice is read once and copied. queue_depth: requests in flight (threads of the
+// I/O pool, which block in preadv; 1 = inline on the calling thread). A read that returns 0 before
+// its bytes are in -> ShortReadError; a failed read -> SystemError(errno, path). EINTR is retried.
+// Thread-safe; may be called without the GIL. fd must stay open for the call.
+void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
+               const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
+               int queue_depth, std::size_t max_request_bytes, const std::string& path);
+
+}  // namespace featstore

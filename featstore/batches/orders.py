@@ -1,0 +1,61 @@
+"""The orders an epoch can visit rows in: ``random`` (a uniform permutation) and ``block``.
+
+``block`` is a quasi-random order for sets far larger than memory, in the manner of FFCV's
+``QUASI_RANDOM``: the rows (sorted) are cut into blocks of ``block_rows`` contiguous rows (about
+``block_bytes`` of every set together), the blocks are shuffled, and then the rows are shuffled
+within each window of ``window_blocks`` consecutive blocks of that sequence. So the reader touches
+one window (a few MiB) at a time, each block once, in large sequential reads, where a uniform
+permutation touches a page of the whole set per row.
+
+Each rank serves its share of the same order as the random order's shares are cut: padded by
+wrapping around (or, with ``drop_last``, cut) to a multiple of ``world_size``, every rank the same
+number of rows, the shares disjoint but for the padding and together every row. A block order's share
+is a contiguous piece of the epoch's order (``order[rank * per:(rank + 1) * per]``), so each rank
+reads its own blocks instead of every rank reading every block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ORDERS = ("random", "block")
+DEFAULT_BLOCK_BYTES = 4 << 20
+DEFAULT_WINDOW_BLOCKS = 4
+_BLOCK_STREAM = 0xB10C  # keeps the block order's random stream apart from the permutation's
+
+
+def block_rows_for(row_bytes: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Rows per block: ``block_bytes`` of rows of ``row_bytes`` bytes (every set's row together), at least 1."""
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
+        raise ValueError(f"block_bytes must be a positive integer, got {block_bytes!r}")
+    return max(1, block_bytes // max(1, row_bytes))
+
+
+def block_order(rows: np.ndarray, seed: int, epoch: int, block_rows: int, window_blocks: int) -> np.ndarray:
+    """The block order of ``rows`` for ``(seed, epoch)``: the same on every rank, each row once."""
+    if block_rows < 1 or window_blocks < 1:
+        raise ValueError(f"block_rows and window_blocks must be >= 1, got {block_rows} and {window_blocks}")
+    base = np.sort(rows)
+    n = len(base)
+    if n == 0:
+        return base
+    rng = np.random.default_rng([seed, epoch, _BLOCK_STREAM])
+    n_blocks = -(-n // block_rows)
+    starts = rng.permutation(n_blocks) * block_rows
+    lengths = np.minimum(block_rows, n - starts)
+    before = np.cumsum(lengths) - lengths  # where each block begins in the sequence
+    seq = np.arange(n) - np.repeat(before, lengths) + np.repeat(starts, lengths)
+    window = np.repeat(np.arange(n_blocks) // window_blocks, lengths)  # whole blocks (the short one too)
+    shuffled = np.lexsort((rng.random(n), window))  # a random order inside each window
+    return np.ascontiguousarray(base[seq[shuffled]])
+
+
+def block_share(order: np.ndarray, rank: int, world_size: int, drop_last: bool = False) -> np.ndarray:
+    """Rank ``rank``'s contiguous share of a block order (equal sizes, padded by wrapping or cut)."""
+    if world_size == 1:
+        return order
+    n = len(order)
+    per = n // world_size if drop_last else -(-n // world_size)
+    if per * world_size > n and n:
+        order = np.resize(order, per * world_size)  # wraps around, as the random order's padding does
+    return np.ascontiguousarray(order[rank * per : (rank + 1) * per])

@@ -1,0 +1,192 @@
+"""The memory this process may use, and the read path that follows from it: ``mmap`` or ``direct``.
+
+A feature set read through its mapping is fast while its pages stay in memory. When it does not
+fit, every batch faults pages in from disk one at a time, and the page cache that the mapping
+fills counts against the memory cgroup (SLURM puts each job in one). The direct path reads rows
+with many requests in flight and needs no memory but the batch.
+
+The memory this process may use is the tightest of
+
+- the memory cgroup's limit (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, the smallest
+  along the process's cgroup path, found through ``/proc/self/cgroup`` and ``/proc/self/mountinfo``),
+  less what this process already holds resident (its heap and the file pages it has mapped);
+- the RAM available now (``MemAvailable`` of ``/proc/meminfo``, which already leaves out what this
+  and every other process holds).
+
+:func:`usable_bytes` and :func:`choose_read` are pure functions of those facts (tested without a
+cgroup); :func:`memory_facts` reads them on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+READ_MODES = ("auto", "mmap", "direct")
+# cgroup v1 writes "no limit" as the largest page-aligned counter (2**63 - 4096 on 4 KiB pages).
+_NO_LIMIT = 1 << 62
+
+
+class MemoryFacts(NamedTuple):
+    """What :func:`usable_bytes` needs, as read on this machine (None: not known or no limit)."""
+
+    cgroup_limit: int | None  # the tightest memory cgroup limit on this process, bytes
+    cgroup_file: str  # the file it came from ("" when there is none)
+    available: int | None  # MemAvailable, bytes
+    resident: int  # this process's resident set (VmRSS), bytes
+
+    @property
+    def usable(self) -> int | None:
+        return usable_bytes(self.cgroup_limit, self.available, self.resident)
+
+
+class ReadChoice(NamedTuple):
+    """The read path ("mmap" or "direct") and a sentence saying why."""
+
+    path: str
+    why: str
+
+
+def usable_bytes(cgroup_limit: int | None, available: int | None, resident: int) -> int | None:
+    """The memory this process may still use: ``min(cgroup_limit - resident, available)``, never
+    negative; None when neither limit is known."""
+    bounds = []
+    if cgroup_limit is not None:
+        bounds.append(cgroup_limit - resident)
+    if available is not None:
+        bounds.append(available)
+    return max(0, min(bounds)) if bounds else None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def choose_read(read: str, set_bytes: int, facts: MemoryFacts) -> ReadChoice:
+    """The read path for ``read`` ("auto", "mmap" or "direct") and sets of ``set_bytes`` in all:
+    auto is "mmap" when they fit in :func:`usable_bytes` (or nothing says how much memory there
+    is), else "direct"."""
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
+    if read != "auto":
+        return ReadChoice(read, f"read={read!r} requested")
+    usable = facts.usable
+    if usable is None:
+        return ReadChoice("mmap", "auto: no memory limit or available RAM is known here; mmap")
+    limit = (
+        f"the cgroup limit {_mb(facts.cgroup_limit)} ({facts.cgroup_file}) less {_mb(facts.resident)} resident, "
+        if facts.cgroup_limit is not None
+        else ""
+    )
+    avail = f"{_mb(facts.available)} available RAM" if facts.available is not None else "no available-RAM figure"
+    where = f"{_mb(usable)} this process may use ({limit}{avail})"
+    if set_bytes <= usable:
+        return ReadChoice("mmap", f"auto: the sets ({_mb(set_bytes)}) fit in {where}; mmap")
+    return ReadChoice("direct", f"auto: the sets ({_mb(set_bytes)}) exceed {where}; direct reads")
+
+
+# ---- reading the facts ----------------------------------------------------------------------
+
+
+def parse_proc_cgroup(text: str) -> list[tuple[list[str], str]]:
+    """The lines of ``/proc/<pid>/cgroup`` as (controllers, path); v2's line has no controllers."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out.append(([c for c in parts[1].split(",") if c], parts[2]))
+    return out
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str, str, list[str]]]:
+    """The cgroup mounts of ``/proc/<pid>/mountinfo`` as (fstype, mount point, root, super options)."""
+    out = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        out.append((tail[0], fields[4], fields[3], tail[2].split(",")))
+    return out
+
+
+def cgroup_limit(proc_cgroup: str, mountinfo: str, read: Callable[[Path], str | None]) -> tuple[int | None, str]:
+    """The tightest memory limit on the cgroup path of ``proc_cgroup`` (its text), v2 and v1, and the
+    file it came from. ``read(path)`` gives a file's text or None; the limit of every cgroup from the
+    process's own up to the mount's root counts (a parent's limit binds its children)."""
+    mounts = parse_mountinfo(mountinfo)
+    best: tuple[int | None, str] = (None, "")
+    for controllers, path in parse_proc_cgroup(proc_cgroup):
+        if not controllers:
+            fstype, filename = "cgroup2", "memory.max"
+        elif "memory" in controllers:
+            fstype, filename = "cgroup", "memory.limit_in_bytes"
+        else:
+            continue
+        for kind, point, root, options in mounts:
+            if kind != fstype or (kind == "cgroup" and "memory" not in options):
+                continue
+            rel = os.path.relpath(path, root) if path.startswith(root) else None
+            if rel is None or rel.startswith(".."):
+                continue
+            here = Path(point) / ("" if rel == "." else rel)
+            while True:
+                text = read(here / filename)
+                value = _limit_value(text)
+                if value is not None and (best[0] is None or value < best[0]):
+                    best = (value, str(here / filename))
+                if here == Path(point):
+                    break
+                here = here.parent
+    return best
+
+
+def _limit_value(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.isdigit():
+        return None  # "max" (v2), or unreadable
+    value = int(text)
+    return value if value < _NO_LIMIT else None
+
+
+def meminfo_field(text: str, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/meminfo`` or ``/proc/self/status`` in bytes (None if absent)."""
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name == field:
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                return int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def memory_facts(proc: Path = Path("/proc")) -> MemoryFacts:
+    """The facts on this machine (files that cannot be read count as "not known")."""
+    limit, source = cgroup_limit(_read(proc / "self/cgroup") or "", _read(proc / "self/mountinfo") or "", _read)
+    available = meminfo_field(_read(proc / "meminfo") or "", "MemAvailable")
+    resident = meminfo_field(_read(proc / "self/status") or "", "VmRSS") or 0
+    return MemoryFacts(limit, source, available, resident)
+
+
+def physical_ram(proc: Path = Path("/proc")) -> int | None:
+    """This machine's RAM, capped by the memory cgroup's limit (bytes; None where nothing says)."""
+    total = meminfo_field(_read(proc / "meminfo") or "", "MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = None
+    limit, _ = cgroup_limit(_read(proc / "self/cgroup") or "", _read(proc / "self/mountinfo") or "", _read)
+    known = [x for x in (total, limit) if x is not None]
+    return min(known) if known else None

@@ -1,0 +1,127 @@
+"""read_rows, the direct read path of featstore._core and of the numpy fallback: the same bytes as the
+gather over the mapping, every index checked before any read, a short file a clear EOFError."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featstore import _backend as B
+
+torch.set_num_threads(1)
+SENTINEL = 0xA5
+
+
+@pytest.fixture(scope="module")
+def rowfile(tmp_path_factory):
+    """A file of 37 header bytes, then 500 rows of 1 to 300 bytes' worth of random data."""
+    path = tmp_path_factory.mktemp("direct") / "rows.bin"
+    data = np.random.default_rng(7).integers(0, 256, 37 + 500 * 300 + 11, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    yield path, fd, data
+    os.close(fd)
+
+
+@st.composite
+def read_cases(draw):
+    row_bytes = draw(st.sampled_from([1, 3, 8, 100, 300]) | st.integers(1, 300))
+    offset = draw(st.sampled_from([0, 37]))
+    n_rows = draw(st.integers(1, (len_available(offset)) // row_bytes))
+    n = draw(st.integers(0, 300))
+    kind = draw(st.sampled_from(["random", "sorted", "runs", "reversed"]))
+    if kind == "runs":  # contiguous runs (coalesced requests), some repeated
+        starts = draw(st.lists(st.integers(0, n_rows - 1), min_size=1, max_size=8))
+        idx = [min(n_rows - 1, s + k) for s in starts for k in range(draw(st.integers(1, 40)))][:n]
+    else:
+        idx = draw(st.lists(st.integers(0, n_rows - 1), min_size=n, max_size=n))
+        if kind != "random":
+            idx.sort(reverse=kind == "reversed")
+    depth = draw(st.sampled_from([1, 2, 4, 32]))
+    max_request = draw(st.sampled_from([1, row_bytes * 3, 1 << 20]))
+    return row_bytes, offset, n_rows, np.array(idx, dtype=np.int64), depth, max_request
+
+
+def len_available(offset: int) -> int:
+    return 500 * 300 + 11 + 37 - offset
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=read_cases())
+def test_read_rows_returns_the_bytes_the_mapped_gather_returns(backend, rowfile, case):
+    path, fd, _ = rowfile
+    row_bytes, offset, n_rows, idx, depth, max_request = case
+    mapped = memoryview(B.MappedFile(str(path)))[offset : offset + n_rows * row_bytes]
+    want = np.full(len(idx) * row_bytes + 3, SENTINEL, dtype=np.uint8)
+    B.gather(mapped, row_bytes, idx, want)
+    got = np.full(len(idx) * row_bytes + 3, SENTINEL, dtype=np.uint8)
+    B.read_rows(fd, offset, row_bytes, n_rows, idx, got, depth, max_request, str(path))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("depth", [1, 32])
+def test_read_rows_into_a_torch_tensor_large_batch(backend, rowfile, depth):
+    path, fd, data = rowfile
+    rows = data[37 : 37 + 1000 * 150].reshape(1000, 150)
+    idx = np.random.default_rng(1).integers(0, 1000, 5000).astype(np.int64)
+    out = torch.empty(5000, 150, dtype=torch.uint8)
+    B.read_rows(fd, 37, 150, 1000, idx, out, depth)
+    np.testing.assert_array_equal(out.numpy(), rows[idx])
+
+
+@pytest.mark.parametrize("bad", [-1, 500, 2**62])
+def test_every_index_is_checked_before_any_read(backend, rowfile, bad):
+    path, fd, _ = rowfile
+    idx = np.zeros(3000, dtype=np.int64)
+    idx[2222] = bad
+    out = np.full(3000 * 10, SENTINEL, dtype=np.uint8)
+    with pytest.raises(IndexError, match=rf"^index {bad} at position 2222 is out of range for 500 rows$"):
+        B.read_rows(fd, 0, 10, 500, idx, out, 4)
+    assert (out == SENTINEL).all()
+
+
+def test_a_file_shorter_than_its_rows_is_an_eof_error_naming_it(backend, tmp_path):
+    path = tmp_path / "short.bin"
+    path.write_bytes(bytes(range(100)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = np.full(40, SENTINEL, dtype=np.uint8)
+        with pytest.raises(EOFError, match=rf"^{path} is 100 bytes, but its 10 rows of 10 bytes end at byte 110"):
+            B.read_rows(fd, 10, 10, 10, np.array([0, 9], dtype=np.int64), out, 2, 1 << 20, str(path))
+        B.read_rows(fd, 10, 10, 9, np.array([8, 0], dtype=np.int64), out, 2, 1 << 20, str(path))
+        assert out[:20].tolist() == list(range(90, 100)) + list(range(10, 20))
+    finally:
+        os.close(fd)
+
+
+def test_argument_errors(backend, rowfile):
+    path, fd, _ = rowfile
+    idx = np.array([0], dtype=np.int64)
+    out = np.zeros(8, np.uint8)
+    with pytest.raises(ValueError, match="row_bytes must be positive"):
+        B.read_rows(fd, 0, 0, 1, idx, out)
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        B.read_rows(fd, -1, 4, 1, idx, out)
+    with pytest.raises(ValueError, match="queue_depth must be >= 1"):
+        B.read_rows(fd, 0, 4, 1, idx, out, 0)
+    with pytest.raises(ValueError, match=r"^out has 8 bytes but 1 indices x 9 row_bytes need 9 bytes$"):
+        B.read_rows(fd, 0, 9, 1, idx, out)
+    with pytest.raises(TypeError, match="indices must have dtype int64"):
+        B.read_rows(fd, 0, 4, 1, idx.astype(np.int32), out)
+    with pytest.raises(ValueError, match="out is read-only"):
+        B.read_rows(fd, 0, 4, 1, idx, bytes(8))
+    with pytest.raises(OSError) as ei:
+        B.read_rows(987654, 0, 4, 1, idx, out, 1, 1 << 20, "nowhere.bin")
+    assert ei.value.errno == 9  # EBADF
+
+
+def test_empty_indices_read_nothing(backend, rowfile):
+    _, fd, _ = rowfile
+    out = np.full(4, SENTINEL, np.uint8)
+    B.read_rows(fd, 0, 4, 10, np.zeros(0, np.int64), out)
+    assert (out == SENTINEL).all()

@@ -1,0 +1,125 @@
+"""order="block": every row exactly once per epoch, windows of whole blocks, seeded, rank shares that are
+disjoint and cover everything; the block cache reads each block once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _util import make_store
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featstore import FeatureStore
+from featstore.batches.block_reader import BlockCache
+from featstore.batches.orders import block_order, block_rows_for, block_share
+
+torch.set_num_threads(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 700),
+    block_rows=st.integers(1, 50),
+    window=st.integers(1, 6),
+    seed=st.integers(0, 2**32),
+    subset=st.booleans(),
+)
+def test_block_order_is_a_permutation_of_whole_blocks_in_windows(n, block_rows, window, seed, subset):
+    rows = np.arange(n, dtype=np.int64)
+    if subset:
+        rows = np.random.default_rng(seed).permutation(rows)[: n // 2]  # a split, in any order
+    order = block_order(rows, seed, 3, block_rows, window)
+    assert order.dtype == np.int64 and np.array_equal(np.sort(order), np.sort(rows))  # every row exactly once
+    sorted_rows = np.sort(rows)
+    block_of = np.searchsorted(sorted_rows, order) // block_rows
+    size = [min(block_rows, len(rows) - b * block_rows) for b in range(-(-len(rows) // block_rows))]
+    seen: set[int] = set()
+    count = 0
+    for b in block_of.tolist():  # the order cuts into windows of `window` whole blocks (the last: fewer)
+        seen.add(b)
+        count += 1
+        assert len(seen) <= window
+        if len(seen) == window and count == sum(size[k] for k in seen):
+            seen, count = set(), 0
+    assert count == sum(size[k] for k in seen)
+    assert np.array_equal(order, block_order(rows, seed, 3, block_rows, window))  # seeded
+
+
+def test_epochs_and_seeds_differ_and_blocks_stay_contiguous():
+    rows = np.arange(10_000, dtype=np.int64)
+    a, b, c = (block_order(rows, s, e, 100, 4) for s, e in ((0, 0), (0, 1), (1, 0)))
+    assert not np.array_equal(a, b) and not np.array_equal(a, c)
+    # sorted, each window of 400 positions is exactly 4 runs of 100 contiguous rows
+    window = np.sort(a[:400])
+    assert (np.diff(window) == 1).sum() == 396
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("n,world", [(1000, 4), (1003, 4), (7, 3), (5, 8)])
+def test_rank_shares_are_disjoint_and_cover_everything(n, world, drop_last):
+    order = block_order(np.arange(n, dtype=np.int64), 0, 0, 16, 2)
+    shares = [block_share(order, r, world, drop_last) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1  # every rank the same number of rows
+    joined = np.concatenate(shares)
+    if drop_last:
+        assert len(joined) == n // world * world and len(np.unique(joined)) == len(joined)
+    else:
+        assert set(joined.tolist()) == set(range(n))
+        assert len(joined) - len(np.unique(joined)) == -(-n // world) * world - n  # only the padding repeats
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("orders")
+    make_store(root, key="enc/a", n_rows=1000, row_shape=(32,), seed=1)  # 64-byte rows
+    make_store(root, key="enc/b", n_rows=1000, row_shape=(8,), dtype=torch.float32, seed=2)
+    return FeatureStore.open(root)
+
+
+@pytest.mark.parametrize("read", ["mmap", "direct"])
+def test_block_batches_serve_every_row_once(store, backend, read):
+    loader = store.batches(["enc/a", "enc/b"], 64, order="block", block_bytes=96 * 25, window_blocks=3, read=read)
+    assert loader.info["order"] == "block" and loader.info["block_rows"] == 25 and loader.info["window_blocks"] == 3
+    seen = []
+    for feats, labels, rows in loader:
+        for key in ("enc/a", "enc/b"):
+            assert torch.equal(feats[key], store[key][rows.numpy()])
+        assert torch.equal(labels, store["enc/a"].labels[rows])
+        seen.append(rows.numpy())
+    seen = np.concatenate(seen)
+    assert np.array_equal(seen, loader.epoch_order(0)) and np.array_equal(np.sort(seen), np.arange(1000))
+
+
+def test_block_batches_across_ranks(store):
+    shares = [store["enc/a"].batches(50, order="block", rank=r, world_size=3, seed=9).epoch_order(2) for r in range(3)]
+    assert set(np.concatenate(shares).tolist()) == set(range(1000)) and len({len(s) for s in shares}) == 1
+
+
+def test_block_cache_reads_each_block_once(store, backend):
+    fs = store["enc/a"]
+    cache = BlockCache(fs, 40, n_slots=2 * 4 + 2)
+    order = block_order(np.arange(1000, dtype=np.int64), 5, 0, 40, 4)
+    for start in range(0, 1000, 128):
+        idx = order[start : start + 128]
+        out = torch.empty(len(idx), 32, dtype=torch.float16)
+        cache.read(idx, out)
+        assert torch.equal(out, fs[idx])
+    assert cache.blocks_read == 25  # 1000 rows / 40: every block read once, whole
+    wide = np.arange(0, 1000, 10, dtype=np.int64)  # 100 rows in 25 blocks: more than the cache holds
+    out = torch.empty(100, 32, dtype=torch.float16)
+    cache.read(wide, out)
+    assert torch.equal(out, fs[wide]) and cache.blocks_read == 25  # read row by row, not through the cache
+
+
+def test_bad_order_arguments(store):
+    fs = store["enc/a"]
+    with pytest.raises(ValueError, match="order must be one of 'random', 'block', got 'sorted'"):
+        fs.batches(8, order="sorted")
+    with pytest.raises(ValueError, match="cannot go with shuffle=False"):
+        fs.batches(8, order="block", shuffle=False)
+    with pytest.raises(ValueError, match="block_bytes must be a positive integer"):
+        fs.batches(8, order="block", block_bytes=0)
+    with pytest.raises(ValueError, match="window_blocks must be a positive integer"):
+        fs.batches(8, order="block", window_blocks=0)
+    assert block_rows_for(1536) == 2730 and block_rows_for(10 << 20) == 1

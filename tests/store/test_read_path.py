@@ -1,0 +1,188 @@
+"""fs.gather(read=...): the direct path and the mapping give the same rows; a truncated file is a
+CorruptFileError naming it; what read="auto" picks (featstore.store.memory, pure and on this machine)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _util import make_store
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featstore import CorruptFileError, FeatureStore
+from featstore.store import memory
+
+torch.set_num_threads(1)
+N = 301
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    store, data, _ = make_store(root, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
+    return store["enc/layer_1"], data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    index=st.lists(st.integers(-N, N - 1), max_size=200)
+    | st.integers(0, N - 1).flatmap(lambda a: st.integers(a, N).map(lambda b: list(range(a, b))))
+)
+def test_direct_and_mmap_gather_the_same_rows(stored, backend, index):
+    fs, data = stored
+    direct = fs.gather(index, read="direct")
+    mapped = fs.gather(index, read="mmap")
+    assert direct.dtype == mapped.dtype == torch.float16
+    assert direct.shape == mapped.shape == (len(index), 3, 7)
+    assert torch.equal(direct.view(torch.int16), mapped.view(torch.int16))
+    assert torch.equal(direct, data[index] if index else data[:0])
+
+
+def test_direct_gather_into_a_preallocated_buffer(stored, backend):
+    fs, data = stored
+    out = torch.empty(4, 3, 7, dtype=torch.float16)
+    assert fs.gather([5, 300, 5, 0], out=out, read="direct") is out
+    assert torch.equal(out, data[[5, 300, 5, 0]])
+
+
+def test_read_argument_is_checked(stored):
+    fs, _ = stored
+    with pytest.raises(ValueError, match=r"read must be one of 'auto', 'mmap', 'direct', got 'disk'"):
+        fs.gather([0], read="disk")
+    assert fs.read_path("auto") in ("mmap", "direct") and fs.read_path("direct") == "direct"
+
+
+@pytest.mark.damages_store
+def test_a_truncated_file_is_a_corrupt_file_error_naming_it(tmp_path, backend):
+    store, _, _ = make_store(tmp_path, n_rows=100, row_shape=(512,), dtype=torch.float32)
+    fs = store["enc/layer_1"]
+    assert fs.gather([1, 99], read="direct").shape == (2, 512)
+    os.truncate(fs.path, fs.header.data_start + 50 * fs.row_bytes)  # someone else cuts the file
+    with pytest.raises(CorruptFileError, match=rf"feature set 'enc/layer_1': {fs.path} is .* \(truncated\?\)"):
+        fs.gather([1, 99], read="direct")
+    with pytest.raises(CorruptFileError):
+        fs.gather([1], read="direct")  # the file is short, even if row 1 is still there
+
+
+# ---- featstore.store.memory --------------------------------------------------------------------
+
+V1_CGROUP = "12:pids:/\n4:memory:/slurm/uid_1/job_7\n0::/\n"
+V1_MOUNTS = (
+    "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+V2_CGROUP = "0::/user.slice/job.scope\n"
+V2_MOUNTS = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+def _files(values: dict[str, str]):
+    return lambda path: values.get(str(path))
+
+
+def test_v1_limit_is_the_tightest_along_the_path():
+    files = _files(
+        {
+            "/sys/fs/cgroup/memory/slurm/uid_1/job_7/memory.limit_in_bytes": "9223372036854771712\n",  # no limit
+            "/sys/fs/cgroup/memory/slurm/uid_1/memory.limit_in_bytes": "4294967296\n",
+            "/sys/fs/cgroup/memory/slurm/memory.limit_in_bytes": "8589934592\n",
+        }
+    )
+    limit, source = memory.cgroup_limit(V1_CGROUP, V1_MOUNTS, files)
+    assert limit == 4 * 2**30 and source == "/sys/fs/cgroup/memory/slurm/uid_1/memory.limit_in_bytes"
+
+
+def test_v2_limit_and_max():
+    files = _files(
+        {
+            "/sys/fs/cgroup/user.slice/job.scope/memory.max": "536870912\n",
+            "/sys/fs/cgroup/user.slice/memory.max": "max\n",
+        }
+    )
+    assert memory.cgroup_limit(V2_CGROUP, V2_MOUNTS, files) == (
+        512 * 2**20,
+        "/sys/fs/cgroup/user.slice/job.scope/memory.max",
+    )
+    assert memory.cgroup_limit(V2_CGROUP, V2_MOUNTS, _files({})) == (None, "")
+    # a v1 memory line, but no v1 memory mount: nothing to read
+    assert memory.cgroup_limit(V1_CGROUP, V2_MOUNTS, files) == (None, "")
+
+
+def test_a_namespaced_mount_root_is_stripped():
+    mounts = "35 31 0:32 /slurm /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+    files = _files({"/sys/fs/cgroup/memory/uid_1/job_7/memory.limit_in_bytes": "1073741824"})
+    assert memory.cgroup_limit(V1_CGROUP, mounts, files)[0] == 2**30
+
+
+def test_usable_bytes_and_the_auto_choice():
+    gib = 2**30
+    assert memory.usable_bytes(None, None, 5) is None
+    assert memory.usable_bytes(4 * gib, 10 * gib, gib) == 3 * gib  # the cgroup binds, less what is resident
+    assert memory.usable_bytes(None, 2 * gib, gib) == 2 * gib  # MemAvailable already leaves out what we hold
+    assert memory.usable_bytes(gib, 10 * gib, 2 * gib) == 0
+    facts = memory.MemoryFacts(4 * gib, "/cg/memory.max", 10 * gib, gib)
+    fits = memory.choose_read("auto", 3 * gib, facts)
+    assert fits.path == "mmap" and "fit in 3072.0 MiB" in fits.why and "/cg/memory.max" in fits.why
+    big = memory.choose_read("auto", 3 * gib + 1, facts)
+    assert big.path == "direct" and "exceed" in big.why
+    assert memory.choose_read("mmap", 100 * gib, facts) == ("mmap", "read='mmap' requested")
+    assert memory.choose_read("auto", 100 * gib, memory.MemoryFacts(None, "", None, 0)).path == "mmap"
+    with pytest.raises(ValueError, match="read must be one of"):
+        memory.choose_read("fast", 1, facts)
+
+
+def test_meminfo_fields():
+    text = "MemTotal:       24683652 kB\nMemAvailable:   23103228 kB\nHugePages_Total:       0\n"
+    assert memory.meminfo_field(text, "MemAvailable") == 23103228 * 1024
+    assert memory.meminfo_field(text, "HugePages_Total") == 0
+    assert memory.meminfo_field(text, "Nope") is None
+
+
+def test_facts_on_this_machine():
+    facts = memory.memory_facts()
+    assert facts.available is not None and facts.available > 0
+    assert facts.resident > 0
+    assert facts.usable is not None and facts.usable <= facts.available
+    assert memory.physical_ram() is not None
+
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (CGROUP_V1 / "cgroup.procs").exists(), reason="needs root and cgroup v1 memory"
+)
+def test_inside_a_memory_cgroup_auto_reads_direct(tmp_path):
+    """A child process in a 64 MiB cgroup sees the limit, auto picks direct for a 100 MiB set, and every
+    row arrives without an OOM kill. (The child joins after importing torch: v1 leaves the memory it
+    holds charged where it was.)"""
+    import subprocess
+    import sys
+
+    store = FeatureStore.create(tmp_path / "s")
+    with store.create_feature_set("big/x", 25_600, (1024,), "float32") as w:  # 100 MiB
+        w.write(0, np.ones((25_600, 1024), np.float32))
+    own = Path(Path("/proc/self/cgroup").read_text().split("memory:", 1)[1].split("\n", 1)[0].lstrip("/"))
+    group = CGROUP_V1 / own / f"featstore-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+        script = (
+            "import os, sys, featstore; open(sys.argv[2] + '/cgroup.procs', 'w').write(str(os.getpid()));"
+            "fs = featstore.FeatureStore.open(sys.argv[1])['big/x'];"
+            "from featstore.store import memory; f = memory.memory_facts();"
+            "x = fs.batches(512, shuffle=False); print(f.cgroup_limit, x.info['read']);"
+            "print(sum(float(b.features.sum()) for b in x))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "s"), str(group)], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        limit, path = out.stdout.split("\n")[0].split()
+        assert int(limit) == 64 * 2**20 and path == "direct"
+        assert float(out.stdout.split("\n")[1]) == 25_600 * 1024
+    finally:
+        group.rmdir()
