@@ -23,6 +23,7 @@ import time
 
 from .._dtypes import dtype_name
 from ..distributed import ensure_process_group, local_device, on_main
+from ..errors import ExtractionInterrupted
 from ..store import FeatureStore
 from .encode import encode_batches, progress_bar
 from .plan import ExtractResult, Job, batches_to_do, check_existing, plan_extraction
@@ -76,10 +77,10 @@ def extract(
     n_rows = int(sum(len(r) for r in plan.rows_of))
 
     def prepare_store():
-        check_existing(FeatureStore.create(out), plan, n_rows, store_dtype, overwrite)
+        check_existing(FeatureStore.create(out, strict=False), plan, n_rows, store_dtype, overwrite)
 
     on_main(ranks, prepare_store)  # rank 0 creates the store and removes sets to overwrite; then all read it
-    store = FeatureStore.open(out)
+    store = FeatureStore.open(out, strict=False)  # sets of other extractions may be broken: left alone
     result = ExtractResult(store.root, list(plan.keys.values()), n_rows, len(plan.paths))
     active = {lp: key for lp, key in plan.keys.items() if key not in store or not store.info(key).complete}
     if not active:
@@ -93,7 +94,7 @@ def extract(
     else:
         _extract_here(job, result)
     if ranks.is_main:
-        result.exports = write_exports(FeatureStore.open(store.root), plan, export_pt)
+        result.exports = write_exports(FeatureStore.open(store.root, strict=False), plan, export_pt)
     return result
 
 
@@ -123,7 +124,7 @@ def _extract_here(job: Job, result: ExtractResult) -> None:
         for w in writers.values():
             w.finish()
         result.seconds = time.perf_counter() - start
-    except BaseException:
+    except BaseException as exc:
         # Ctrl-C, an unreadable image, ...: rows already written are whole and correct, so keep them;
         # a rerun continues from here. A failure while committing must not hide the original error.
         for w in writers.values():
@@ -131,9 +132,21 @@ def _extract_here(job: Job, result: ExtractResult) -> None:
                 w.commit()
             except Exception:
                 pass
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ExtractionInterrupted):
+            raise ExtractionInterrupted(interrupted_message(job, writers)) from None
         raise
     finally:
         for w in writers.values():
             w.close()
         if bar is not None:
             bar.close()
+
+
+def interrupted_message(job: Job, writers: dict) -> str:
+    """What an interrupted run kept: the rows committed in the sets it was writing, and how to resume."""
+    counts = sorted({w.rows_committed for w in writers.values()}) if len(writers) == len(job.active) else [0]
+    rows = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (
+        f"{rows} of {job.n_rows} rows are committed in the {len(job.active)} feature set(s) being written to "
+        f"{job.store.root}; run the same command again to resume from there"
+    )
