@@ -107,7 +107,12 @@ def run_demo(
     store = FeatureStore.open(store_root)
     results = train_probes(store, str(data), "*", task, epochs=epochs, seed=seed, device=device)
     log("")
-    write_results(results, out / "results", log=log)
+    tiny = [enc for enc in encoders if enc not in models]
+    kind = f"{', '.join(tiny)} random-init (tiny, untrained)" if tiny else "real checkpoints"
+    if tiny and len(tiny) < len(encoders):
+        kind += f"; {', '.join(e for e in encoders if e in models)} real checkpoints"
+    title = f"featstore demo: linear probes for task '{task}' on the synthetic spatial dataset; encoders: {kind}"
+    write_results(results, out / "results", log=log, title=title)
     _report_sanity(results, task, log)
     log(
         f"\ndone in {time.perf_counter() - t0:.1f} s. The encoders above are random-init unless you passed checkpoints;"

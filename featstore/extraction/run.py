@@ -24,7 +24,7 @@ import time
 from .._dtypes import dtype_name
 from ..distributed import ensure_process_group, local_device, on_main
 from ..errors import ExtractionInterrupted
-from ..store import FeatureStore
+from ..store import FeatureStore, Manifest
 from .encode import encode_batches, progress_bar
 from .plan import ExtractResult, Job, batches_to_do, check_existing, plan_extraction
 from .ranks import extract_ranks
@@ -79,6 +79,7 @@ def extract(
     def prepare_store():
         check_existing(FeatureStore.create(out, strict=False), plan, n_rows, store_dtype, overwrite)
 
+    folder_is_new, store_is_new = not os.path.exists(out), not Manifest(out).exists()
     on_main(ranks, prepare_store)  # rank 0 creates the store and removes sets to overwrite; then all read it
     store = FeatureStore.open(out, strict=False)  # sets of other extractions may be broken: left alone
     result = ExtractResult(store.root, list(plan.keys.values()), n_rows, len(plan.paths))
@@ -87,12 +88,18 @@ def extract(
         result.already_complete = True
         result.exports = write_exports(store, plan, export_pt) if ranks.is_main else []
         return result
-    plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
     job = Job(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress)
     if ranks.distributed:
+        plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
         extract_ranks(job, ranks, result)
     else:
-        _extract_here(job, result)
+        try:
+            plan.encoder.load(weights=False)
+            _extract_here(job, result)
+        except BaseException:
+            if store_is_new:  # a model that cannot load, an unreadable first image: no empty store left behind
+                store.discard_if_empty(remove_folder=folder_is_new)
+            raise
     if ranks.is_main:
         result.exports = write_exports(FeatureStore.open(store.root, strict=False), plan, export_pt)
     return result

@@ -47,6 +47,10 @@ def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, Fe
     version = obj.get("format_version")
     if not is_nonneg_int(version):
         raise FormatError(f"{where}: field 'format_version' must be an integer, got {version!r}")
+    if version < 1:
+        raise FormatError(
+            f"{where}: field 'format_version' is {version}; featstore writes 1 or 2 (the manifest is damaged)"
+        )
     if version > FORMAT_VERSION:
         raise FormatVersionError(
             f"{where}: format version {version} is newer than this featstore reads ({FORMAT_VERSION}); upgrade featstore"

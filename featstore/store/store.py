@@ -21,7 +21,7 @@ import torch
 from .._dtypes import TORCH_DTYPES, dtype_name
 from ..errors import FeatureStoreError, FormatError, MissingKeyError, WriterConflictError
 from .feature_set import FeatureSet
-from .manifest import Manifest
+from .manifest import LOCK_NAME, MANIFEST_NAME, Manifest
 from .members import checked_header
 from .paths import check_key, resolve_member
 from .pt_io import import_metadata, load_pt
@@ -208,6 +208,21 @@ class FeatureStore:
         self._records.pop(key, None)
         self.problems.pop(key, None)
         self._open_sets = {k: v for k, v in self._open_sets.items() if k[0] != key}
+
+    def discard_if_empty(self, remove_folder: bool = False) -> bool:
+        """Remove ``featstore.json`` and the lock file (and with ``remove_folder`` the root folder) when
+        the store holds no feature set and no other file: a store a command created but could not
+        fill. Returns whether it did."""
+        if self.manifest.read() or not self.root.is_dir():
+            return False
+        names = {p.name for p in self.root.iterdir()}
+        if not names <= {MANIFEST_NAME, LOCK_NAME}:
+            return False
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+        if remove_folder:
+            self.root.rmdir()
+        return True
 
     # ---- whole-store operations -------------------------------------------------------------
     def verify(self, keys: Iterable[str] | None = None) -> dict[str, Any]:

@@ -385,3 +385,26 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"featstore {featstore.__version__}"
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="needs a torch built without CUDA")
+def test_extract_api_cuda_on_cpu_only_torch(w, tmp_path):
+    import featstore
+    from featstore.errors import CudaUnavailableError
+
+    with pytest.raises(CudaUnavailableError, match="built without CUDA; use --device cpu"):
+        featstore.extract(w["data"], "dinov2", w["model"], tmp_path / "c", device="cuda", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_model_that_cannot_load_leaves_no_empty_store(w, tmp_path):
+    import featstore
+    from featstore.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="not a plain tensor file"):
+        featstore.extract(w["data"], "dinov2", w["evil"], tmp_path / "new", num_workers=0, progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty as it was
+    with pytest.raises(ModelLoadError):
+        featstore.extract(w["data"], "dinov2", w["evil"], tmp_path / "mine", num_workers=0, progress=False)
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
