@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     rank = f" (rank {os.environ.get('RANK', '?')})" if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
-    prog = f"featstore {args.command}{rank}"
+    sub = getattr(args, "dataset_command", None)
+    prog = f"featstore {args.command}{f' {sub}' if sub else ''}{rank}"
 
     def fail(message: str, status: int) -> int:
         print(f"{prog}: {message}", file=sys.stderr)

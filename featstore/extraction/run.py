@@ -67,8 +67,13 @@ def extract(
     same arguments; the ranks split the images and write into the same feature sets
     (featstore.extraction.ranks). ``device="cuda"`` then means each rank's own GPU (``LOCAL_RANK``).
     """
-    if batch_size < 1 or commit_every < 1 or num_workers < 0:
-        raise ValueError("batch_size and commit_every must be >= 1, num_workers >= 0")
+    for option, value, least in (
+        ("batch_size", batch_size, 1),
+        ("commit_every", commit_every, 1),
+        ("num_workers", num_workers, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{option} (--{option.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
     store_dtype = dtype_name(store_dtype)
     ranks = ensure_process_group(device)
     if ranks.distributed:
