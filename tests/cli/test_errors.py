@@ -31,8 +31,10 @@ def w(tmp_path_factory, tiny_dinov2_dir):
     make_store(root / "store", key="enc/l1", n_rows=8, row_shape=(4,))
     make_store(root / "broken", key="enc/gone", n_rows=8, row_shape=(4,))
     make_store(root / "broken2", key="enc/gone", n_rows=8, row_shape=(4,))
+    make_store(root / "broken3", key="enc/last", n_rows=8, row_shape=(4,))
     for name in ("broken", "broken2"):
         (root / name / "enc" / "gone.safetensors").unlink()
+    (root / "broken3" / "enc" / "last.safetensors").unlink()
     (root / "empty").mkdir()
     (root / "nostore").mkdir()
     (root / "afile").write_text("not a store")
@@ -55,6 +57,7 @@ def w(tmp_path_factory, tiny_dinov2_dir):
         "store": str(root / "store"),
         "broken": str(root / "broken"),
         "broken2": str(root / "broken2"),
+        "broken3": str(root / "broken3"),
         "empty": str(root / "empty"),
         "emptystore": str(root / "emptystore"),
         "nostore": str(root / "nostore"),
@@ -213,8 +216,23 @@ CORPUS = [
         "extract-into-broken-set",
         ["extract", "{broken2}", "--dataset", "{data}", "--model", "{model}", "--name", "enc", "--layers", "last", *X],
         0,
+        "featstore extract: skipped 1 broken feature set(s): enc/gone",
         None,
+    ),
+    (
+        "extract-its-own-broken-set",
+        ["extract", "{broken3}", "--dataset", "{data}", "--model", "{model}", "--name", "enc", "--layers", "last", *X],
+        1,
+        "to write it anew, or remove it with `featstore delete",
         None,
+    ),
+    (
+        "extract-overwrite-its-own-broken-set",
+        ["extract", "{broken3}", "--dataset", "{data}", "--model", "{model}", "--name", "enc", "--layers", "last"]
+        + [*X, "--overwrite"],
+        0,
+        None,
+        "skipped",
     ),
     (
         "extract-batch-size-0",
