@@ -21,6 +21,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 __all__ = [
     "Ranks",
     "all_sum_or_fail",
+    "check_device",
     "current_ranks",
     "ensure_process_group",
     "resolve_ranks",
@@ -72,6 +73,7 @@ def ensure_process_group(device: str | torch.device | None = "cpu") -> Ranks:
     ranks. Outside torchrun (no ``WORLD_SIZE``, or 1) nothing happens and this is ``Ranks(0, 1)``."""
     import torch.distributed as dist
 
+    check_device(device if device is not None else "cpu")
     if dist.is_available() and dist.is_initialized():
         return current_ranks()
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -98,6 +100,36 @@ def shutdown() -> None:
     if _owned and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _owned.clear()
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, once it is known to be usable here: a name torch knows, and for
+    CUDA a torch built with CUDA that sees the GPU. Raises ValueError for a name torch does not know,
+    CudaUnavailableError (saying what to do) for a CUDA device this process cannot use."""
+    from .errors import CudaUnavailableError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N (a GPU's index)") from None
+    if dev.type != "cuda":
+        return dev
+    if torch.version.cuda is None:
+        raise CudaUnavailableError(
+            f"device {str(device)!r} asked for, but this torch ({torch.__version__}) was built without CUDA; "
+            "use --device cpu (device='cpu'), or install a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise CudaUnavailableError(
+            f"device {str(device)!r} asked for, but torch sees no CUDA GPU (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use --device cpu (device='cpu') or run where a GPU is"
+        )
+    if dev.index is not None and dev.index >= count:
+        raise CudaUnavailableError(
+            f"device {str(device)!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+        )
+    return dev
 
 
 def local_device(device: str | torch.device) -> torch.device:

@@ -77,3 +77,9 @@ class CudaUnavailableError(FeatureStoreError, RuntimeError):
 
 class DistributedError(FeatureStoreError):
     """Another rank of a torch.distributed job failed a step every rank depends on."""
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped an extraction after its writers committed what they had; the message
+    says how many rows are committed and that running the same extraction again resumes. A
+    KeyboardInterrupt, so code that catches those still does."""

@@ -2,11 +2,12 @@
 
 The store holds four finished feature sets (float16 / float32, pooled / patch grid, with and without
 labels, one spanning several checksum blocks). Each trial flips ``--flips-per-trial`` random bits
-(default 1), each in a random feature-set file, in a region drawn with these odds:
+(default 1), each in a random feature set's files, in a region drawn with these odds:
 
-- header (40%): any byte of the 8-byte length, the JSON, or its space padding up to the 4096-byte boundary;
-- features (40%): any byte of the row data;
-- labels (20%; features when the set has none): any byte of the int64 labels.
+- header (35%): any byte of the 8-byte length, the JSON, or its space padding up to the 4096-byte boundary;
+- features (35%): any byte of the row data;
+- labels (15%; features when the set has none): any byte of the int64 labels;
+- export (15%): any byte of the set's ``.pt`` export beside it (covered by ``checksum.export``).
 
 Then it checks, and restores the bits before the next trial:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import random
 import sys
@@ -48,7 +50,7 @@ SETS = {  # key: (rows, row shape, dtype, labels)
     "clip/last_layer": (500, (512,), "float16", False),
     "qwen/visual_features": (300, (128,), "bfloat16", True),
 }
-REGIONS = (("header", 0.4), ("features", 0.4), ("labels", 0.2))
+REGIONS = (("header", 0.35), ("features", 0.35), ("labels", 0.15), ("export", 0.15))
 
 
 def build_store(root: Path) -> FeatureStore:
@@ -64,6 +66,8 @@ def build_store(root: Path) -> FeatureStore:
             for a in range(0, n, 256):
                 w.write(a, rows[a : a + 256])
                 w.commit()
+    for key in SETS:
+        store[key].export_pt()
     return FeatureStore.open(root)
 
 
@@ -75,6 +79,8 @@ def regions_of(store: FeatureStore) -> dict[str, dict[str, tuple[Path, int, int]
         start, feats, labels = fs.header.data_start, fs.record.layout.features_bytes, fs.record.layout.labels_bytes
         out[key] = {"header": (fs.path, 0, start), "features": (fs.path, start, start + feats)}
         out[key]["labels"] = (fs.path, start + feats, start + feats + labels) if labels else out[key]["features"]
+        export = fs.path.with_suffix(".pt")
+        out[key]["export"] = (export, 0, export.stat().st_size)
     return out
 
 
@@ -146,6 +152,9 @@ def manifest_trial(root: Path, rng: random.Random) -> tuple[bool, str]:
     field = line.split('":', 1)[0].strip('"') if '":' in line else "(a value in a list)"
     flip(path, byte, bit)
     try:
+        with contextlib.suppress(ValueError):
+            if json.loads(path.read_bytes()) == json.loads(raw):
+                return True, "(none: it parses to the same values, e.g. a float's last digit)"
         try:
             FeatureStore.open(root)
         except FeatureStoreError:
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--manifest-trials",
         type=int,
         default=0,
-        help="also flip this many bits of featstore.json, one per trial (reported apart: it has no checksum)",
+        help="also flip this many bits of featstore.json, one per trial (reported apart)",
     )
     p.add_argument("--seed", type=int, default=0)
     add_output_options(p)
@@ -180,9 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
         regions = regions_of(store)
         store_bytes = sum(r["features"][2] for r in regions.values())
         del store
-        manifest_missed = [
-            field for _ in range(args.manifest_trials) for caught, field in [manifest_trial(root, rng)] if not caught
-        ]
+        manifest_results = [manifest_trial(root, rng) for _ in range(args.manifest_trials)]
+        manifest_missed = [field for caught, field in manifest_results if not caught]
+        manifest_caught = [field for caught, field in manifest_results if caught]
         FeatureStore.open(root).verify()
         for i in range(args.trials):
             detected, hit, why = trial(root, regions, rng, args.flips_per_trial)
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.manifest_trials:
         figures["manifest_bits_flipped"] = args.manifest_trials
         figures["manifest_flips_not_caught"] = len(manifest_missed)
+        figures["manifest_flips_that_changed_nothing"] = sum(f.startswith("(none") for f in manifest_caught)
         figures["manifest_fields_where_not_caught"] = dict(Counter(manifest_missed).most_common())
     command = "benchmarks/reliability/bitrot.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_results(args.json, "bitrot", command.strip(), figures)

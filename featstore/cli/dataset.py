@@ -29,12 +29,17 @@ def add_dataset_commands(subparsers) -> None:
     s = sub.add_parser("synth", help="render the synthetic two-object dataset (the built-in default)")
     s.add_argument("--out", default="datasets/spatial_hf", help="dataset folder to write (default: %(default)s)")
     s.add_argument("--n", type=int, default=2000, help="rows = images (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seeds the scenes (default: %(default)s)")
     s.add_argument("--size", type=int, default=224, help="image side in pixels (default: %(default)s)")
-    s.add_argument("--distractors", type=float, default=0.5, help="probability of 1-2 distractor objects per image")
+    s.add_argument(
+        "--distractors",
+        type=float,
+        default=0.5,
+        help="probability of 1-2 distractor objects per image (default: %(default)s)",
+    )
     s.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset featstore wrote there before")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: a bar)")
     s.set_defaults(func=_cmd_synth)
 
     i = sub.add_parser(
@@ -52,16 +57,27 @@ def add_dataset_commands(subparsers) -> None:
 
     v = sub.add_parser("validate", help="check every row against the schema; exit 1 listing every problem")
     v.add_argument("path", help="a folder written by save_to_disk (a dataset or a dataset dict of splits)")
-    v.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    v.add_argument("--no-files", action="store_true", help="do not check the image files (default: check them)")
+    v.add_argument(
+        "--no-decode", action="store_true", help="check that image files exist, but do not decode them (faster)"
+    )
+    v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: a bar)")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     v.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("split", help="split by image into train/validation/test (deterministic, seeded)")
     p.add_argument("path", help="the dataset folder to split")
     p.add_argument("--out", required=True, help="folder for the DatasetDict (train/, validation/, test/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seeds which images go where (default: %(default)s)")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="shares of the images in each split (default: 0.8 0.1 0.1)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset featstore wrote there before")
     p.set_defaults(func=_cmd_split)
 
 
@@ -146,10 +162,12 @@ def _cmd_validate(args) -> int:
     for name, part in parts:
         where = args.path + (f" [{name}]" if name else "")
         try:
-            summaries[name or "dataset"] = validate(part, check_files=not args.no_files)
+            summaries[name or "dataset"] = validate(
+                part, check_files=not args.no_files, decode=not args.no_decode, progress=not args.no_progress
+            )
         except DatasetValidationError as exc:
             failed = True
-            print(f"{where}: {len(exc.problems)} problem(s):", file=sys.stderr)
+            print(f"featstore dataset validate: error: {where}: {len(exc.problems)} problem(s):", file=sys.stderr)
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
     if args.json:

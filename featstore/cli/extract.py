@@ -1,7 +1,7 @@
 """featstore extract / featstore encoders: run an encoder over a dataset into a store; list encoders.
 
-    featstore extract --dataset datasets/spatial_hf --encoder dinov2 --model facebook/dinov2-small \\
-        --layers 10,11,last --pooling cls,mean --out datasets/features
+    featstore extract datasets/features --dataset datasets/spatial_hf --encoder dinov2 --model facebook/dinov2-small \\
+        --layers 10,11,last --pooling cls,mean
     featstore encoders
 
 Under torchrun the ranks share the work (same arguments), e.g. on 4 GPUs of one machine:
@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from .store import note_skipped, open_store
+
 
 def add_extract_commands(subparsers) -> None:
     """Add the ``extract`` and ``encoders`` commands to featstore's top-level subparsers."""
@@ -24,32 +26,63 @@ def add_extract_commands(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    x.add_argument("--dataset", required=True, help="a dataset folder written by save_to_disk")
-    x.add_argument("--split", default=None, help="the split to use when the folder holds several")
-    x.add_argument("--encoder", required=True, help="a registered encoder (see `featstore encoders`)")
-    x.add_argument("--model", required=True, help="hub id or local save_pretrained folder")
+    x.add_argument(
+        "store",
+        metavar="STORE",
+        nargs="?",
+        default=None,
+        help="the store to write (created when missing; default: datasets/features)",
+    )
+    x.add_argument("--out", dest="out_alias", default=None, help=argparse.SUPPRESS)  # the old spelling of STORE
+    x.add_argument("--dataset", required=True, help="a dataset folder written by save_to_disk (required)")
+    x.add_argument(
+        "--split", default=None, help="the split to use when the folder holds several (default: the only one)"
+    )
+    x.add_argument("--encoder", required=True, help="a registered encoder, see `featstore encoders` (required)")
+    x.add_argument("--model", required=True, help="hub id or local save_pretrained folder (required)")
     x.add_argument("--layers", default="last", help="comma-separated layers, 'all' or 'last' (default: %(default)s)")
     x.add_argument("--pooling", default="cls", help="comma-separated: cls, mean, patch (default: %(default)s)")
-    x.add_argument("--out", default="datasets/features", help="store root (default: %(default)s)")
     x.add_argument("--name", default=None, help="first part of the keys (default: the encoder's name)")
-    x.add_argument("--target", default="label", choices=["label", "relation"], help="labels stored with the features")
-    x.add_argument("--no-labels", action="store_true", help="store no labels")
-    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument(
+        "--target",
+        default="label",
+        choices=["label", "relation"],
+        help="labels stored with the features (default: %(default)s)",
+    )
+    x.add_argument("--no-labels", action="store_true", help="store no labels (default: store --target's labels)")
+    x.add_argument("--batch-size", type=int, default=32, help="distinct images per forward pass (default: %(default)s)")
     x.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
-    x.add_argument("--dtype", default="float32", help="the model's compute dtype: float32, bfloat16, float16")
+    x.add_argument(
+        "--dtype",
+        default="float32",
+        help="the model's compute dtype: float32, bfloat16, float16 (default: %(default)s)",
+    )
     x.add_argument("--store-dtype", default="float16", help="dtype of the stored features (default: %(default)s)")
     x.add_argument(
         "--num-workers", type=int, default=2, help="image-decoding DataLoader workers (default: %(default)s)"
     )
     x.add_argument("--commit-every", type=int, default=8, help="commit rows every N batches (default: %(default)s)")
-    x.add_argument("--overwrite", action="store_true", help="replace feature sets written with other settings")
-    x.add_argument("--no-export-pt", action="store_true", help="do not write .pt exports beside the feature sets")
-    x.add_argument("--no-progress", action="store_true")
+    x.add_argument(
+        "--overwrite", action="store_true", help="replace feature sets written with other settings, or broken ones"
+    )
+    x.add_argument("--no-export-pt", action="store_true", help="do not write .pt exports (default: write them)")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: a bar)")
     x.set_defaults(func=_cmd_extract)
 
-    e = subparsers.add_parser("encoders", help="list the registered encoders and the plugins they come from")
-    e.add_argument("--json", action="store_true")
+    e = subparsers.add_parser(
+        "encoders",
+        help="list the registered encoders and the plugins they come from",
+        description="List every registered encoder: name, plugin, description, aliases.",
+    )
+    e.add_argument("--json", action="store_true", help="print a JSON list instead of a table (default: a table)")
     e.set_defaults(func=_cmd_encoders)
+
+
+def store_of(args) -> str:
+    """STORE, or the old ``--out`` spelling of it (not both)."""
+    if args.store is not None and args.out_alias is not None:
+        raise ValueError(f"the store is given twice ({args.store} and --out {args.out_alias}); give only STORE")
+    return args.store or args.out_alias or "datasets/features"
 
 
 def _cmd_extract(args) -> int:
@@ -59,7 +92,7 @@ def _cmd_extract(args) -> int:
         args.dataset,
         args.encoder,
         args.model,
-        args.out,
+        store_of(args),
         layers=args.layers,
         pooling=args.pooling,
         name=args.name,
@@ -79,6 +112,7 @@ def _cmd_extract(args) -> int:
 
     if current_ranks().is_main:  # under torchrun: one summary, of the whole job
         print(result.summary())
+        note_skipped("extract", open_store(str(result.store)))
     return 0
 
 

@@ -1,11 +1,11 @@
 """featstore probe: train linear probes on stored features; write a results JSON, CSV and plot.
 
-    featstore probe --store datasets/features --dataset datasets/spatial_hf --keys 'dinov2/*' \\
+    featstore probe datasets/features --dataset datasets/spatial_hf --keys 'dinov2/*' \\
         --task relation --out results/
 
 Under torchrun the heads train with DistributedDataParallel, each rank on its share of every batch:
 
-    torchrun --nproc_per_node=4 -m featstore probe --store ... --dataset ... --device cuda
+    torchrun --nproc_per_node=4 -m featstore probe STORE --dataset ... --device cuda
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ def add_probe_commands(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--store", required=True, help="store root")
-    p.add_argument("--dataset", required=True, help="the dataset folder the features were extracted from")
-    p.add_argument("--split", default=None, help="the split to use when the folder holds several")
+    p.add_argument("store", metavar="STORE", nargs="?", default=None, help="the store holding the feature sets")
+    p.add_argument("--store", dest="store_alias", default=None, help=argparse.SUPPRESS)  # the old spelling of STORE
+    p.add_argument("--dataset", required=True, help="the dataset folder the features were extracted from (required)")
+    p.add_argument(
+        "--split", default=None, help="the split to use when the folder holds several (default: the only one)"
+    )
     p.add_argument(
         "--keys",
         action="append",
@@ -45,11 +48,17 @@ def add_probe_commands(subparsers) -> None:
         help="relation, binary, or an integer column of the dataset (default: %(default)s)",
     )
     p.add_argument("--out", default="results", help="folder for the results (default: %(default)s)")
-    p.add_argument("--lrs", type=_floats, default=list(DEFAULT_LRS), help="comma-separated learning rates")
-    p.add_argument("--wds", type=_floats, default=list(DEFAULT_WDS), help="comma-separated weight decays")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, the shuffling and the heads")
+    p.add_argument(
+        "--lrs", type=_floats, default=list(DEFAULT_LRS), help="comma-separated learning rates (default: %(default)s)"
+    )
+    p.add_argument(
+        "--wds", type=_floats, default=list(DEFAULT_WDS), help="comma-separated weight decays (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per training step (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the shuffling and the heads (default: %(default)s)"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     p.set_defaults(func=_cmd_probe)
 
@@ -60,8 +69,10 @@ def _cmd_probe(args) -> int:
     from ..probe.report import write_results
 
     main = ensure_process_group(args.device).is_main  # under torchrun: every rank trains, rank 0 reports
+    if (args.store is None) == (args.store_alias is None):
+        raise ValueError("give the store once, as the first argument: featstore probe STORE --dataset DIR ...")
     out = train_probes(
-        args.store,
+        args.store or args.store_alias,
         args.dataset,
         args.keys or "*",
         args.task,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..batches import FeatureStore
+from ..distributed import check_device
 from ..extraction import extract
 from ..probe import train_probes
 from ..probe.report import write_results
@@ -66,12 +67,13 @@ def run_demo(
     """
 
     out = Path(out)
-    _prepare(out)
+    check_device(device)  # before any work: a CUDA device this torch cannot use fails here
     models = dict(models or {})
     encoders = [encoders] if isinstance(encoders, str) else list(encoders)
     unknown = sorted((set(models) | set(encoders)) - set(ENCODERS))
     if unknown or not encoders:
         raise ValueError(f"unknown or no encoder(s) {unknown}; choose from {list(ENCODERS)}")
+    _prepare(out)
     t0 = time.perf_counter()
     data = out / "spatial_hf"
     generate(data, n=n_rows, seed=seed, size=IMAGE_SIZE, progress=False)
@@ -105,7 +107,12 @@ def run_demo(
     store = FeatureStore.open(store_root)
     results = train_probes(store, str(data), "*", task, epochs=epochs, seed=seed, device=device)
     log("")
-    write_results(results, out / "results", log=log)
+    tiny = [enc for enc in encoders if enc not in models]
+    kind = f"{', '.join(tiny)} random-init (tiny, untrained)" if tiny else "real checkpoints"
+    if tiny and len(tiny) < len(encoders):
+        kind += f"; {', '.join(e for e in encoders if e in models)} real checkpoints"
+    title = f"featstore demo: linear probes for task '{task}' on the synthetic spatial dataset; encoders: {kind}"
+    write_results(results, out / "results", log=log, title=title)
     _report_sanity(results, task, log)
     log(
         f"\ndone in {time.perf_counter() - t0:.1f} s. The encoders above are random-init unless you passed checkpoints;"

@@ -186,7 +186,7 @@ class Encoder:
     def model(self) -> torch.nn.Module:
         """The model, loaded on first use, in eval mode on :attr:`device` with :attr:`dtype`."""
         if self._model is None:
-            with _needs_packages(self):
+            with _needs_packages(self), _refusing_pickles(self):
                 model = self.load_model()
             self._model = model.to(device=self.device, dtype=self.dtype).eval()
         return self._model
@@ -243,6 +243,12 @@ class Encoder:
         """Path of ``filename`` of the model: in the local folder, or the hub cache (downloaded when
         online; ``HF_HUB_OFFLINE=1`` or an unreachable hub uses the cache only)."""
         local = Path(self.model_id)
+        if not local.is_dir() and looks_like_path(self.model_id):
+            what = "is a file, not a model folder" if local.exists() else "does not exist"
+            raise ModelLoadError(
+                f"model folder {self.model_id} {what}; pass a folder written by save_pretrained, or a hub id "
+                "such as facebook/dinov2-small"
+            )
         if local.is_dir():
             path = local / filename
             if not path.is_file():
@@ -312,6 +318,37 @@ def _needs_packages(encoder: Encoder):
         raise EncoderError(
             f"encoder {encoder.name!r} needs the package {package!r}, which is not installed; pip install {package}"
         ) from exc
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether a ``--model`` value is meant as a local path (``./m``, ``/m``, ``~/m``, ``a/b/c``) rather
+    than a hub id (``org/name``)."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
+
+
+@contextmanager
+def _refusing_pickles(encoder: Encoder):
+    """A checkpoint torch refuses to unpickle with ``weights_only=True`` becomes a ModelLoadError that
+    names the file and suggests safetensors (never torch's advice to load it with weights_only=False)."""
+    import pickle
+
+    try:
+        yield
+    except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as exc:
+        if "weights_only" not in str(exc) and not isinstance(exc, pickle.UnpicklingError):
+            raise
+        folder = Path(encoder.model_id)
+        pickled = (
+            sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in folder.glob(pattern))
+            if folder.is_dir()
+            else []
+        )
+        where = f"{folder / pickled[0]}" if pickled else f"the checkpoint of {encoder.model_id}"
+        raise ModelLoadError(
+            f"{where}: refused: the checkpoint is not a plain tensor file (it holds pickled Python objects, "
+            "which could run code when loaded); use a model.safetensors checkpoint instead (convert a copy "
+            "you trust with save_pretrained(..., safe_serialization=True))"
+        ) from None
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -18,7 +18,6 @@ from .plan import Job, Plan
 
 
 # ---- reading images in workers -----------------------------------------------------------------
-# ---- reading images in workers -----------------------------------------------------------------
 class _Images(torch.utils.data.Dataset):
     """Distinct image ``j`` -> (j, PIL image); decoded in DataLoader workers."""
 
@@ -36,21 +35,24 @@ class _Images(torch.utils.data.Dataset):
             with Image.open(self.paths[j]) as im:
                 return j, im.convert("RGB")
         except Exception as exc:
-            raise ExtractionError(
+            # returned, not raised: raised in a worker, DataLoader would wrap it in its own traceback text
+            return j, ExtractionError(
                 f"row {self.first_row[j]}: cannot read image {self.paths[j]} ({exc}); "
-                "replace the file or remove the row"
-            ) from None
+                "replace the file or remove the row (`featstore dataset validate` finds every such image)"
+            )
 
 
 class _Collate:
-    """A batch of (j, image) -> (indices, model inputs); the encoder's preprocessing runs in the worker."""
+    """A batch of (j, image) -> (indices, model inputs); the encoder's preprocessing runs in the worker.
+    An image that could not be read comes back as its error instead: (indices, error)."""
 
     def __init__(self, encoder: Encoder):
         self.encoder = encoder
 
     def __call__(self, items):
         idx = [j for j, _ in items]
-        return idx, self.encoder.preprocess([im for _, im in items])
+        errors = [im for _, im in items if isinstance(im, ExtractionError)]
+        return idx, errors[0] if errors else self.encoder.preprocess([im for _, im in items])
 
 
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
@@ -79,6 +81,8 @@ def encode_batches(
         prefetch_factor=2 if job.num_workers else None,
     )
     for done, (idx, inputs) in enumerate(loader, 1):
+        if isinstance(inputs, ExtractionError):
+            raise inputs
         tokens = plan.encoder.forward(inputs, plan.layers)
         rows, where = _batch_rows(plan, idx)
         for (layer, p), key in job.active.items():
@@ -94,6 +98,8 @@ def row_shapes(job: Job) -> dict[str, tuple[int, ...]]:
     """The row shape of every active set, from one forward pass of the first image."""
     plan = job.plan
     _, inputs = _Collate(plan.encoder)([_Images(plan.paths, plan.first_row)[0]])
+    if isinstance(inputs, ExtractionError):
+        raise inputs
     tokens = plan.encoder.forward(inputs, plan.layers)
     return {key: tuple(pool(tokens[layer], p).shape[1:]) for (layer, p), key in job.active.items()}
 

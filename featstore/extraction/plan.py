@@ -171,6 +171,14 @@ def check_existing(store: FeatureStore, plan: Plan, n_rows: int, store_dtype: st
     for lp, key in plan.keys.items():
         if key not in store:
             continue
+        if key in store.problems:
+            if not overwrite:
+                raise ExtractionError(
+                    f"feature set {key!r} in {store.root} is broken ({store.problems[key]}); pass --overwrite "
+                    f"(overwrite=True) to write it anew, or remove it with `featstore delete {store.root} {key}`"
+                )
+            store.delete(key)
+            continue
         record = store.info(key)
         diff = _differences(record.metadata, plan.metadata[lp])
         if record.dtype != store_dtype:

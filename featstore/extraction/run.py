@@ -23,7 +23,8 @@ import time
 
 from .._dtypes import dtype_name
 from ..distributed import ensure_process_group, local_device, on_main
-from ..store import FeatureStore
+from ..errors import ExtractionInterrupted
+from ..store import FeatureStore, Manifest
 from .encode import encode_batches, progress_bar
 from .plan import ExtractResult, Job, batches_to_do, check_existing, plan_extraction
 from .ranks import extract_ranks
@@ -66,8 +67,13 @@ def extract(
     same arguments; the ranks split the images and write into the same feature sets
     (featstore.extraction.ranks). ``device="cuda"`` then means each rank's own GPU (``LOCAL_RANK``).
     """
-    if batch_size < 1 or commit_every < 1 or num_workers < 0:
-        raise ValueError("batch_size and commit_every must be >= 1, num_workers >= 0")
+    for option, value, least in (
+        ("batch_size", batch_size, 1),
+        ("commit_every", commit_every, 1),
+        ("num_workers", num_workers, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{option} (--{option.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
     store_dtype = dtype_name(store_dtype)
     ranks = ensure_process_group(device)
     if ranks.distributed:
@@ -76,24 +82,31 @@ def extract(
     n_rows = int(sum(len(r) for r in plan.rows_of))
 
     def prepare_store():
-        check_existing(FeatureStore.create(out), plan, n_rows, store_dtype, overwrite)
+        check_existing(FeatureStore.create(out, strict=False), plan, n_rows, store_dtype, overwrite)
 
+    folder_is_new, store_is_new = not os.path.exists(out), not Manifest(out).exists()
     on_main(ranks, prepare_store)  # rank 0 creates the store and removes sets to overwrite; then all read it
-    store = FeatureStore.open(out)
+    store = FeatureStore.open(out, strict=False)  # sets of other extractions may be broken: left alone
     result = ExtractResult(store.root, list(plan.keys.values()), n_rows, len(plan.paths))
     active = {lp: key for lp, key in plan.keys.items() if key not in store or not store.info(key).complete}
     if not active:
         result.already_complete = True
         result.exports = write_exports(store, plan, export_pt) if ranks.is_main else []
         return result
-    plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
     job = Job(store, plan, active, n_rows, store_dtype, batch_size, num_workers, commit_every, progress)
     if ranks.distributed:
+        plan.encoder.load(weights=False)  # once here, so DataLoader workers inherit the processor
         extract_ranks(job, ranks, result)
     else:
-        _extract_here(job, result)
+        try:
+            plan.encoder.load(weights=False)
+            _extract_here(job, result)
+        except BaseException:
+            if store_is_new:  # a model that cannot load, an unreadable first image: no empty store left behind
+                store.discard_if_empty(remove_folder=folder_is_new)
+            raise
     if ranks.is_main:
-        result.exports = write_exports(FeatureStore.open(store.root), plan, export_pt)
+        result.exports = write_exports(FeatureStore.open(store.root, strict=False), plan, export_pt)
     return result
 
 
@@ -123,7 +136,7 @@ def _extract_here(job: Job, result: ExtractResult) -> None:
         for w in writers.values():
             w.finish()
         result.seconds = time.perf_counter() - start
-    except BaseException:
+    except BaseException as exc:
         # Ctrl-C, an unreadable image, ...: rows already written are whole and correct, so keep them;
         # a rerun continues from here. A failure while committing must not hide the original error.
         for w in writers.values():
@@ -131,9 +144,21 @@ def _extract_here(job: Job, result: ExtractResult) -> None:
                 w.commit()
             except Exception:
                 pass
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ExtractionInterrupted):
+            raise ExtractionInterrupted(interrupted_message(job, writers)) from None
         raise
     finally:
         for w in writers.values():
             w.close()
         if bar is not None:
             bar.close()
+
+
+def interrupted_message(job: Job, writers: dict) -> str:
+    """What an interrupted run kept: the rows committed in the sets it was writing, and how to resume."""
+    counts = sorted({w.rows_committed for w in writers.values()}) if len(writers) == len(job.active) else [0]
+    rows = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (
+        f"{rows} of {job.n_rows} rows are committed in the {len(job.active)} feature set(s) being written to "
+        f"{job.store.root}; run the same command again to resume from there"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ExtractionError, WriterBusyError, WriterConflictError
 from ..store import FeatureStore, FeatureWriter
+from ..store.checksums import file_crc32
 from ..store.shards import fold_progress
 from .encode import row_shapes
 from .plan import Job, Plan
@@ -49,14 +50,16 @@ def open_writer(
 
 
 def write_exports(store: FeatureStore, plan: Plan, export_pt: bool) -> list[Path]:
-    """The ``.pt`` export of every set of the plan, written unless one newer than the set exists."""
+    """The ``.pt`` export of every set of the plan, written unless one the manifest's checksum of the
+    export matches exists (a changed, damaged or unrecorded export is written again)."""
     if not export_pt:
         return []
     out = []
     for key in plan.keys.values():
         fs = store[key]
         target = fs.path.with_suffix(".pt")
-        if not target.exists() or target.stat().st_mtime < fs.path.stat().st_mtime:
+        recorded = (fs.record.export_crc32, fs.record.export_bytes)
+        if recorded[0] is None or not target.is_file() or file_crc32(target) != recorded:
             fs.export_pt()
         out.append(target)
     return out

@@ -40,19 +40,40 @@ def _sorted(results: list[dict]) -> list[dict]:
     return sorted(results, key=lambda r: (r["encoder"], _layer_order(r["layer"]), str(r["pooling"]), r["head"]))
 
 
+def same_as_mean(r: dict, results: list[dict]) -> bool:
+    """Whether ``r`` is a patch grid's ``mean`` head with exactly the numbers of the ``mean`` pooling's
+    linear probe of the same encoder and layer (the same probe, computed twice): shown once."""
+    if (r["pooling"], r["head"]) != ("patch", "mean"):
+        return False
+    return any(
+        (o["encoder"], o["layer"], o["pooling"], o["head"]) == (r["encoder"], r["layer"], "mean", "linear")
+        and (o["val_acc"], o["test_acc"]) == (r["val_acc"], r["test_acc"])
+        for o in results
+    )
+
+
+def distinct(results: list[dict]) -> list[dict]:
+    """The results less the patch/mean rows that repeat a mean row (see :func:`same_as_mean`)."""
+    return [r for r in results if not same_as_mean(r, results)]
+
+
 def table(out: dict) -> str:
-    """The results as a fixed-width text table, one line per (feature set, head)."""
+    """The results as a fixed-width text table, one line per (feature set, head); a patch/mean row
+    that repeats the mean row is left out (the CSV and JSON keep it)."""
     rels = out["settings"]["relations"]
     short = [r[:7] for r in rels]
+    results = distinct(_sorted(out["results"]))
+    lw = max([12] + [len(str(r["layer"])) for r in results])
+    ew = max([10] + [len(str(r["encoder"])) for r in results])
     head = (
-        f"{'encoder':10} {'layer':12} {'pooling':8} {'head':6} {'best lr':>8} {'wd':>7} {'val':>6} "
+        f"{'encoder':{ew}} {'layer':{lw}} {'pooling':8} {'head':6} {'best lr':>8} {'wd':>7} {'val':>6} "
         f"{'test':>6} {'95% CI':>13}" + "".join(f" {s:>7}" for s in short)
     )
     lines = [head, "-" * len(head)]
-    for r in _sorted(out["results"]):
+    for r in results:
         per = "".join(f" {r['per_relation'][n]['acc']:7.3f}" if n in r["per_relation"] else f" {'-':>7}" for n in rels)
         lines.append(
-            f"{str(r['encoder'])[:10]:10} {str(r['layer'])[:12]:12} {str(r['pooling'])[:8]:8} {r['head']:6} "
+            f"{r['encoder']!s:{ew}} {r['layer']!s:{lw}} {str(r['pooling'])[:8]:8} {r['head']:6} "
             f"{r['best_lr']:8.2g} {r['best_wd']:7.2g} {r['val_acc']:6.3f} {r['test_acc']:6.3f} "
             f"{r['ci_low']:6.3f}-{r['ci_high']:5.3f}{per}"
         )
@@ -60,7 +81,8 @@ def table(out: dict) -> str:
     chance = out["results"][0]["chance"] if out["results"] else float("nan")
     lines.append(
         f"task {s['task']}: {s['rows']['train']}/{s['rows']['validation']}/{s['rows']['test']} train/val/test rows, "
-        f"chance {chance:.3f}; per-relation columns are test accuracies"
+        f"chance {chance:.3f}; per-relation columns are test accuracies; 95% CI: Wilson interval"
+        + ("; mean = patch grid with the mean head (the same probe)" if len(results) < len(out["results"]) else "")
     )
     return "\n".join(lines)
 
@@ -79,14 +101,16 @@ def write_csv(out: dict, path: Path) -> None:
             )
 
 
-def plot(out: dict, path: Path) -> None:
-    """Test accuracy per layer, one panel per encoder, one line per pooling and head, 95% CI bars."""
+def plot(out: dict, path: Path, title: str | None = None) -> None:
+    """Test accuracy per layer, one panel per encoder, one line per pooling and head, 95% Wilson
+    interval bars; ``title`` (default: the task) heads the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = _sorted(out["results"])
+    results = distinct(_sorted(out["results"]))
+    merged = {(r["encoder"], r["layer"]) for r in _sorted(out["results"]) if same_as_mean(r, out["results"])}
     encoders = sorted({r["encoder"] for r in results})
     lines_all = sorted({(r["pooling"], r["head"]) for r in results})
     colour = {line: f"C{i % 10}" for i, line in enumerate(lines_all)}  # one colour per pooling in every panel
@@ -100,23 +124,37 @@ def plot(out: dict, path: Path) -> None:
             ys = [r["test_acc"] for r in pts]
             err = [[r["test_acc"] - r["ci_low"] for r in pts], [r["ci_high"] - r["test_acc"] for r in pts]]
             label = line[0] if line[1] == "linear" else f"{line[0]} ({line[1]})"
+            if line == ("mean", "linear") and any(e == enc for e, _ in merged):
+                label = "mean (= patch, mean head)"
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, color=colour[line])
         if rows:
             ax.axhline(rows[0]["chance"], color="grey", linestyle=":", linewidth=1, label="chance")
-        ax.set_xticks(range(len(layers)), layers, rotation=30)
+        ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_title(enc)
         ax.set_xlabel("layer")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(f"test accuracy ({out['settings']['task']})")
+    s = out["settings"]
+    fig.suptitle(title or f"linear probes, task {s['task']}", fontsize=10)
+    fig.text(
+        0.99,
+        0.01,
+        "error bars: 95% Wilson intervals; dotted: chance",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="grey",
+    )
     fig.tight_layout()
+    fig.align_xlabels(axes[0])  # one height for every panel's "layer", whatever its tick labels
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_results(out: dict, folder, log: Callable[[str], None] = print) -> dict[str, Path]:
+def write_results(out: dict, folder, log: Callable[[str], None] = print, title: str | None = None) -> dict[str, Path]:
     """Write ``probe_results.json``, ``probe_results.csv`` and (with matplotlib) ``probe_accuracy.png`` to
-    ``folder``; print the table. Returns the paths written."""
+    ``folder`` (``title`` heads the plot); print the table. Returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "probe_results.json", "csv": folder / "probe_results.csv"}
@@ -131,6 +169,6 @@ def write_results(out: dict, folder, log: Callable[[str], None] = print) -> dict
         )
     else:
         paths["png"] = folder / "probe_accuracy.png"
-        plot(out, paths["png"])
+        plot(out, paths["png"], title)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths

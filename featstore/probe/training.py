@@ -70,9 +70,9 @@ def train_probes(
     wrapped in DistributedDataParallel; every rank returns the same results.
     """
     if not isinstance(store, FeatureStore):
-        store = FeatureStore.open(store)
+        store = FeatureStore.open(store, strict=False)  # a broken set is skipped unless selected
     ds = load_dataset(dataset, split, error=ValueError)
-    selected = _select(store, keys)
+    selected = _select(store, keys, log)
     lrs, wds = [float(v) for v in lrs], [float(v) for v in wds]
     if not lrs or not wds or epochs < 1:
         raise ValueError("lrs and wds must be non-empty and epochs >= 1")
@@ -133,12 +133,26 @@ def train_probes(
     }
 
 
-def _select(store: FeatureStore, keys) -> list[str]:
-    """The store's keys matching any of the glob patterns ``keys`` (a string or a list)."""
+def _select(store: FeatureStore, keys, log: Callable[[str], None] | None = None) -> list[str]:
+    """The store's keys matching any of the glob patterns ``keys`` (a string or a list), less the broken
+    sets (said through ``log``)."""
     patterns = [keys] if isinstance(keys, str) else list(keys)
-    selected = [k for k in store.keys() if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+    if not len(store):
+        raise ValueError(
+            f"{store.root} holds no feature sets; write some first with `featstore extract {store.root} ...`"
+        )
+    matched = [k for k in store.keys() if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+    if not matched:
+        shown = ", ".join(store.keys()[:12]) + (", ..." if len(store) > 12 else "")
+        raise ValueError(
+            f"no feature set of {store.root} matches {patterns}; it has {len(store)}: {shown} (pass --keys GLOB)"
+        )
+    broken = [k for k in matched if k in store.problems]
+    if broken and log is not None:
+        log(f"skipped {len(broken)} broken feature set(s): {', '.join(broken)} (see `featstore verify {store.root}`)")
+    selected = [k for k in matched if k not in store.problems]
     if not selected:
-        raise ValueError(f"no feature set of {store.root} matches {patterns}; it has {', '.join(store.keys()[:12])}")
+        raise store.problems[broken[0]]
     return selected
 
 

@@ -20,11 +20,19 @@ from .schema import (
 )
 
 
-def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True) -> dict[str, Any]:
+def validate(
+    ds,
+    root: str | os.PathLike | None = None,
+    check_files: bool = True,
+    decode: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Check every row of ``ds`` against the schema and raise :class:`DatasetValidationError` listing
     every problem at once (missing columns, unknown relations, labels outside {0, 1}, empty captions,
     missing image files). Relative image paths resolve against ``root`` (default: the folder ``ds``
-    was loaded from, else the cwd). Returns a summary: rows, images, counts per relation and label."""
+    was loaded from, else the cwd). With ``decode`` every image file is decoded too (a truncated or
+    unreadable image is a problem), with a progress bar on stderr if ``progress``. Returns a summary:
+    rows, images, counts per relation and label."""
     check_is_dataset(ds)
     problems: list[Problem] = []
     columns = set(ds.column_names)
@@ -43,8 +51,10 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
 
     if "image_path" in columns:
         paths = rows.column("image_path").to_pylist()
-        seen: dict[str, bool] = {}
+        seen: dict[str, str | None] = {}
+        bar = _progress(len(paths), progress and check_files and decode)
         for i, p in enumerate(paths):
+            bar.update(1)
             if not isinstance(p, str) or not p.strip():
                 problems.append(
                     Problem(
@@ -55,16 +65,10 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
                 )
                 continue
             if p not in seen:
-                seen[p] = not check_files or resolve_image_path(p, root).is_file()
-            if not seen[p]:
-                problems.append(
-                    Problem(
-                        i,
-                        "image_path",
-                        f"image file {resolve_image_path(p, root)} does not exist; "
-                        f"fix the path (relative paths resolve against {root or 'the current directory'}) or restore the file",
-                    )
-                )
+                seen[p] = image_problem(resolve_image_path(p, root), root, decode) if check_files else None
+            if seen[p]:
+                problems.append(Problem(i, "image_path", str(seen[p])))
+        bar.close()
         summary["images"] = len(seen)
     if "spatial_relation" in columns:
         rels = rows.column("spatial_relation").to_pylist()
@@ -105,6 +109,32 @@ def validate(ds, root: str | os.PathLike | None = None, check_files: bool = True
         problems.sort(key=lambda p: (-1 if p.row is None else p.row, order.get(p.field, len(order))))
         raise DatasetValidationError(f"dataset with {len(ds)} rows has {len(problems)} problem(s):", problems)
     return summary
+
+
+def image_problem(path, root, decode: bool) -> str | None:
+    """What is wrong with the image file ``path`` (missing; with ``decode``, not decodable), or None."""
+    if not path.is_file():
+        return (
+            f"image file {path} does not exist; fix the path (relative paths resolve against "
+            f"{root or 'the current directory'}) or restore the file"
+        )
+    if decode:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:
+            return f"image file {path} cannot be decoded ({exc}); replace the file or remove the row"
+    return None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="validate", disable=not enabled, file=sys.stderr)
 
 
 def _check_column_types(ds, columns: set[str]) -> list[Problem]:

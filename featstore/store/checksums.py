@@ -26,3 +26,13 @@ def crc32_file_range(fd: int, offset: int, length: int) -> int:
         crc = zlib.crc32(chunk, crc)
         offset += len(chunk)
     return crc
+
+
+def file_crc32(path: str | os.PathLike) -> tuple[int, int]:
+    """CRC-32 and size of a whole file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        return crc32_file_range(fd, 0, size), size
+    finally:
+        os.close(fd)

@@ -18,8 +18,10 @@ from .. import _backend
 from .._dtypes import TORCH_DTYPES, byte_view
 from ..errors import CorruptFileError, IncompleteFeatureSetError
 from ..indexing import normalize_rows
+from .checksums import file_crc32
 from .direct import DirectReader
-from .manifest import FORMAT_VERSION, MANIFEST_NAME
+from .header import FILE_FORMAT_VERSION
+from .manifest import MANIFEST_NAME, Manifest
 from .members import checked_header
 from .memory import READ_MODES, choose_read, memory_facts
 from .pt_io import write_pt
@@ -236,7 +238,8 @@ class FeatureSet:
 
     # ---- export -----------------------------------------------------------------------------
     def export_pt(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the seed's ``.pt`` format beside the safetensors file (or to ``path``) and return the path.
+        """Write the ``.pt`` export format beside the safetensors file (or to ``path``) and return the path.
+        The manifest records the checksum of the export beside the file (``checksum.export``).
 
         The features are saved straight from the mapped file (no private copy of the matrix); labels
         are included when the set has them."""
@@ -244,11 +247,20 @@ class FeatureSet:
         target = Path(path) if path is not None else self.path.with_suffix(".pt")
         metadata = {
             "featstore_key": self.key,
-            "featstore_format_version": FORMAT_VERSION,
+            "featstore_format_version": FILE_FORMAT_VERSION,
             "dtype": self.record.dtype,
             **self.metadata,
         }
         write_pt(target, self.to_torch(), self.labels, metadata)
+        if path is None or target.resolve() == self.path.with_suffix(".pt").resolve():
+            crc, size = file_crc32(target)
+
+            def record_export(record: FeatureSetRecord) -> None:
+                record.export_crc32, record.export_bytes = crc, size
+
+            # the manifest covers the export beside the file: `verify` checks it, `extract` rewrites it
+            Manifest(self.root).update(self.key, record_export)
+            record_export(self.record)
         return target
 
     def __reduce__(self):

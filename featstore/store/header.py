@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import CorruptFileError, FormatError
 from .files import is_nonneg_int, load_untrusted_json, open_regular_file, short_repr
 
+FILE_FORMAT_VERSION = 1  # the layout of the .safetensors files and .pt exports; manifest version 2 left it as is
 ALIGNMENT = 4096  # the data section (and so row 0 of "features") starts on this boundary
 MAX_HEADER_BYTES = 100_000_000  # the same cap safetensors itself applies
 MAX_TENSOR_BYTES = 1 << 62  # a shape needing more bytes than this (or any file could hold) is corrupt

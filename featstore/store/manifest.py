@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from .header import MAX_HEADER_BYTES
 from .record import FeatureSetRecord
 
 FORMAT_NAME = "featstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksum.entry (every field, the timestamps included) and checksum.export (the .pt export)
 MANIFEST_NAME = "featstore.json"
 LOCK_NAME = ".featstore.lock"
 
@@ -47,6 +47,10 @@ def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, Fe
     version = obj.get("format_version")
     if not is_nonneg_int(version):
         raise FormatError(f"{where}: field 'format_version' must be an integer, got {version!r}")
+    if version < 1:
+        raise FormatError(
+            f"{where}: field 'format_version' is {version}; featstore writes 1 or 2 (the manifest is damaged)"
+        )
     if version > FORMAT_VERSION:
         raise FormatVersionError(
             f"{where}: format version {version} is newer than this featstore reads ({FORMAT_VERSION}); upgrade featstore"
@@ -97,7 +101,8 @@ class Manifest:
                 raw = f.read()
         except FileNotFoundError:
             raise FormatError(
-                f"{where} does not exist: {self.root} is not a featstore root (create one with FeatureStore.create)"
+                f"{where} does not exist: {self.root} is not a featstore store; give the folder that "
+                "`featstore extract` or FeatureStore.create wrote"
             ) from None
         return parse_manifest(raw, where)
 
@@ -125,6 +130,17 @@ class Manifest:
                 raise WriterConflictError(f"feature set {record.key!r} was created by another process meanwhile")
             sets[record.key] = record.to_json()
 
+    def update(self, key: str, change: Callable[[FeatureSetRecord], None]) -> FeatureSetRecord | None:
+        """Apply ``change`` to the record of ``key`` as it is on disk now and write it back, atomically;
+        returns the new record (None, and nothing written, when the key is not there)."""
+        with self._editing() as sets:
+            if key not in sets:
+                return None
+            record = FeatureSetRecord.from_json(key, sets[key], str(self.path))
+            change(record)
+            sets[key] = record.to_json()
+            return record
+
     def remove(self, key: str) -> None:
         """Drop the entry of ``key``, atomically (nothing happens when it is not there)."""
         with self._editing() as sets:
@@ -136,6 +152,7 @@ class Manifest:
         with self._locked():
             obj, _ = self.read_raw()
             yield obj["feature_sets"]
+            obj["format_version"] = FORMAT_VERSION  # a version-1 manifest is upgraded by its first change
             write_json_atomic(self.path, obj, crash_hook=crashpoint)
 
     @contextmanager

@@ -27,7 +27,8 @@ def _read_header_for(path: Path, where: str) -> tuple[Header, bytes]:
         return read_header(path)
     except FileNotFoundError:
         raise FormatError(
-            f"{where}: its file {path} is missing; restore it or remove the entry from the manifest"
+            f"{where}: its file {path} is missing; restore it, or remove the set "
+            "(`featstore delete STORE KEY`, FeatureStore.delete)"
         ) from None
 
 

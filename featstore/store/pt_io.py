@@ -1,4 +1,4 @@
-"""The seed's ``.pt`` format: ``{'features': Tensor (N, ...), 'labels': Tensor (N,), 'metadata': dict}``.
+"""The ``.pt`` export format (the seed's layout): ``{'features': Tensor (N, ...), 'labels': Tensor (N,), 'metadata': dict}``.
 
 Exports are written beside the safetensors file (``FeatureSet.export_pt``); imports
 (``FeatureStore.import_pt``) go through ``torch.load(weights_only=True)`` only, so a ``.pt`` file can
@@ -8,6 +8,7 @@ never run code.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .files import fsync_dir
 def write_pt(
     target: str | os.PathLike, features: torch.Tensor, labels: torch.Tensor | None, metadata: dict[str, Any]
 ) -> None:
-    """Write a seed-format ``.pt`` file durably: a temp name, fsync, rename, fsync of the folder."""
+    """Write a ``.pt`` export durably: a temp name, fsync, rename, fsync of the folder."""
     target = Path(target)
     payload: dict[str, Any] = {"features": features}
     if labels is not None:
@@ -41,8 +42,13 @@ def write_pt(
 
 
 def load_pt(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate a seed-format ``.pt`` file (weights only, memory-mapped)."""
+    """Load and validate a file in the ``.pt`` export format (weights only, memory-mapped)."""
     path = os.fspath(path)
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise CorruptFileError(
+            f"{path}: not a weights-only .pt file featstore can read (it is not a zip archive, which "
+            "torch.save writes); give a file written by torch.save or `featstore export-pt`"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:

@@ -6,6 +6,8 @@ manifest, the feature set and the field.
 
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,16 @@ ENTRY_FIELDS = frozenset(
         "finished_at",
     }
 )
-CHECKSUM_FIELDS = frozenset({"algorithm", "block_rows", "blocks", "labels", "header"})
+CHECKSUM_FIELDS = frozenset({"algorithm", "block_rows", "blocks", "labels", "header", "export", "entry"})
+EXPORT_FIELDS = frozenset({"crc32", "bytes"})
+
+
+def entry_crc32(entry: dict[str, Any]) -> int:
+    """CRC-32 of a manifest entry as canonical JSON (sorted keys, no spaces), ``checksum.entry`` left
+    out: it covers every field, the timestamps included."""
+    checksum = {k: v for k, v in entry.get("checksum", {}).items() if k != "entry"}
+    body = {**entry, "checksum": checksum}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 @dataclass
@@ -51,6 +62,12 @@ class FeatureSetRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     finished_at: float | None = None
+    #: the ``.pt`` export beside the file, as last written by featstore: its crc32 and size, or None
+    export_crc32: int | None = None
+    export_bytes: int | None = None
+    #: ``checksum.entry`` as read (None: an entry of format version 1), and the crc32 of the entry as read
+    entry_crc32: int | None = field(default=None, compare=False)
+    entry_crc32_read: int | None = field(default=None, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -68,8 +85,19 @@ class FeatureSetRecord:
     def layout(self) -> Layout:
         return Layout(self.n_rows, self.row_shape, self.dtype, self.has_labels)
 
+    @property
+    def entry_damaged(self) -> bool:
+        """Whether the entry as read fails its own checksum (a version-1 entry has none)."""
+        return self.entry_crc32 is not None and self.entry_crc32 != self.entry_crc32_read
+
     def to_json(self) -> dict[str, Any]:
-        """The manifest entry, as written to ``featstore.json``."""
+        """The manifest entry, as written to ``featstore.json`` (with ``checksum.entry`` computed now)."""
+        entry = self._fields()
+        entry["checksum"]["entry"] = entry_crc32(entry)
+        return entry
+
+    def _fields(self) -> dict[str, Any]:
+        export = None if self.export_crc32 is None else {"crc32": self.export_crc32, "bytes": self.export_bytes}
         return {
             "file": self.file,
             "dtype": self.dtype,
@@ -84,6 +112,7 @@ class FeatureSetRecord:
                 "blocks": self.block_crc32,
                 "labels": self.labels_crc32,
                 "header": self.header_crc32,
+                "export": export,
             },
             "metadata": self.metadata,
             "created_at": self.created_at,
@@ -126,6 +155,10 @@ class FeatureSetRecord:
         if complete and rows_committed != n_rows:
             raise FormatError(f"{entry.at}: marked complete but only some of its {n_rows} rows are committed")
         created_at, finished_at = (_parse_time(entry, name) for name in ("created_at", "finished_at"))
+        export_crc, export_bytes = _parse_export(entry)
+        stored_entry_crc = obj["checksum"].get("entry")
+        if stored_entry_crc is not None and not is_nonneg_int(stored_entry_crc):
+            raise FormatError(f"{entry.at}: field 'checksum.entry' must be the crc32 of the entry, or absent")
         return cls(
             key=key,
             file=file,
@@ -141,6 +174,10 @@ class FeatureSetRecord:
             metadata=metadata,
             created_at=float(created_at or 0.0),
             finished_at=finished_at,
+            export_crc32=export_crc,
+            export_bytes=export_bytes,
+            entry_crc32=stored_entry_crc,
+            entry_crc32_read=entry_crc32(obj) if stored_entry_crc is not None else None,
         )
 
 
@@ -216,6 +253,20 @@ def _parse_checksum(entry: _Entry, n_rows: int, has_labels: bool) -> tuple[int, 
     if not is_nonneg_int(header_crc):
         raise FormatError(f"{at}: field 'checksum.header' must be an integer")
     return block_rows, list(blocks), labels_crc, header_crc
+
+
+def _parse_export(entry: _Entry) -> tuple[int | None, int | None]:
+    """Field 'checksum.export': the crc32 and size of the ``.pt`` export beside the file, or null."""
+    export = entry.obj["checksum"].get("export")
+    if export is None:
+        return None, None
+    if (
+        not isinstance(export, dict)
+        or set(export) != EXPORT_FIELDS
+        or not all(is_nonneg_int(export[k]) for k in EXPORT_FIELDS)
+    ):
+        raise FormatError(f"{entry.at}: field 'checksum.export' must be null or {{'crc32': int, 'bytes': int}}")
+    return export["crc32"], export["bytes"]
 
 
 def _parse_time(entry: _Entry, name: str) -> float | None:

@@ -21,7 +21,7 @@ import torch
 from .._dtypes import TORCH_DTYPES, dtype_name
 from ..errors import FeatureStoreError, FormatError, MissingKeyError, WriterConflictError
 from .feature_set import FeatureSet
-from .manifest import Manifest
+from .manifest import LOCK_NAME, MANIFEST_NAME, Manifest
 from .members import checked_header
 from .paths import check_key, resolve_member
 from .pt_io import import_metadata, load_pt
@@ -51,12 +51,15 @@ class FeatureStore:
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
-    def create(cls: type[StoreT], root: str | os.PathLike) -> StoreT:
-        """Create a store at ``root`` (a new or empty folder), or open it if it is one already."""
+    def create(cls: type[StoreT], root: str | os.PathLike, strict: bool = True) -> StoreT:
+        """Create a store at ``root`` (a new or empty folder), or open it if it is one already (with
+        ``strict`` as in :meth:`open`)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise FormatError(f"{root} is a file, not a folder; a store is a folder: choose another path for it")
         root.mkdir(parents=True, exist_ok=True)
         Manifest(root).create()
-        return cls.open(root)
+        return cls.open(root, strict=strict)
 
     @classmethod
     def open(cls: type[StoreT], root: str | os.PathLike, strict: bool = True) -> StoreT:
@@ -64,8 +67,13 @@ class FeatureStore:
         truncated or mismatched file is an error here, naming it. With ``strict=False`` the broken
         sets are listed in ``store.problems`` and raise only when used."""
         root = Path(root)
+        if not root.exists():
+            raise FormatError(
+                f"{root} does not exist; give the folder of a store (one that `featstore extract` or "
+                "FeatureStore.create wrote, holding featstore.json)"
+            )
         if not root.is_dir():
-            raise FormatError(f"{root} is not a folder; create a store with FeatureStore.create({str(root)!r})")
+            raise FormatError(f"{root} is a file, not a store; give the folder that holds featstore.json")
         records = Manifest(root).read()
         problems: dict[str, FeatureStoreError] = {}
         for key, record in records.items():
@@ -178,8 +186,11 @@ class FeatureStore:
         before keep reading their view; new readers no longer see the set.
         """
         record = self.info(key)
-        path = resolve_member(self.root, record.file, f"feature set {key!r}")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path.exists() else None
+        try:
+            path: Path | None = resolve_member(self.root, record.file, f"feature set {key!r}")
+        except FormatError:  # the entry names a file outside the root: drop the entry, touch no file
+            path = None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path is not None and path.is_file() else None
         try:
             if fd is not None:
                 try:
@@ -189,13 +200,29 @@ class FeatureStore:
                         f"feature set {key!r} ({path}) is being written by another process; stop it before deleting"
                     ) from None
             self.manifest.remove(key)
-            for member in (path, path.with_suffix(".pt")):
+            for member in (path, path.with_suffix(".pt")) if path is not None else ():
                 member.unlink(missing_ok=True)
         finally:
             if fd is not None:
                 os.close(fd)
         self._records.pop(key, None)
+        self.problems.pop(key, None)
         self._open_sets = {k: v for k, v in self._open_sets.items() if k[0] != key}
+
+    def discard_if_empty(self, remove_folder: bool = False) -> bool:
+        """Remove ``featstore.json`` and the lock file (and with ``remove_folder`` the root folder) when
+        the store holds no feature set and no other file: a store a command created but could not
+        fill. Returns whether it did."""
+        if self.manifest.read() or not self.root.is_dir():
+            return False
+        names = {p.name for p in self.root.iterdir()}
+        if not names <= {MANIFEST_NAME, LOCK_NAME}:
+            return False
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+        if remove_folder:
+            self.root.rmdir()
+        return True
 
     # ---- whole-store operations -------------------------------------------------------------
     def verify(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
@@ -204,7 +231,7 @@ class FeatureStore:
         return verify_records(self.root, [self.info(k) for k in keys])
 
     def import_pt(self, path: str | os.PathLike, key: str, dtype=None, metadata: dict | None = None) -> FeatureSet:
-        """Import a seed-format ``.pt`` file as a finished feature set ``key`` (optionally cast to ``dtype``).
+        """Import a file in the ``.pt`` export format as a finished feature set ``key`` (optionally cast to ``dtype``).
 
         The file is loaded with ``torch.load(weights_only=True, mmap=True)`` and validated first (see
         featstore.store.pt_io); its rows are copied in chunks of about 64 MiB."""

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FeatureStoreError, VerificationError
-from .checksums import crc32_file_range
+from .checksums import crc32_file_range, file_crc32
+from .manifest import MANIFEST_NAME
 from .members import checked_header
 from .record import FeatureSetRecord
 
@@ -19,6 +20,11 @@ def verify_record(root: Path, record: FeatureSetRecord) -> tuple[list[str], int,
     except FeatureStoreError as exc:
         return [f"{record.key}: {exc}"], 0, 0
     problems: list[str] = []
+    if record.entry_damaged:
+        problems.append(
+            f"{record.key}: its entry in {root / MANIFEST_NAME} fails its checksum (a field such as created_at "
+            "was changed or damaged); restore featstore.json from a backup, or delete the set and write it again"
+        )
     checked = len(raw)
     covered_rows = 0
     rb = record.layout.row_bytes
@@ -40,6 +46,15 @@ def verify_record(root: Path, record: FeatureSetRecord) -> tuple[list[str], int,
                 problems.append(f"{record.key}: labels in {path} fail their checksum; the data is corrupt")
     finally:
         os.close(fd)
+    export = path.with_suffix(".pt")
+    if record.export_crc32 is not None and export.is_file():  # a deleted export is no damage
+        crc, size = file_crc32(export)
+        checked += size
+        if (crc, size) != (record.export_crc32, record.export_bytes):
+            problems.append(
+                f"{record.key}: its .pt export {export} fails its checksum (changed or damaged since featstore "
+                "wrote it); write it again with `featstore export-pt STORE KEY` (or rerun the extraction)"
+            )
     return problems, checked, record.rows_committed - covered_rows
 
 

@@ -26,8 +26,8 @@ from ..errors import FeatureStoreError, IncompleteFeatureSetError, WriterBusyErr
 from .checksums import block_rows_for, crc32_file_range
 from .crashpoints import crashpoint
 from .files import fsync_dir
-from .header import MAX_HEADER_BYTES, Layout, encode_header, read_header
-from .manifest import FORMAT_VERSION, Manifest
+from .header import FILE_FORMAT_VERSION, MAX_HEADER_BYTES, Layout, encode_header, read_header
+from .manifest import Manifest
 from .paths import file_for_key, resolve_member
 from .ranges import covers, gaps, merge_ranges, overlaps, subtract_ranges
 from .record import FeatureSetRecord
@@ -44,7 +44,7 @@ def header_metadata(key: str, metadata: dict) -> dict[str, str]:
     """The safetensors ``__metadata__`` of a feature set: provenance repeated for readers without featstore."""
     return {
         "format": "pt",
-        "featstore.format_version": str(FORMAT_VERSION),
+        "featstore.format_version": str(FILE_FORMAT_VERSION),
         "featstore.key": key,
         "featstore.metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
     }

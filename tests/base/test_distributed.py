@@ -171,10 +171,12 @@ def extract_one_process(model, dataset, out):
 
 
 def snapshot(out: Path):
-    """Every feature-set file's bytes, and the manifest but for its timestamps."""
+    """Every feature-set file's bytes, and the manifest but for its timestamps (and the checksums that
+    cover them, or the .pt export: torch.save writes a new serialization id each time)."""
     manifest = json.loads((out / "featstore.json").read_text())
     for record in manifest["feature_sets"].values():
         record.pop("created_at"), record.pop("finished_at")
+        record["checksum"].pop("entry"), record["checksum"].pop("export")
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.safetensors"))}, manifest
 
 

@@ -48,7 +48,7 @@ def test_info_verify_export_import(tmp_path, capsys):
     assert "enc/l1" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "s")]) == 0
     assert main(["export-pt", str(tmp_path / "s"), "enc/l1", "--out", str(tmp_path / "x.pt")]) == 0
-    assert main(["import-pt", str(tmp_path / "x.pt"), str(tmp_path / "s"), "enc/l1_copy"]) == 0
+    assert main(["import-pt", str(tmp_path / "s"), "enc/l1_copy", str(tmp_path / "x.pt")]) == 0
     path = tmp_path / "s" / "enc" / "l1.safetensors"
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:

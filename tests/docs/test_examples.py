@@ -68,7 +68,7 @@ MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|file)\s*:(?P<value>.*?)-->\s*$
 EXPECTED_OUTPUT = {
     "docs/getting-started.md": ["test_acc", "relation"],
     "docs/probes.md": ["probe_results.json"],
-    "docs/cli.md": ["usage: featstore info", "featstore info: error: nowhere is not a folder"],
+    "docs/cli.md": ["usage: featstore info", "featstore info: error: nowhere does not exist", "deleted enc/a"],
     "README.md": ["[(40, 100)]", "dinov2/last"],
 }
 

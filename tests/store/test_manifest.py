@@ -21,7 +21,7 @@ def _make(root, key="enc/a", rows=6):
 def test_create_read_put_remove(tmp_path):
     m = Manifest(tmp_path)
     assert not m.exists()
-    with pytest.raises(FormatError, match="is not a featstore root"):
+    with pytest.raises(FormatError, match="is not a featstore store"):
         m.read()
     m.create()
     m.create()  # a second create keeps what is there

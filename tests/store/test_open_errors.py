@@ -133,7 +133,7 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
 
 
 def test_not_a_store(tmp_path):
-    with pytest.raises(FormatError, match="not a featstore root"):
+    with pytest.raises(FormatError, match="not a featstore store"):
         FeatureStore.open(tmp_path)
     (tmp_path / "featstore.json").write_text("[1, 2")
     with pytest.raises(CorruptFileError, match="featstore.json"):

@@ -1,4 +1,4 @@
-"""The seed's .pt format: export beside the safetensors file, import through weights_only loading only."""
+"""The .pt export format: export beside the safetensors file, import through weights_only loading only."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_crash_stress_20_kills(tmp_path):
 def test_bitrot_100_flips_all_detected(tmp_path):
     figures = run_script("bitrot", tmp_path, "--trials", "100", "--seed", "1", "--workdir", str(tmp_path))
     assert figures["bits_flipped"] == 100 and figures["detected"] == 100, figures["missed_trials"]
-    assert set(figures["flips_by_region"]) == {"header", "features", "labels"}
+    assert set(figures["flips_by_region"]) == {"header", "features", "labels", "export"}
 
 
 @pytest.mark.damages_store

@@ -22,5 +22,7 @@ def register_importers(register):
 
     register("table", import_table, help="a CSV or JSONL file of the schema's columns plus a folder of images")
     register(
-        "whatsup", import_whatsup, help="the What'sUp benchmark (Kamath et al. 2023): subsets A, B, COCO-QA, VG-QA"
+        "whatsup",
+        import_whatsup,
+        help="the What'sUp benchmark (Kamath et al. 2023): --subset A, B, coco-one, coco-two, vg-one or vg-two",
     )
