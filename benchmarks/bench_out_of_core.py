@@ -1,7 +1,7 @@
 """Out-of-core benchmark: feature sets 3x larger than a memory cgroup, read cold, by featstore and its peers.
 
     sudo .venv/bin/python benchmarks/bench_out_of_core.py [--quick] [--limit-mib 512] [--repeats 3]
-        [--seconds 6] [--workdir DIR] [--keep]
+        [--seconds 6] [--workdir DIR] [--keep] [--readers SUBSTRING] [--out STEM]
 
 What it does:
 
@@ -208,6 +208,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds of reading per cell")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--readers", default="", help="only the readers whose name contains this (e.g. 'block')")
+    ap.add_argument("--out", default="", help="results file stem (default out_of_core, or out_of_core-quick)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -253,7 +255,7 @@ def main() -> int:
                 "sequential": fio(fs.path, "read", MIB, 16, 5),
             }
             for rep in range(args.repeats):
-                for reader in FEATSTORE + PEERS:
+                for reader in [r for r in FEATSTORE + PEERS if args.readers in r]:
                     drop_cache([fs.path, pt])
                     spec = {
                         "root": str(work / "store"),
@@ -292,7 +294,7 @@ def main() -> int:
                 time.sleep(0.2)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    stem = "out_of_core-quick" if args.quick else "out_of_core"
+    stem = args.out or ("out_of_core-quick" if args.quick else "out_of_core")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text(report(results))

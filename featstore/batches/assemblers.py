@@ -38,6 +38,7 @@ class BatchSpec:
     read: str = "mmap"  # how the CPU gathers read the files: "mmap" or "direct"
     block_rows: int = 0  # the block order's rows per block (0: another order)
     window_blocks: int = 0
+    plan: list[np.ndarray] | None = None  # the epoch's batches, in order (for reading ahead)
 
     def features(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
         """The ``features`` field of a batch made of ``tensors`` (key -> tensor)."""
@@ -87,7 +88,9 @@ class CpuAssembler:
         self.buffers = {
             k: RecyclingBuffers(fs.row_shape, fs.dtype, spec.batch_size, limit) for k, fs in spec.sets.items()
         }
-        self.readers = {k: reader(fs, spec.read, spec.block_rows, spec.window_blocks) for k, fs in spec.sets.items()}
+        self.readers = {
+            k: reader(fs, spec.read, spec.block_rows, spec.window_blocks, spec.plan) for k, fs in spec.sets.items()
+        }
 
     def assemble(self, idx: np.ndarray) -> Batch:
         feats = {}
@@ -119,7 +122,9 @@ class PinnedAssembler:
         self.host_labels = [torch.empty(bs, dtype=torch.int64, pin_memory=True) for _ in range(n_slots)]
         self.copied: list[torch.cuda.Event | None] = [None] * n_slots
         self.next_slot = 0
-        self.readers = {k: reader(fs, spec.read, spec.block_rows, spec.window_blocks) for k, fs in spec.sets.items()}
+        self.readers = {
+            k: reader(fs, spec.read, spec.block_rows, spec.window_blocks, spec.plan) for k, fs in spec.sets.items()
+        }
 
     def assemble(self, idx: np.ndarray) -> tuple[Batch, torch.cuda.Event]:
         slot = self.next_slot

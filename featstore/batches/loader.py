@@ -219,14 +219,14 @@ class BatchLoader:
         self.epoch += 1
         bs = self.batch_size
         chunks = [order[i * bs : (i + 1) * bs] for i in range(len(self))]
-        make = self._assembler()
+        make = self._assembler(chunks)
         if self.prefetch == 0:
             for idx in chunks:
                 yield make.finish(make.assemble(idx))
             return
         yield from self._prefetched(chunks, make)
 
-    def _assembler(self):
+    def _assembler(self, chunks: list[np.ndarray] | None = None):
         path = self.info["path"]
         spec = BatchSpec(
             self.sets,
@@ -238,6 +238,7 @@ class BatchLoader:
             self.read,
             self.block_rows,
             self.window_blocks,
+            chunks,
         )
         if path in ("device", "uva"):
             if self._assembler_cache is None:

@@ -123,3 +123,48 @@ def test_bad_order_arguments(store):
     with pytest.raises(ValueError, match="window_blocks must be a positive integer"):
         fs.batches(8, order="block", window_blocks=0)
     assert block_rows_for(1536) == 2730 and block_rows_for(10 << 20) == 1
+
+
+def test_read_ahead_reads_each_block_once_and_stops_with_its_owner(store, backend):
+    import gc
+    import threading
+
+    from featstore.batches.block_reader import BlockReadAhead
+
+    fs = store["enc/a"]
+    order = block_order(np.arange(1000, dtype=np.int64), 5, 0, 40, 4)
+    chunks = [order[i : i + 128] for i in range(0, 1000, 128)]
+    ahead = BlockReadAhead(fs, 40, 2 * 4 + 2, chunks)
+    assert ahead.ok
+    for idx in chunks:
+        out = torch.empty(len(idx), 32, dtype=torch.float16)
+        ahead.read(idx, out)
+        assert torch.equal(out, fs[idx])
+    assert ahead.cache.blocks_read == 25 and len(ahead.state.free) == 10  # each block once, every slot freed
+    other = np.array([999, 0, 500], dtype=np.int64)  # not the planned batch: read row by row
+    out = torch.empty(3, 32, dtype=torch.float16)
+    ahead.read(other, out)
+    assert torch.equal(out, fs[other])
+    # an epoch abandoned early: the thread stops once its reader is dropped
+    early = BlockReadAhead(fs, 40, 10, chunks)
+    early.read(chunks[0], torch.empty(128, 32, dtype=torch.float16))
+    state = early.state
+    del early, ahead
+    gc.collect()
+    for _ in range(50):
+        if not any(t.name == "featstore-read-ahead" and t.is_alive() for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.05)
+    assert state.stop and not any(t.name == "featstore-read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_read_ahead_declines_a_plan_that_does_not_fit(store):
+    from featstore.batches.block_reader import BlockReadAhead
+
+    fs = store["enc/a"]
+    spread = [np.arange(0, 1000, 10, dtype=np.int64)]  # 100 rows in 25 blocks, more than 10 slots
+    ahead = BlockReadAhead(fs, 40, 10, spread)
+    assert not ahead.ok
+    out = torch.empty(100, 32, dtype=torch.float16)
+    ahead.read(spread[0], out)
+    assert torch.equal(out, fs[spread[0]])
