@@ -118,7 +118,7 @@ def run_demo(
 
 def _report_sanity(results: dict, task: str, log: Callable[[str], None]) -> bool | None:
     """Say whether the best patch-grid probe reaches :data:`SANITY` on ``relation``; None for other tasks."""
-    patch = [r for r in results["results"] if r["pooling"] == "patch" and r["head"] == "flat"]
+    patch = [r for r in results["results"] if r["pooling"] == "patch" and r["view"] == "flat" and r["head"] == "linear"]
     if not patch:
         return None
     best = max(patch, key=lambda r: r["test_acc"])

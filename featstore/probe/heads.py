@@ -16,7 +16,7 @@ from ..store import FeatureSet
 class HeadGroup:
     """The stacked heads of one input view of one feature set."""
 
-    view: str  # 'linear' (a vector set), 'flat' or 'mean' (a patch grid)
+    view: str  # 'vector' (a vector set), 'flat' or 'mean' (a patch grid)
     dim: int
     settings: list[tuple[float, float]]
     n_out: int
@@ -36,9 +36,7 @@ class HeadGroup:
         self.step = 0
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        x = x.mean(1) if self.view == "mean" else x.flatten(1)
-        return (x - self.mean) * self.inv_std
+        return (view_input(x, self.view) - self.mean) * self.inv_std
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, heads, outputs) from the view's input: one matmul for all heads."""
@@ -95,12 +93,24 @@ def adamw_step(group: HeadGroup, gw: torch.Tensor, gb: torch.Tensor, b1=0.9, b2=
 
 
 def views(fs: FeatureSet) -> list[str]:
-    return ["linear"] if len(fs.row_shape) == 1 else ["flat", "mean"]
+    """The inputs a set offers a head: ``vector`` (a pooled set), or ``flat`` and ``mean`` (a patch grid)."""
+    return ["vector"] if len(fs.row_shape) == 1 else ["flat", "mean"]
+
+
+def view_input(x: torch.Tensor, view: str) -> torch.Tensor:
+    """A batch (rows, *row_shape) as a view's float32 input: the grid's mean over tokens, else each row flattened."""
+    x = x.float()
+    return x.mean(1) if view == "mean" else x.flatten(1)
+
+
+def view_dim(row_shape, view: str) -> int:
+    """The width of a view's input: a grid's token width for ``mean``, else every element of a row."""
+    return int(row_shape[-1]) if view == "mean" else int(np.prod(row_shape))
 
 
 def standardisation(fs: FeatureSet, rows: np.ndarray, view: str, seed: int, sample: int = 4096):
+    """Mean and std of a view's input on a seeded sample of the train rows."""
     rng = np.random.default_rng([seed, 7])
     pick = np.sort(rng.choice(rows, size=min(sample, len(rows)), replace=False))
-    x = fs[pick].float()
-    x = x.mean(1) if view == "mean" else x.flatten(1)
+    x = view_input(fs[pick], view)
     return x.mean(0), x.std(0).clamp_min(1e-6)
