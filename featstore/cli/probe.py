@@ -1,4 +1,4 @@
-"""featstore probe: train probes (linear, ridge, logistic) on stored features; write a results JSON, CSV,
+"""featstore probe: train probes (linear, ridge, logistic, attentive, mlp) on stored features; write a results JSON, CSV,
 the split (split.json) and a plot.
 
     featstore probe --store datasets/features --dataset datasets/spatial_hf --keys 'dinov2/*' \\
@@ -62,7 +62,7 @@ def add_probe_commands(subparsers) -> None:
 
     p = subparsers.add_parser(
         "probe",
-        help="train probes (linear, ridge, logistic) on feature sets; write results JSON, CSV, split and a plot",
+        help="train probes (linear, ridge, logistic, attentive, mlp) on feature sets; write results JSON, CSV, split, plot",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,7 +84,7 @@ def add_probe_commands(subparsers) -> None:
         "--head",
         type=_heads,
         default=["linear"],
-        help="comma-separated head kinds: linear, ridge, logistic (default: linear)",
+        help="comma-separated head kinds: linear, ridge, logistic, attentive (patch grids), mlp (default: linear)",
     )
     p.add_argument("--out", default="results", help="folder for the results (default: %(default)s)")
     p.add_argument("--split-file", default=None, help="reuse the split of an earlier run (its split.json)")

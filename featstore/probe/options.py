@@ -7,7 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-HEADS = ("linear", "ridge", "logistic")  # the head kinds, in the order results list them
+HEADS = ("linear", "ridge", "logistic", "attentive", "mlp")  # the head kinds, in the order results list them
+GRID_HEADS = ("attentive",)  # heads that need a patch grid (a set extracted with pooling ``patch``)
 
 
 def parse_heads(heads: str | Sequence[str]) -> list[str]:
@@ -17,6 +18,18 @@ def parse_heads(heads: str | Sequence[str]) -> list[str]:
     if unknown or not names:
         raise ValueError(f"unknown or no head(s) {unknown}; choose one or more of {', '.join(HEADS)}")
     return [h for h in HEADS if h in names]
+
+
+def check_grids(heads: Sequence[str], row_shapes: dict[str, tuple]) -> None:
+    """Refuse a head that needs patch grids when some selected sets are pooled vectors."""
+    pooled = [k for k, shape in row_shapes.items() if len(shape) != 2]
+    for h in heads:
+        if h in GRID_HEADS and pooled:
+            raise ValueError(
+                f"head {h!r} needs patch grids (sets extracted with pooling 'patch'), but "
+                f"{', '.join(pooled[:6])}{' ...' if len(pooled) > 6 else ''} are pooled; select patch sets with "
+                "--keys (e.g. '*/patch') or drop the head"
+            )
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -107,7 +107,13 @@ def plot(out: dict, path: Path) -> None:
     encoders = sorted({r["encoder"] for r in results})
     inputs_all = sorted({(r["pooling"], r["view"]) for r in results})
     colour = {inp: f"C{i % 10}" for i, inp in enumerate(inputs_all)}  # one colour per (pooling, view) everywhere
-    style = {"linear": ("-", "o"), "ridge": ("--", "s"), "logistic": (":", "^")}
+    style = {
+        "linear": ("-", "o"),
+        "ridge": ("--", "s"),
+        "logistic": (":", "^"),
+        "attentive": ("-.", "D"),
+        "mlp": ((0, (5, 1)), "v"),
+    }
     fig, axes = plt.subplots(1, len(encoders), figsize=(4.5 * len(encoders), 3.6), squeeze=False, sharey=True)
     for ax, enc in zip(axes[0], encoders):
         rows = [r for r in results if r["encoder"] == enc]

@@ -18,24 +18,21 @@ import fnmatch
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import torch
-
-from ..batches import FeatureSet, FeatureStore
-from ..distributed import Ranks, ensure_process_group, local_device
+from ..batches import FeatureStore
+from ..distributed import ensure_process_group, local_device
 from ..spatial import load_dataset
-from .heads import HeadGroup, StackedHeads, adamw_step, data_parallel, scores, standardisation, view_dim, views
+from .heads import view_dim, views
 from .logistic import DEFAULT_CS, logistic_probe
-from .options import HEADS, check_options
+from .options import HEADS, check_grids, check_options
 from .results import summarise
 from .ridge import DEFAULT_ALPHAS, MAX_DIM, ridge_probes
+from .sgd import EVAL_BATCH, SGD_HEADS, evaluate_groups, make_groups, train_groups
 from .splits import load_split, split_record
 from .tasks import TaskData, encoded_labels, make_task, task_rows
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2)
 DEFAULT_WDS = (0.0, 1e-4)
-EVAL_BATCH = 4096
-VIEW_ORDER = ("vector", "flat", "mean")
+VIEW_ORDER = ("vector", "flat", "mean", "grid")
 
 
 def train_probes(
@@ -61,15 +58,16 @@ def train_probes(
     """Train probes on every feature set of ``store`` matching ``keys`` (glob patterns, a string or a list)
     for ``task`` on ``dataset`` (a ``datasets.Dataset`` or a folder; ``split`` picks one of a DatasetDict).
 
-    ``heads`` is any of ``linear`` (SGD heads over ``lrs`` x ``wds``), ``ridge`` (closed form over
-    ``alphas``) and ``logistic`` (L-BFGS over ``cs``), a list or ``"linear,ridge"``. ``split_file`` (a
+    ``heads`` is any of ``linear``, ``attentive`` (learned queries over a patch grid) and ``mlp`` (one
+    hidden layer), all trained by AdamW over ``lrs`` x ``wds`` sharing each gathered batch, ``ridge``
+    (closed form over ``alphas``) and ``logistic`` (L-BFGS over ``cs``): a list or ``"linear,ridge"``. ``split_file`` (a
     ``split.json`` of an earlier run) reuses its rows instead of splitting. Every option is checked
     before any work starts (``ValueError``). Returns ``{"settings", "results", "sweep", "split", "skipped"}``:
     one result per (feature set, head, view) with its best setting on validation and test accuracy, overall
     and per relation, with 95% Wilson intervals; ``split`` is what :func:`write_results` saves as
     ``split.json``. The same seed gives the same numbers on the same machine and device.
 
-    Under torchrun (or in an initialised process group) every rank trains the linear heads on its share of
+    Under torchrun (or in an initialised process group) every rank trains the AdamW heads on its share of
     each batch: ``batch_size // world_size`` rows, so the global batch stays ``batch_size``, and the heads
     are wrapped in DistributedDataParallel; ridge and logistic run whole on every rank. Every rank returns
     the same results.
@@ -88,6 +86,7 @@ def train_probes(
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(store)
     selected = _select(store, keys)
+    check_grids(o["heads"], {k: tuple(store[k].row_shape) for k in selected})
     ds = load_dataset(dataset, split, error=ValueError)
     for key in selected:
         if len(store[key]) != len(ds):
@@ -106,43 +105,30 @@ def train_probes(
     run_device = local_device(device if device is not None else "cpu")
     found: list[tuple[dict, list[dict]]] = []
     closed = {key: [v for v in views(store[key]) if view_dim(store[key].row_shape, v) <= MAX_DIM] for key in selected}
+    wide_heads = [h for h in o["heads"] if h in ("ridge", "logistic", "mlp")]  # none on views wider than MAX_DIM
     skipped = [
-        {"key": key, "view": v, "heads": [h for h in o["heads"] if h != "linear"], "why": f"wider than {MAX_DIM}"}
+        {"key": key, "view": v, "heads": wide_heads, "why": f"wider than {MAX_DIM}"}
         for key in selected
         for v in views(store[key])
-        if v not in closed[key] and set(o["heads"]) - {"linear"}
+        if v not in closed[key] and wide_heads
     ]
-    if "linear" in o["heads"]:
-        for key in selected:
-            fs = store[key]
-            t0 = time.perf_counter()
-            groups = _train(
-                fs, t, rows["train"], labels, settings, o["epochs"], o["batch_size"], seed, ranks, run_device
+    sgd = [h for h in o["heads"] if h in SGD_HEADS]
+    for key in selected if sgd else []:
+        fs = store[key]
+        t0 = time.perf_counter()
+        groups = make_groups(fs, sgd, settings, t.n_outputs, MAX_DIM)
+        train_groups(fs, groups, t, rows["train"], labels, o["epochs"], o["batch_size"], seed, ranks, run_device)
+        val, _ = evaluate_groups(fs, groups, rows["validation"], labels, t, run_device)
+        test, test_rel = evaluate_groups(fs, groups, rows["test"], labels, t, run_device)
+        grid = [{"lr": lr, "wd": wd} for lr, wd in settings]
+        for g, v, te in zip(groups, val, test):
+            found.append(summarise(key, fs.metadata, g.kind, g.view, g.dim, g.head_params, grid, v, te, test_rel, t))
+        if log:
+            kinds = ", ".join(sorted({g.kind for g in groups}))
+            log(
+                f"{key}: {len(groups) * len(settings)} heads ({kinds}), {o['epochs']} epochs, one gather per batch, "
+                f"in {time.perf_counter() - t0:.2f} s"
             )
-            val, _ = _evaluate(fs, groups, rows["validation"], labels, t, run_device)
-            test, test_rel = _evaluate(fs, groups, rows["test"], labels, t, run_device)
-            grid = [{"lr": lr, "wd": wd} for lr, wd in settings]
-            for g in groups:
-                n_params = g.dim * g.n_out + g.n_out
-                found.append(
-                    summarise(
-                        key,
-                        fs.metadata,
-                        "linear",
-                        g.view,
-                        g.dim,
-                        n_params,
-                        grid,
-                        val[g.view],
-                        test[g.view],
-                        test_rel,
-                        t,
-                    )
-                )
-            if log:
-                log(
-                    f"{key}: {len(groups) * len(settings)} linear heads, {epochs} epochs in {time.perf_counter() - t0:.2f} s"
-                )
     if "ridge" in o["heads"] and any(closed.values()):
         t0 = time.perf_counter()
         ridge_views = {k: v for k, v in closed.items() if v}
@@ -224,69 +210,3 @@ def _select(store: FeatureStore, keys) -> list[str]:
     if not selected:
         raise ValueError(f"no feature set of {store.root} matches {patterns}; it has {', '.join(store.keys()[:12])}")
     return selected
-
-
-def _train(
-    fs: FeatureSet,
-    t: TaskData,
-    train_rows: np.ndarray,
-    labels: np.ndarray,
-    settings: list[tuple[float, float]],
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    ranks: Ranks,
-    device: torch.device,
-) -> list[HeadGroup]:
-    """Every head of every view of ``fs``, trained for ``epochs`` on one shared gather per batch."""
-    torch.manual_seed(seed)
-    groups = []
-    for view in views(fs):
-        dim = view_dim(fs.row_shape, view)
-        g = HeadGroup(view, dim, settings, t.n_outputs)
-        g.setup(device, *standardisation(fs, train_rows, view, seed))
-        groups.append(g)
-    heads = StackedHeads(groups)
-    net = data_parallel(heads, ranks, device)
-    loader = fs.batches(
-        max(1, batch_size // ranks.world_size),
-        rows=train_rows,
-        labels=labels,
-        seed=seed,
-        device=device,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-    )
-    for _ in range(epochs):
-        for x, y, _idx in loader:  # one gather, shared by every head
-            assert isinstance(x, torch.Tensor) and y is not None  # one feature set, labels given
-            tgt, rel = y // len(t.relations), y % len(t.relations)
-            loss = sum(scores(g, out, tgt, rel, t.binary)[0] for g, out in zip(groups, net(x)))
-            assert isinstance(loss, torch.Tensor)  # views() gives every set at least one head group
-            heads.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP: the gradients averaged over the ranks
-            with torch.no_grad():
-                for g in groups:
-                    gw, gb = g.weight.grad, g.bias.grad
-                    assert gw is not None and gb is not None  # every head is in the loss: backward() set them
-                    adamw_step(g, gw, gb)
-    return groups
-
-
-def _evaluate(
-    fs: FeatureSet, groups: list[HeadGroup], rows: np.ndarray, labels: np.ndarray, task: TaskData, device: torch.device
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per view: (heads, rows) correctness, and the rows' relation codes."""
-    correct: dict[str, list[torch.Tensor]] = {g.view: [] for g in groups}
-    rels = []
-    with torch.no_grad():
-        for x, y, _idx in fs.batches(
-            EVAL_BATCH, rows=rows, labels=labels, shuffle=False, device=device, rank=0, world_size=1
-        ):
-            assert isinstance(x, torch.Tensor) and y is not None  # one feature set, labels given
-            t, r = y // len(task.relations), y % len(task.relations)
-            rels.append(r.cpu())
-            for g in groups:
-                _, pred = scores(g, g.logits(g.inputs(x)), t, r, task.binary)
-                correct[g.view].append((pred == t.view(-1, 1)).T.cpu())
-    return {v: torch.cat(c, 1).numpy() for v, c in correct.items()}, torch.cat(rels).numpy()
