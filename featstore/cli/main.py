@@ -1,4 +1,4 @@
-"""The ``featstore`` command line: demo, info, verify, export-pt, import-pt, dataset, extract, probe."""
+"""The ``featstore`` command line: demo, info, verify, export-pt, import-pt, dataset, extract, probe, compare."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..errors import FeatureStoreError
+from .compare import add_compare_command
 from .dataset import add_dataset_commands
 from .demo import add_demo_command
 from .extract import add_extract_commands
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
     add_extract_commands(sub)
     add_probe_commands(sub)
+    add_compare_command(sub)
     return p
 
 
