@@ -57,8 +57,8 @@ def fit_path(
             [w, b],
             lr=1.0,
             max_iter=MAX_ITER,
-            tolerance_grad=1e-6,
-            tolerance_change=1e-10,
+            tolerance_grad=1e-4,  # scikit-learn's default tol (its gtol) on the same mean-loss gradient
+            tolerance_change=1e-9,
             history_size=20,
             line_search_fn="strong_wolfe",
         )
