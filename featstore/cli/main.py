@@ -9,6 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import ExtractionInterrupted, FeatureStoreError
+from .compare import add_compare_command
 from .dataset import add_dataset_commands
 from .demo import add_demo_command
 from .extract import add_extract_commands
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
     add_extract_commands(sub)
     add_probe_commands(sub)
+    add_compare_command(sub)
     return p
 
 

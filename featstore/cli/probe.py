@@ -1,7 +1,10 @@
-"""featstore probe: train linear probes on stored features; write a results JSON, CSV and plot.
+"""featstore probe: train probes (linear, ridge, logistic, attentive, mlp) on stored features; write a results JSON, CSV,
+the split (split.json) and a plot.
 
     featstore probe datasets/features --dataset datasets/spatial_hf --keys 'dinov2/*' \\
-        --task relation --out results/
+        --task relation --head linear,ridge,logistic --out results/
+
+    featstore probe ... --head ridge --split-file results/split.json   # exactly the same rows again
 
 Under torchrun the heads train with DistributedDataParallel, each rank on its share of every batch:
 
@@ -20,13 +23,46 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _positive_floats(text: str) -> list[float]:
+    values = _floats(text)
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
+def _non_negative_floats(text: str) -> list[float]:
+    values = _floats(text)
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative numbers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _heads(text: str) -> list[str]:
+    from ..probe.options import parse_heads
+
+    try:
+        return parse_heads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_probe_commands(subparsers) -> None:
     """Add the ``probe`` command to featstore's top-level subparsers."""
-    from ..probe import DEFAULT_LRS, DEFAULT_WDS
+    from ..probe import DEFAULT_ALPHAS, DEFAULT_CS, DEFAULT_LRS, DEFAULT_WDS
 
     p = subparsers.add_parser(
         "probe",
-        help="train linear probes on feature sets; write results JSON, CSV and a plot",
+        help="train probes (linear, ridge, logistic, attentive, mlp) on feature sets; write results JSON, CSV, split, plot",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,15 +83,44 @@ def add_probe_commands(subparsers) -> None:
         default="relation",
         help="relation, binary, or an integer column of the dataset (default: %(default)s)",
     )
+    p.add_argument(
+        "--head",
+        type=_heads,
+        default=["linear"],
+        help="comma-separated head kinds: linear, ridge, logistic, attentive (patch grids), mlp (default: linear)",
+    )
     p.add_argument("--out", default="results", help="folder for the results (default: %(default)s)")
     p.add_argument(
-        "--lrs", type=_floats, default=list(DEFAULT_LRS), help="comma-separated learning rates (default: %(default)s)"
+        "--split-file", default=None, help="reuse the split of an earlier run (its split.json; default: a new split)"
     )
     p.add_argument(
-        "--wds", type=_floats, default=list(DEFAULT_WDS), help="comma-separated weight decays (default: %(default)s)"
+        "--lrs",
+        type=_positive_floats,
+        default=list(DEFAULT_LRS),
+        help="comma-separated learning rates of the AdamW heads (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per training step (default: %(default)s)")
+    p.add_argument(
+        "--wds",
+        type=_non_negative_floats,
+        default=list(DEFAULT_WDS),
+        help="comma-separated weight decays of the AdamW heads (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alphas",
+        type=_positive_floats,
+        default=list(DEFAULT_ALPHAS),
+        help="comma-separated ridge strengths (default: 51 log-spaced from 1e-3 to 1e7)",
+    )
+    p.add_argument(
+        "--cs",
+        type=_positive_floats,
+        default=list(DEFAULT_CS),
+        help="comma-separated logistic C values (default: 10 log-spaced from 1e-4 to 1e4)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=10, help="AdamW heads: passes over the train split (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="AdamW heads: rows per step (default: %(default)s)")
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the split, the shuffling and the heads (default: %(default)s)"
     )
@@ -76,9 +141,13 @@ def _cmd_probe(args) -> int:
         args.dataset,
         args.keys or "*",
         args.task,
+        heads=args.head,
         split=args.split,
+        split_file=args.split_file,
         lrs=args.lrs,
         wds=args.wds,
+        alphas=args.alphas,
+        cs=args.cs,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,

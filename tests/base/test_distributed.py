@@ -252,9 +252,9 @@ def test_probe_under_torchrun_matches_one_process(one_launch):
     one = train_probes(root / "store", root / "spatial", "*", "relation", **PROBE)
     assert dist_out["settings"]["world_size"] == 2 and one["settings"]["world_size"] == 1
     for d, s in zip(dist_out["results"], one["results"]):
-        assert (d["key"], d["head"]) == (s["key"], s["head"])
+        assert (d["key"], d["head"], d["view"]) == (s["key"], s["head"], s["view"])
         assert s["ci_low"] <= d["test_acc"] <= s["ci_high"], (d, s)  # within the seed's noise
-        if d["key"] == "toy/layer_1/cls" or d["head"] == "flat":  # the planted signal is learnt
+        if d["key"] == "toy/layer_1/cls" or d["view"] == "flat":  # the planted signal is learnt
             assert d["test_acc"] > 0.9 and s["test_acc"] > 0.9
 
 

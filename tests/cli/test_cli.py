@@ -24,10 +24,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         "probe_results.json",
         "probe_results.csv",
         "probe_accuracy.png",
+        "split.json",
     }
     results = json.loads((out / "results" / "probe_results.json").read_text())["results"]
-    keys = {(r["encoder"], r["pooling"], r["head"]) for r in results}
-    assert {("dinov2", "cls", "linear"), ("clip", "patch", "flat"), ("qwen", "patch", "mean")} <= keys
+    keys = {(r["encoder"], r["pooling"], r["view"]) for r in results if r["head"] == "linear"}
+    assert {("dinov2", "cls", "vector"), ("clip", "patch", "flat"), ("qwen", "patch", "mean")} <= keys
     assert len(keys) == 3 * 4 - 1  # cls, mean, patch flat and mean; Qwen has no CLS
     for line in ("dinov2", "clip", "qwen"):
         assert any(row.startswith(line) for row in text.splitlines())

@@ -28,24 +28,24 @@ FAST = dict(lrs=(3e-3, 1e-2), wds=(0.0, 1e-3), epochs=6, batch_size=64)
 
 
 def by_head(out):
-    return {(r["key"], r["head"]): r for r in out["results"]}
+    return {(r["key"], r["view"]): r for r in out["results"] if r["head"] == "linear"}
 
 
 def test_separable_high_noise_chance(store, ds):
     out = train_probes(store, ds, "toy/*", "relation", **FAST)
     r = by_head(out)
     assert set(r) == {
-        ("toy/layer_0/cls", "linear"),
-        ("toy/layer_1/cls", "linear"),
+        ("toy/layer_0/cls", "vector"),
+        ("toy/layer_1/cls", "vector"),
         ("toy/layer_1/patch", "flat"),
         ("toy/layer_1/patch", "mean"),
     }
-    assert r["toy/layer_1/cls", "linear"]["test_acc"] >= 0.9
+    assert r["toy/layer_1/cls", "vector"]["test_acc"] >= 0.9
     assert r["toy/layer_1/patch", "flat"]["test_acc"] >= 0.9
-    assert r["toy/layer_0/cls", "linear"]["test_acc"] < 0.5  # chance is 0.25
+    assert r["toy/layer_0/cls", "vector"]["test_acc"] < 0.5  # chance is 0.25
     # the mean over the grid loses where the signal was: near chance
     assert r["toy/layer_1/patch", "mean"]["test_acc"] < 0.5
-    res = r["toy/layer_1/cls", "linear"]
+    res = r["toy/layer_1/cls", "vector"]
     assert res["ci_low"] <= res["test_acc"] <= res["ci_high"]
     assert set(res["per_relation"]) == {"left", "right", "top", "bottom"}
     assert sum(v["n"] for v in res["per_relation"].values()) == res["n_test"]
@@ -80,8 +80,29 @@ def test_binary_task(store, ds, tmp_path):
     s = FeatureStore.create(tmp_path / "b")
     with s.create_feature_set("toy/binary", len(ds), (16,), "float32", {}, rt.label) as w:
         w.write(0, x)
-    res = train_probes(FeatureStore.open(tmp_path / "b"), ds, "toy/binary", "binary", **FAST)["results"][0]
-    assert res["test_acc"] >= 0.9, res
+    out = train_probes(
+        FeatureStore.open(tmp_path / "b"), ds, "toy/binary", "binary", heads="linear,ridge,logistic", **FAST
+    )
+    for res in out["results"]:  # linear, ridge (one per relation) and logistic (one logit per relation) learn it
+        assert res["test_acc"] >= 0.9, res
+    assert [r["head"] for r in out["results"]] == ["linear", "ridge", "logistic"]
+    assert out["results"][1]["params"] == 4 * (16 + 1)
+
+
+def test_closed_form_heads_on_every_view(store, ds):
+    out = train_probes(store, ds, "toy/layer_1/*", "relation", heads=["ridge", "logistic"], cs=(0.01, 1.0))
+    got = {(r["key"], r["head"], r["view"]): r for r in out["results"]}
+    assert set(got) == {
+        (k, h, v)
+        for h in ("ridge", "logistic")
+        for k, v in [("toy/layer_1/cls", "vector"), ("toy/layer_1/patch", "flat"), ("toy/layer_1/patch", "mean")]
+    }
+    for h in ("ridge", "logistic"):  # the planted signal is learnt; the grid's mean loses it, as for linear heads
+        assert got["toy/layer_1/cls", h, "vector"]["test_acc"] >= 0.9
+        assert got["toy/layer_1/patch", h, "flat"]["test_acc"] >= 0.9
+        assert got["toy/layer_1/patch", h, "mean"]["test_acc"] < 0.5
+    assert got["toy/layer_1/patch", "ridge", "flat"]["dim"] == 32 and out["skipped"] == []
+    assert len(out["sweep"]) == 3 * (len(out["settings"]["alphas"]) + 2)
 
 
 def test_same_seed_same_numbers(store, ds):
