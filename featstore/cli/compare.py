@@ -2,7 +2,7 @@
 streaming pass over their rows; writes cka.json, cka.csv and a heat map cka.png. Patch grids are
 mean-pooled over their tokens first.
 
-    featstore compare --store datasets/features --keys 'dinov2/*/cls' --keys 'clip/*/cls' --out results/cka
+    featstore compare datasets/features --keys 'dinov2/*/cls' --keys 'clip/*/cls' --out results/cka
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ def add_compare_command(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--store", required=True, help="store root")
+    p.add_argument("store", metavar="STORE", help="the store holding the feature sets")
     p.add_argument("--keys", action="append", default=None, help="glob of feature-set keys (repeatable; default: all)")
     p.add_argument("--out", default="results/cka", help="folder for cka.json, cka.csv, cka.png (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=4096, help="rows per streamed batch")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=4096, help="rows per streamed batch (default: %(default)s)"
+    )
     p.add_argument("--device", default="cpu", help="torch device for the sums (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)
 

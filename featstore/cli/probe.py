@@ -118,9 +118,14 @@ def add_probe_commands(subparsers) -> None:
         help="comma-separated logistic C values (default: 10 log-spaced from 1e-4 to 1e4)",
     )
     p.add_argument(
-        "--epochs", type=_positive_int, default=10, help="AdamW heads: passes over the train split (default: %(default)s)"
+        "--epochs",
+        type=_positive_int,
+        default=10,
+        help="AdamW heads: passes over the train split (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="AdamW heads: rows per step (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="AdamW heads: rows per step (default: %(default)s)"
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the split, the shuffling and the heads (default: %(default)s)"
     )

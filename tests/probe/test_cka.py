@@ -61,7 +61,7 @@ def test_streaming_cka_equals_the_in_memory_formula(sets):
 def test_compare_command_writes_csv_json_png(sets, tmp_path, capsys):
     store, _ = sets
     out = tmp_path / "cka"
-    assert main(["compare", "--store", str(store.root), "--keys", "enc/a", "--keys", "enc/r*", "--out", str(out)]) == 0
+    assert main(["compare", str(store.root), "--keys", "enc/a", "--keys", "enc/r*", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"cka.json", "cka.csv", "cka.png"}
     saved = json.loads((out / "cka.json").read_text())
     assert saved["keys"] == ["enc/a", "enc/rotated"] and saved["matrix"][0][1] == pytest.approx(1.0, abs=1e-9)
@@ -78,7 +78,7 @@ def test_compare_refuses_bad_input(sets, tmp_path, capsys):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         linear_cka(store, "*", batch_size=0)
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "--store", str(store.root), "--batch-size", "-4"])
+        main(["compare", str(store.root), "--batch-size", "-4"])
     assert exc.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
-    assert main(["compare", "--store", str(store.root), "--keys", "nothing*", "--out", str(tmp_path / "o")]) == 2
+    assert main(["compare", str(store.root), "--keys", "nothing*", "--out", str(tmp_path / "o")]) == 2
     assert "at least two" in capsys.readouterr().err and not (tmp_path / "o").exists()
