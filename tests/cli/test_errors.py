@@ -281,6 +281,16 @@ CORPUS = [
         None,
     ),
     ("probe-bad-lrs", ["probe", "{store}", "--dataset", "{data}", "--lrs", "fast"], 2, "comma-separated numbers", None),
+    ("compare-no-store", ["compare"], 2, "the following arguments are required: STORE", None),
+    ("compare-missing-store", ["compare", "{root}/nowhere"], 1, "does not exist", None),
+    (
+        "compare-one-set",
+        ["compare", "{store}", "--out", "{root}/cka"],
+        2,
+        "CKA compares at least two feature sets",
+        None,
+    ),
+    ("compare-bad-batch", ["compare", "{store}", "--batch-size", "0"], 2, "positive", None),
 ]
 if NO_CUDA:
     CORPUS += [
