@@ -8,12 +8,13 @@ import pytest
 from featstore.probe.report import distinct, plot, table
 
 
-def _row(encoder, layer, pooling, head, acc):
+def _row(encoder, layer, pooling, view, acc):
     return {
         "encoder": encoder,
         "layer": layer,
         "pooling": pooling,
-        "head": head,
+        "head": "linear",
+        "view": view,
         "best_lr": 0.01,
         "best_wd": 0.0,
         "val_acc": acc,
@@ -28,12 +29,12 @@ def _row(encoder, layer, pooling, head, acc):
 OUT = {
     "settings": {"relations": ["left"], "task": "relation", "rows": {"train": 80, "validation": 10, "test": 10}},
     "results": [
-        _row("qwen", "visual_features", "mean", "linear", 0.3),
+        _row("qwen", "visual_features", "mean", "vector", 0.3),
         _row("qwen", "visual_features", "patch", "mean", 0.3),  # the same probe: shown once
         _row("qwen", "visual_features", "patch", "flat", 0.9),
-        _row("dinov2", "layer_0", "mean", "linear", 0.31),
+        _row("dinov2", "layer_0", "mean", "vector", 0.31),
         _row("dinov2", "layer_0", "patch", "mean", 0.29),  # different numbers: kept
-        _row("dinov2", "layer_10", "cls", "linear", 0.2),
+        _row("dinov2", "layer_10", "cls", "vector", 0.2),
     ],
 }
 
@@ -42,9 +43,9 @@ def test_table_shows_a_repeated_mean_row_once_and_whole_layer_names():
     text = table(OUT)
     assert "visual_features" in text and "visual_featu " not in text
     qwen = [line for line in text.splitlines() if line.startswith("qwen")]
-    assert [line.split()[2:4] for line in qwen] == [["mean", "linear"], ["patch", "flat"]]
+    assert [line.split()[2:5] for line in qwen] == [["mean", "linear", "vector"], ["patch", "linear", "flat"]]
     assert sum(line.startswith("dinov2") for line in text.splitlines()) == 3
-    assert "Wilson" in text and "mean = patch grid with the mean head" in text
+    assert "Wilson" in text and "a mean vector = the patch grid's mean view" in text
     assert len(distinct(OUT["results"])) == 5
 
 
@@ -65,11 +66,11 @@ def test_plot_names_task_error_bars_and_aligns_x_labels(tmp_path, monkeypatch):
     assert any("95% Wilson intervals" in t.get_text() for t in fig.texts)
     axes = fig.axes
     labels = {text.get_text() for ax in axes for text in ax.get_legend().get_texts()}
-    assert "mean (= patch, mean head)" in labels and "patch (mean)" in labels  # dinov2's differs, so it stays
+    assert "mean vector (linear; = patch mean)" in labels and "patch mean (linear)" in labels  # dinov2's differs
     qwen = next(ax for ax in axes if ax.get_title() == "qwen")
     assert {t.get_text() for t in qwen.get_legend().get_texts()} == {
-        "mean (= patch, mean head)",
-        "patch (flat)",
+        "mean vector (linear; = patch mean)",
+        "patch flat (linear)",
         "chance",
     }
     assert (tmp_path / "p.png").stat().st_size > 0
