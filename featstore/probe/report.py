@@ -99,7 +99,11 @@ def table(out: dict) -> str:
     lines.append(
         f"task {s['task']}: {s['rows']['train']}/{s['rows']['validation']}/{s['rows']['test']} train/val/test rows, "
         f"chance {chance:.3f}; per-relation columns are test accuracies; 95% CI: Wilson interval"
-        + ("; a mean vector = the patch grid's mean view (the same probe)" if len(results) < len(out["results"]) else "")
+        + (
+            "; a mean vector = the patch grid's mean view (the same probe)"
+            if len(results) < len(out["results"])
+            else ""
+        )
     )
     return "\n".join(lines)
 
