@@ -9,15 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from .arguments import positive_int
 
 
 def add_compare_command(subparsers) -> None:
@@ -32,7 +24,7 @@ def add_compare_command(subparsers) -> None:
     p.add_argument("--keys", action="append", default=None, help="glob of feature-set keys (repeatable; default: all)")
     p.add_argument("--out", default="results/cka", help="folder for cka.json, cka.csv, cka.png (default: %(default)s)")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=4096, help="rows per streamed batch (default: %(default)s)"
+        "--batch-size", type=positive_int, default=4096, help="rows per streamed batch (default: %(default)s)"
     )
     p.add_argument("--device", default="cpu", help="torch device for the sums (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)

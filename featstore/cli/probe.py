@@ -15,36 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _positive_floats(text: str) -> list[float]:
-    values = _floats(text)
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
-    return values
-
-
-def _non_negative_floats(text: str) -> list[float]:
-    values = _floats(text)
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative numbers, got {text!r}")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from .arguments import non_negative_floats, positive_floats, positive_int
 
 
 def _heads(text: str) -> list[str]:
@@ -95,36 +66,36 @@ def add_probe_commands(subparsers) -> None:
     )
     p.add_argument(
         "--lrs",
-        type=_positive_floats,
+        type=positive_floats,
         default=list(DEFAULT_LRS),
         help="comma-separated learning rates of the AdamW heads (default: %(default)s)",
     )
     p.add_argument(
         "--wds",
-        type=_non_negative_floats,
+        type=non_negative_floats,
         default=list(DEFAULT_WDS),
         help="comma-separated weight decays of the AdamW heads (default: %(default)s)",
     )
     p.add_argument(
         "--alphas",
-        type=_positive_floats,
+        type=positive_floats,
         default=list(DEFAULT_ALPHAS),
         help="comma-separated ridge strengths (default: 51 log-spaced from 1e-3 to 1e7)",
     )
     p.add_argument(
         "--cs",
-        type=_positive_floats,
+        type=positive_floats,
         default=list(DEFAULT_CS),
         help="comma-separated logistic C values (default: 10 log-spaced from 1e-4 to 1e4)",
     )
     p.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="AdamW heads: passes over the train split (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="AdamW heads: rows per step (default: %(default)s)"
+        "--batch-size", type=positive_int, default=256, help="AdamW heads: rows per step (default: %(default)s)"
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the split, the shuffling and the heads (default: %(default)s)"
