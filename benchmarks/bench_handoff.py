@@ -34,22 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_busy_share
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def cpu_busy_share(seconds: float = 1.0) -> float:
-    def snap():
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(f), f[3] + f[4]
-
-    t0, i0 = snap()
-    time.sleep(seconds)
-    t1, i1 = snap()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
 def main() -> int:

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_busy_share as cpu_busy
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -185,17 +186,6 @@ def fio(path: Path, rw: str, bs: int, depth: int, seconds: int) -> dict:
         return {"error": out.stderr.strip()[-300:]}
     job = json.loads(out.stdout)["jobs"][0]["read"]
     return {"iops": job["iops"], "bytes_per_s": job["bw_bytes"], "bs": bs, "depth": depth, "rw": rw}
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    def snap():
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(f), f[3] + f[4]
-
-    t0, i0 = snap()
-    time.sleep(seconds)
-    t1, i1 = snap()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
 def main() -> int:

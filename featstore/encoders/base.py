@@ -329,7 +329,7 @@ def looks_like_path(model: str) -> bool:
 @contextmanager
 def _refusing_pickles(encoder: Encoder):
     """A checkpoint torch refuses to unpickle with ``weights_only=True`` becomes a ModelLoadError that
-    names the file and suggests safetensors (never torch's advice to load it with weights_only=False)."""
+    names the file and suggests safetensors; torch's advice to turn weights_only off is never passed on."""
     import pickle
 
     try:
