@@ -89,15 +89,26 @@ void read_run(int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* p
     }
 }
 
+// Every out position in [0, out_rows); checked before the first read, like the indices.
+void check_positions(const std::int64_t* pos, std::size_t n, std::size_t out_rows) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (pos[i] < 0 || static_cast<std::uint64_t>(pos[i]) >= out_rows)
+            throw IndexError("position " + std::to_string(pos[i]) + " at " + std::to_string(i) +
+                             " is out of range for an out of " + std::to_string(out_rows) + " rows");
+}
+
 }  // namespace
 
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
-               int queue_depth, std::size_t max_request_bytes, const std::string& path) {
+               int queue_depth, std::size_t max_request_bytes, const std::string& path, const std::int64_t* pos) {
     if (row_bytes == 0) throw std::invalid_argument("row_bytes must be positive, got 0");
     if (queue_depth < 1) throw std::invalid_argument("queue_depth must be >= 1, got " + std::to_string(queue_depth));
     std::size_t need, rows_bytes;
-    if (__builtin_mul_overflow(n, row_bytes, &need) || out_bytes < need)
+    const std::size_t out_rows = out_bytes / row_bytes;
+    if (pos != nullptr) {
+        check_positions(pos, n, out_rows);
+    } else if (__builtin_mul_overflow(n, row_bytes, &need) || out_bytes < need)
         throw std::invalid_argument("out has " + std::to_string(out_bytes) + " bytes but " + std::to_string(n) +
                                     " indices x " + std::to_string(row_bytes) + " row_bytes need " +
                                     (need / row_bytes == n ? std::to_string(need) : std::string("more")) + " bytes");
@@ -112,10 +123,11 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
                              " rows of " + std::to_string(row_bytes) + " bytes end at byte " +
                              std::to_string(offset + rows_bytes) + " (truncated?)");
 
-    // Our own copy of the picks, clamped: another thread may change `indices` since they were checked.
+    // Our own copy of the picks, clamped: another thread may change `indices` or `pos` since they were checked.
     std::vector<Pick> picks(n);
     for (std::size_t i = 0; i < n; ++i)
-        picks[i] = {std::min<std::uint64_t>(static_cast<std::uint64_t>(indices[i]), n_rows - 1), i};
+        picks[i] = {std::min<std::uint64_t>(static_cast<std::uint64_t>(indices[i]), n_rows - 1),
+                    pos != nullptr ? std::min<std::uint64_t>(static_cast<std::uint64_t>(pos[i]), out_rows - 1) : i};
     if (!sorted)
         std::sort(picks.begin(), picks.end(),
                   [](const Pick& a, const Pick& b) { return a.row < b.row || (a.row == b.row && a.pos < b.pos); });

@@ -25,9 +25,13 @@ public:
 // a row asked for twice is read once and copied. queue_depth: requests in flight (threads of the
 // I/O pool, which block in preadv; 1 = inline on the calling thread). A read that returns 0 before
 // its bytes are in -> ShortReadError; a failed read -> SystemError(errno, path). EINTR is retried.
+// pos (nullable): row indices[i] goes to out row pos[i] instead of row i, so one call can fill
+// scattered slots of a buffer (the block read-ahead reads several blocks at once that way); every
+// pos must lie in [0, out_bytes / row_bytes) (IndexError otherwise), and should be distinct.
 // Thread-safe; may be called without the GIL. fd must stay open for the call.
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
-               int queue_depth, std::size_t max_request_bytes, const std::string& path);
+               int queue_depth, std::size_t max_request_bytes, const std::string& path,
+               const std::int64_t* pos = nullptr);
 
 }  // namespace featstore

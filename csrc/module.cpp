@@ -52,16 +52,17 @@ private:
     Py_buffer view_{};
 };
 
-// indices: exactly a 1-D C-contiguous int64 ndarray; never a silent converting copy.
-py::array check_index_array(py::handle indices) {
+// indices (or another array of row numbers, named `name`): exactly a 1-D C-contiguous int64 ndarray;
+// never a silent converting copy.
+py::array check_index_array(py::handle indices, const std::string& name = "indices") {
     if (!py::isinstance<py::array>(indices))
-        throw py::type_error("indices must be a numpy int64 array, got " +
+        throw py::type_error(name + " must be a numpy int64 array, got " +
                              std::string(py::str(py::type::of(indices).attr("__name__"))));
     auto idx = py::reinterpret_borrow<py::array>(indices);
     if (!idx.dtype().equal(py::dtype::of<std::int64_t>()))
-        throw py::type_error("indices must have dtype int64, got " + std::string(py::str(idx.dtype())));
-    if (idx.ndim() != 1) throw py::value_error("indices must be 1-D, got " + std::to_string(idx.ndim()) + "-D");
-    if (!(idx.flags() & py::array::c_style)) throw py::value_error("indices must be C-contiguous");
+        throw py::type_error(name + " must have dtype int64, got " + std::string(py::str(idx.dtype())));
+    if (idx.ndim() != 1) throw py::value_error(name + " must be 1-D, got " + std::to_string(idx.ndim()) + "-D");
+    if (!(idx.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
     return idx;
 }
 
@@ -79,7 +80,8 @@ void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::hand
 }
 
 void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t n_rows, py::handle indices,
-               py::handle out, int queue_depth, std::int64_t max_request_bytes, const py::object& path) {
+               py::handle out, int queue_depth, std::int64_t max_request_bytes, const py::object& path,
+               py::handle pos) {
     if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
     if (offset < 0) throw py::value_error("offset must be >= 0, got " + std::to_string(offset));
     if (n_rows < 0) throw py::value_error("n_rows must be >= 0, got " + std::to_string(n_rows));
@@ -91,10 +93,19 @@ void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t
     const std::string raw = py::bytes(py::module_::import("os").attr("fsencode")(path));
     const auto* ip = static_cast<const std::int64_t*>(idx.data());
     const auto n = static_cast<std::size_t>(idx.shape(0));
+    py::array where;
+    const std::int64_t* pp = nullptr;
+    if (!pos.is_none()) {
+        where = check_index_array(pos, "pos");
+        if (static_cast<std::size_t>(where.shape(0)) != n)
+            throw py::value_error("pos has " + std::to_string(where.shape(0)) + " entries but indices has " +
+                                  std::to_string(n));
+        pp = static_cast<const std::int64_t*>(where.data());
+    }
     py::gil_scoped_release nogil;
     featstore::read_rows(fd, static_cast<std::uint64_t>(offset), static_cast<std::size_t>(row_bytes),
                          static_cast<std::size_t>(n_rows), ip, n, o.data(), o.size(), queue_depth,
-                         static_cast<std::size_t>(max_request_bytes), raw);
+                         static_cast<std::size_t>(max_request_bytes), raw, pp);
 }
 
 }  // namespace
@@ -160,8 +171,9 @@ threads: 0 = the pool's size (get_num_threads()), 1 = inline on the calling thre
 
     m.def("read_rows", &read_rows, py::arg("fd"), py::arg("offset"), py::arg("row_bytes"), py::arg("n_rows"),
           py::arg("indices"), py::arg("out"), py::arg("queue_depth") = 32, py::arg("max_request_bytes") = 1 << 20,
-          py::arg("path") = "", R"doc(
-Read row indices[i] of the file open as fd into out[i*row_bytes:(i+1)*row_bytes] with pread/preadv.
+          py::arg("path") = "", py::arg("pos") = py::none(), R"doc(
+Read row indices[i] of the file open as fd into out[i*row_bytes:(i+1)*row_bytes] with pread/preadv
+(into out row pos[i] instead when pos, an int64 array as long as indices, is given).
 
 The rows are the n_rows rows of row_bytes bytes from byte offset of the file. indices and out are
 checked as gather checks them, and every index before any read (IndexError). The picks are read in

@@ -47,8 +47,9 @@ def read_rows(
     queue_depth: int = 32,
     max_request_bytes: int = 1048576,
     path: str | bytes | os.PathLike[str] | os.PathLike[bytes] = "",
+    pos: npt.NDArray[np.int64] | None = None,
 ) -> None:
-    """Read row ``indices[i]`` of the file open as ``fd`` into row i of ``out`` with preadv (EOFError if it is short)."""
+    """Read row ``indices[i]`` of the file open as ``fd`` into row i (or ``pos[i]``) of ``out`` with preadv (EOFError if short)."""
 
 def set_num_threads(n: int) -> None:
     """Set the size of the persistent gather thread pool (>= 1; else ValueError)."""

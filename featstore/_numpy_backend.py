@@ -120,15 +120,15 @@ def _byte_view(obj, name: str, writable: bool) -> np.ndarray:
     return np.frombuffer(mv, dtype=np.uint8)
 
 
-def _check_index_array(indices) -> None:
+def _check_index_array(indices, name: str = "indices") -> None:
     if not isinstance(indices, np.ndarray):
-        raise TypeError(f"indices must be a numpy int64 array, got {type(indices).__name__}")
+        raise TypeError(f"{name} must be a numpy int64 array, got {type(indices).__name__}")
     if indices.dtype != np.int64 or not indices.dtype.isnative:
-        raise TypeError(f"indices must have dtype int64, got {indices.dtype}")
+        raise TypeError(f"{name} must have dtype int64, got {indices.dtype}")
     if indices.ndim != 1:
-        raise ValueError(f"indices must be 1-D, got {indices.ndim}-D")
+        raise ValueError(f"{name} must be 1-D, got {indices.ndim}-D")
     if not indices.flags.c_contiguous:
-        raise ValueError("indices must be C-contiguous")
+        raise ValueError(f"{name} must be C-contiguous")
 
 
 def _check_out(o: np.ndarray, n: int, row_bytes: int) -> int:
@@ -176,8 +176,9 @@ def read_rows(
     queue_depth: int = 32,
     max_request_bytes: int = 1 << 20,
     path: str | bytes | os.PathLike = "",
+    pos=None,
 ) -> None:
-    """Read row indices[i] of the file open as fd into out (see featstore._core.read_rows).
+    """Read row indices[i] of the file open as fd into out row i, or row pos[i] (see featstore._core.read_rows).
 
     Single-threaded here (``queue_depth`` is checked, not used): one ``os.preadv`` per run of rows
     adjacent in the file, each into its rows of ``out``.
@@ -192,7 +193,18 @@ def read_rows(
     _check_index_array(indices)
     o = _byte_view(out, "out", True)
     n = len(indices)
-    _check_out(o, n, row_bytes)
+    out_rows = o.size // row_bytes
+    if pos is None:
+        _check_out(o, n, row_bytes)
+        where = np.arange(n)
+    else:
+        _check_index_array(pos, "pos")
+        if len(pos) != n:
+            raise ValueError(f"pos has {len(pos)} entries but indices has {n}")
+        where = pos.copy()
+        if n and (int(where.min()) < 0 or int(where.max()) >= out_rows):
+            i = int(((where < 0) | (where >= out_rows)).argmax())
+            raise IndexError(f"position {int(where[i])} at {i} is out of range for an out of {out_rows} rows")
     if n == 0:
         return
     _check_in_range(indices, n_rows)
@@ -207,13 +219,13 @@ def read_rows(
     rows = indices[order]
     first = np.ones(n, dtype=bool)
     first[1:] = rows[1:] != rows[:-1]
-    uniq_rows, uniq_pos = rows[first], order[first]
+    uniq_rows, uniq_pos = rows[first], where[order[first]]
     # runs of adjacent rows, at most max_request_bytes (and 1024 iovecs) each
     max_rows = max(1, min(1024, max_request_bytes // row_bytes))
     breaks = np.flatnonzero(np.diff(uniq_rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(uniq_rows)]])
-    rows2d = o[: n * row_bytes].reshape(n, row_bytes)
+    rows2d = o[: out_rows * row_bytes].reshape(out_rows, row_bytes)
     for a, b in zip(starts.tolist(), ends.tolist()):
         for s in range(a, b, max_rows):
             e = min(b, s + max_rows)
@@ -221,8 +233,8 @@ def read_rows(
     repeat = ~first
     if repeat.any():
         # each repeat copies from the first position that asked for its row
-        src_pos = order[np.flatnonzero(first)[np.cumsum(first) - 1]]
-        rows2d[order[repeat]] = rows2d[src_pos[repeat]]
+        src_pos = where[order[np.flatnonzero(first)[np.cumsum(first) - 1]]]
+        rows2d[where[order[repeat]]] = rows2d[src_pos[repeat]]
 
 
 def _read_run(fd: int, at: int, buffers: list, name: str) -> None:

@@ -8,10 +8,13 @@ the caller's buffer: no page of the file is mapped, so a file cut short by someo
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -21,6 +24,17 @@ from ..errors import CorruptFileError
 DEFAULT_QUEUE_DEPTH = 32
 QUEUE_DEPTH_ENV = "FEATSTORE_QUEUE_DEPTH"
 MAX_REQUEST_BYTES = 1 << 20
+PAGE = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of any common device's block size)
+
+
+def aligned_buffer(nbytes: int) -> np.ndarray:
+    """A zero-filled, page-aligned, writable byte array (anonymous memory), as O_DIRECT reads need."""
+    return np.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=np.uint8)
+
+
+def span_bytes(begin: int, end: int) -> int:
+    """Bytes a page-aligned read of file bytes ``[begin, end)`` needs in memory (whole pages)."""
+    return -(-end // PAGE) * PAGE - begin // PAGE * PAGE
 
 
 def queue_depth() -> int:
@@ -43,6 +57,7 @@ class DirectReader:
         self.path, self.key = path, key
         self.data_start, self.row_bytes, self.n_rows = data_start, row_bytes, n_rows
         self._fd: int | None = None
+        self._direct_fd: int | bool | None = False  # False: not tried yet; None: O_DIRECT refused here
         self._lock = threading.Lock()
 
     def fileno(self) -> int:
@@ -55,9 +70,86 @@ class DirectReader:
                     self._fd = fd
         return self._fd
 
-    def read(self, rows: np.ndarray, out, depth: int | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
-        """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes),
-        ``depth`` requests in flight (default :func:`queue_depth`) of at most ``max_request_bytes``."""
+    def direct_fd(self) -> int | None:
+        """The file opened with O_DIRECT (the page cache bypassed), or None where the filesystem refuses it."""
+        if self._direct_fd is False:
+            with self._lock:
+                if self._direct_fd is False:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0))
+                    except OSError:
+                        self._direct_fd = None
+                    else:
+                        weakref.finalize(self, os.close, fd)
+                        self._direct_fd = fd
+        return None if self._direct_fd is False else self._direct_fd
+
+    def read_spans(
+        self,
+        spans: Sequence[tuple[int, int]],
+        out: np.ndarray,
+        at: Sequence[int],
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> list[int]:
+        """Read file bytes ``[begin, end)`` of each span with O_DIRECT, all in flight together, into
+        ``out`` (page-aligned, e.g. :func:`aligned_buffer`) from byte ``at[k]`` (a multiple of
+        :data:`PAGE`); the whole pages around each span are read. Returns where each span's first
+        byte landed in ``out``. Needs :meth:`direct_fd`; a file cut short is a CorruptFileError."""
+        dfd = self.direct_fd()
+        if dfd is None:
+            raise OSError(f"{self.path}: O_DIRECT is not supported here")
+        size = os.fstat(self.fileno()).st_size
+        end_of_rows = self.data_start + self.n_rows * self.row_bytes
+        if size < end_of_rows:
+            self._short(f"{self.path} is {size} bytes, but its rows end at byte {end_of_rows} (truncated?)")
+        whole = size // PAGE  # a partial last page cannot be read with O_DIRECT: it is read through the cache
+        pages, pos, landed, tails = [], [], [], []
+        for (begin, end), where in zip(spans, at, strict=True):
+            if where % PAGE or where + span_bytes(begin, end) > len(out):
+                raise ValueError(f"span {begin}..{end} does not fit out at byte {where} (page-aligned, whole pages)")
+            first, last = begin // PAGE, min(-(-end // PAGE), whole)
+            pages.append(np.arange(first, last, dtype=np.int64))
+            pos.append(np.arange(last - first, dtype=np.int64) + where // PAGE)
+            landed.append(where + begin - first * PAGE)
+            if end > last * PAGE:
+                tails.append((max(begin, last * PAGE), end, where + max(begin, last * PAGE) - first * PAGE))
+        try:
+            _backend.read_rows(
+                dfd,
+                0,
+                PAGE,
+                whole,
+                np.concatenate(pages),
+                out,
+                queue_depth(),
+                max_request_bytes,
+                str(self.path),
+                np.concatenate(pos),
+            )
+        except EOFError as exc:
+            self._short(str(exc))
+        for begin, end, where in tails:
+            if os.preadv(self.fileno(), [out[where : where + end - begin].data], begin) != end - begin:
+                self._short(f"short read from {self.path} at offset {begin} (truncated?)")
+        return landed
+
+    def _short(self, what: str) -> NoReturn:
+        raise CorruptFileError(
+            f"feature set {self.key!r}: {what}; the file changed after it was opened (re-open the store, "
+            "or run store.verify())"
+        ) from None
+
+    def read(
+        self,
+        rows: np.ndarray,
+        out,
+        depth: int | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        pos: np.ndarray | None = None,
+    ) -> None:
+        """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes; row
+        ``rows[i]`` into out row ``pos[i]`` when ``pos`` is given), ``depth`` requests in flight (default
+        :func:`queue_depth`) of at most ``max_request_bytes``."""
         try:
             _backend.read_rows(
                 self.fileno(),
@@ -69,9 +161,7 @@ class DirectReader:
                 queue_depth() if depth is None else depth,
                 max_request_bytes,
                 str(self.path),
+                pos,
             )
         except EOFError as exc:
-            raise CorruptFileError(
-                f"feature set {self.key!r}: {exc}; the file changed after it was opened (re-open the store, "
-                "or run store.verify())"
-            ) from None
+            self._short(str(exc))

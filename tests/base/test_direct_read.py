@@ -125,3 +125,38 @@ def test_empty_indices_read_nothing(backend, rowfile):
     out = np.full(4, SENTINEL, np.uint8)
     B.read_rows(fd, 0, 4, 10, np.zeros(0, np.int64), out)
     assert (out == SENTINEL).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=read_cases(), spare=st.integers(0, 50), seed=st.integers(0, 2**32 - 1))
+def test_read_rows_with_pos_puts_each_row_where_pos_says(backend, rowfile, case, spare, seed):
+    """pos scatters the rows over out (distinct positions, some rows left untouched), as the block
+    read-ahead uses it to fill several scattered slots with one read."""
+    path, fd, _ = rowfile
+    row_bytes, offset, n_rows, idx, depth, max_request = case
+    out_rows = len(idx) + spare
+    pos = np.random.default_rng(seed).permutation(out_rows)[: len(idx)].astype(np.int64)
+    gathered = np.zeros(len(idx) * row_bytes, dtype=np.uint8)
+    B.read_rows(fd, offset, row_bytes, n_rows, idx, gathered, 1, 1 << 20, str(path))
+    want = np.full((out_rows, row_bytes), SENTINEL, dtype=np.uint8)
+    want[pos] = gathered.reshape(-1, row_bytes)
+    got = np.full(out_rows * row_bytes + 3, SENTINEL, dtype=np.uint8)
+    B.read_rows(fd, offset, row_bytes, n_rows, idx, got, depth, max_request, str(path), pos)
+    np.testing.assert_array_equal(got[: out_rows * row_bytes].reshape(out_rows, row_bytes), want)
+    assert (got[out_rows * row_bytes :] == SENTINEL).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 40, 2**62])
+def test_every_position_is_checked_before_any_read(backend, rowfile, bad):
+    _, fd, _ = rowfile
+    idx = np.zeros(30, dtype=np.int64)
+    pos = np.arange(30, dtype=np.int64)
+    pos[17] = bad
+    out = np.full(40 * 10 + 9, SENTINEL, dtype=np.uint8)  # 40 whole rows (the 9 spare bytes are no row)
+    with pytest.raises(IndexError, match=rf"^position {bad} at 17 is out of range for an out of 40 rows$"):
+        B.read_rows(fd, 0, 10, 500, idx, out, 4, 1 << 20, "", pos)
+    assert (out == SENTINEL).all()
+    with pytest.raises(ValueError, match=r"^pos has 29 entries but indices has 30$"):
+        B.read_rows(fd, 0, 10, 500, idx, out, 4, 1 << 20, "", pos[:29])
+    with pytest.raises(TypeError, match="pos must have dtype int64"):
+        B.read_rows(fd, 0, 10, 500, idx, out, 4, 1 << 20, "", pos.astype(np.int32))

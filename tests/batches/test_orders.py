@@ -3,6 +3,8 @@ disjoint and cover everything; the block cache reads each block once."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,51 @@ def test_read_ahead_declines_a_plan_that_does_not_fit(store):
     out = torch.empty(100, 32, dtype=torch.float16)
     ahead.read(spread[0], out)
     assert torch.equal(out, fs[spread[0]])
+
+
+@pytest.mark.parametrize("o_direct", [True, False])
+@pytest.mark.parametrize(
+    ("row_shape", "dtype", "labels"),
+    [
+        ((32,), torch.float16, False),  # 64-byte rows: one piece a row
+        ((96,), torch.float16, True),  # 192 bytes: 3 pieces of 64
+        ((2048,), torch.float32, False),  # 8 KiB: 2 pieces of a page
+        ((257, 3), torch.float16, True),  # 1542 bytes: pieces of 2 would be slow; read through the cache
+        ((7,), torch.int8, False),
+    ],
+)
+def test_block_reads_with_and_without_o_direct_give_the_rows(
+    tmp_path, backend, monkeypatch, o_direct, row_shape, dtype, labels
+):
+    """Blocks read with O_DIRECT (whole pages, a block anywhere in its slot, gathered in pieces) or
+    through the cache give exactly the rows; the set's last block ends in a partial page of the file
+    when there are no labels after it (read through the cache)."""
+    from featstore.store.direct import DirectReader
+
+    if not o_direct:
+        monkeypatch.setattr(DirectReader, "direct_fd", lambda self: None)
+    store, data, _ = make_store(tmp_path / "s", n_rows=333, row_shape=row_shape, dtype=dtype, labels=labels)
+    fs = store["enc/layer_1"]
+    rows_per_block = 29
+    cache = BlockCache(fs, rows_per_block, n_slots=4)
+    row_bytes = fs.row_bytes
+    assert cache.o_direct == (o_direct and row_bytes % 64 == 0)
+    order = block_order(np.arange(333, dtype=np.int64), 1, 0, rows_per_block, 2)
+    for start in range(0, 333, 40):
+        idx = order[start : start + 40]
+        out = torch.empty(len(idx), *row_shape, dtype=dtype)
+        cache.read(idx, out)
+        assert torch.equal(out, data[idx])
+    assert cache.blocks_read >= 12  # 12 blocks of 29 (the last 14 rows), some read again after eviction
+
+
+def test_an_o_direct_block_read_of_a_truncated_file_names_it(tmp_path):
+    from featstore.errors import CorruptFileError
+
+    store, _, _ = make_store(tmp_path / "s", n_rows=400, row_shape=(64,), labels=False)
+    fs = store["enc/layer_1"]
+    cache = BlockCache(fs, 50, n_slots=4)
+    assert cache.o_direct
+    os.truncate(fs.path, fs.direct.data_start + 300 * fs.row_bytes)
+    with pytest.raises(CorruptFileError, match=r"feature set 'enc/layer_1': .*is \d+ bytes, but its rows end at byte"):
+        cache.read(np.arange(350, 360, dtype=np.int64), torch.empty(10, 64, dtype=torch.float16))
