@@ -2,7 +2,8 @@
 it, and a prefetch thread.
 
 A background thread assembles batch b+1.. while the caller trains on batch b (the compiled gather
-releases the GIL). How a batch is assembled is the assemblers' job: on the CPU into recycled
+releases the GIL), and the caller assembles a batch itself when it comes back before the thread
+has one (featstore.batches.prefetch). How a batch is assembled is the assemblers' job: on the CPU into recycled
 buffers, on CUDA through one of the paths of featstore.batches.device_paths (the sets cached on the
 device, the kernel over registered file pages, or a ring of pinned buffers). In every CUDA path the
 consumer's stream waits on the batch's event. On a machine without CUDA the same loop runs on the CPU.
@@ -10,8 +11,6 @@ consumer's stream waits on the batch's event. On a machine without CUDA the same
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,23 +23,17 @@ from ..indexing import normalize_rows
 from ..store import FeatureSet
 from ..store.memory import choose_read, memory_facts
 from . import cuda
-from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler
+from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler, RecyclingBuffers
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
 from .device_paths import loader_path
 from .orders import DEFAULT_BLOCK_BYTES, DEFAULT_WINDOW_BLOCKS, ORDERS, block_order, block_rows_for, block_share
-
-_END = object()
+from .prefetch import prefetched
 
 
 def _fresh_seed() -> int:
     entropy = np.random.SeedSequence().entropy
     assert isinstance(entropy, int)  # SeedSequence() given no entropy draws a fresh int
     return int(entropy % (1 << 63))
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 class BatchLoader:
@@ -129,6 +122,7 @@ class BatchLoader:
         self.order, self.block_rows, self.window_blocks = self._check_order(order, block_bytes, window_blocks)
         # the device cache / registrations, built once, reused across epochs
         self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
+        self._cpu_buffers: dict[str, RecyclingBuffers] | None = None
 
     def _choose_path(self, cache: str, cache_share: float | None) -> dict[str, Any]:
         """The device path (featstore.batches.device_paths); auto falls back to pinned if registration fails."""
@@ -224,7 +218,7 @@ class BatchLoader:
             for idx in chunks:
                 yield make.finish(make.assemble(idx))
             return
-        yield from self._prefetched(chunks, make)
+        yield from prefetched(chunks, make.assemble, make.finish, self.prefetch + 1)
 
     def _assembler(self, chunks: list[np.ndarray] | None = None):
         path = self.info["path"]
@@ -244,41 +238,8 @@ class BatchLoader:
             if self._assembler_cache is None:
                 self._assembler_cache = (DeviceCacheAssembler if path == "device" else UvaAssembler)(spec)
             return self._assembler_cache
-        return PinnedAssembler(spec) if path == "pinned" else CpuAssembler(spec)
-
-    def _prefetched(self, chunks: list[np.ndarray], make) -> Iterator[Batch]:
-        # The hand-off is a C-level SimpleQueue (no Python Condition per batch) bounded by a semaphore:
-        # the producer takes a slot before assembling a batch, the consumer frees it as it takes one,
-        # so at most prefetch + 1 batches are assembled ahead, as with a Queue(maxsize=prefetch).
-        q: queue.SimpleQueue = queue.SimpleQueue()
-        slots = threading.Semaphore(self.prefetch + 1)
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for idx in chunks:
-                    while not slots.acquire(timeout=0.1):
-                        if stop.is_set():
-                            return
-                    if stop.is_set():
-                        return
-                    q.put(make.assemble(idx))
-                q.put(_END)
-            except BaseException as exc:  # handed to the consumer, raised there
-                q.put(_Failure(exc))
-
-        thread = threading.Thread(target=produce, name="featstore-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                slots.release()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield make.finish(item)
-        finally:
-            stop.set()
-            slots.release()  # a producer waiting for a slot wakes, sees stop and returns
-            thread.join()
+        if path == "pinned":
+            return PinnedAssembler(spec)
+        cpu = CpuAssembler(spec, self._cpu_buffers)
+        self._cpu_buffers = cpu.buffers  # the next epoch writes into the same (already faulted-in) memory
+        return cpu
