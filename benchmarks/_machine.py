@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
+
+
+def cpu_counters() -> tuple[float, float, float]:
+    """(wall, CPU-seconds busy on the whole machine, CPU-seconds used by this process and its children)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    t = os.times()
+    return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def others_busy(since: tuple[float, float, float]) -> float:
+    """Fraction of the machine's CPUs that other processes kept busy since ``since`` (they skew timings)."""
+    wall0, busy0, own0 = since
+    wall1, busy1, own1 = cpu_counters()
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * (os.cpu_count() or 1))
 
 
 def cpu_busy_share(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs' time that was not idle (idle + iowait) over the next ``seconds``."""
-
-    def snap():
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(f), f[3] + f[4]
-
-    t0, i0 = snap()
+    """Fraction of all CPUs' time that other work kept busy over the next ``seconds`` (this process idles)."""
+    start = cpu_counters()
     time.sleep(seconds)
-    t1, i1 = snap()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
+    return others_busy(start)

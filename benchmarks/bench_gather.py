@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_busy_share, cpu_counters, others_busy
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -178,29 +179,6 @@ def reset_peak_rss() -> None:
         pass
 
 
-def cpu_counters() -> tuple[float, float, float]:
-    """(wall, CPU-seconds busy on the whole machine, CPU-seconds used by this process and its children)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    t = os.times()
-    return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
-
-
-def others_busy(since: tuple[float, float, float]) -> float:
-    """Fraction of the machine's CPUs that other processes kept busy since ``since`` (they skew timings)."""
-    wall0, busy0, own0 = since
-    wall1, busy1, own1 = cpu_counters()
-    return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1e-9, (wall1 - wall0) * (os.cpu_count() or 1))
-
-
-def cpu_busy_fraction(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``seconds`` before the run starts."""
-    start = cpu_counters()
-    time.sleep(seconds)
-    return others_busy(start)
-
-
 def machine_info() -> dict[str, Any]:
     import safetensors
 
@@ -229,7 +207,7 @@ def machine_info() -> dict[str, Any]:
         "featstore_backend": featstore.backend(),
         "featstore_threads": featstore.get_num_threads(),
         "loadavg_start": os.getloadavg(),
-        "cpu_busy_before_start": cpu_busy_fraction(),
+        "cpu_busy_before_start": cpu_busy_share(),
     }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import torch
 
@@ -50,3 +53,23 @@ def write_probe_store(root, ds, seed=0):
     ) as w:
         w.write(0, g.astype(np.float16))
     return FeatureStore.open(root)
+
+
+def damaged_store(tmp_path, mutate):
+    """A store of one 10-row set in tmp_path, its file then damaged by mutate(file, manifest); returns the file."""
+    make_store(tmp_path, n_rows=10, row_shape=(4,))
+    path = tmp_path / "enc" / "layer_1.safetensors"
+    os.chmod(path, 0o644)
+    mutate(path, tmp_path / "featstore.json")
+    return path
+
+
+def edit_manifest(fn):
+    """A mutate for damaged_store: fn(entry, manifest) edits the set's manifest entry in place."""
+
+    def mutate(path, manifest):
+        obj = json.loads(manifest.read_text())
+        fn(obj["feature_sets"]["enc/layer_1"], obj)
+        manifest.write_text(json.dumps(obj))
+
+    return mutate

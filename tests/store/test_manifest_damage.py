@@ -4,7 +4,7 @@ own, so each entry is held to a strict schema and to what the file's header repe
 from __future__ import annotations
 
 import pytest
-from test_open_errors import _damaged, _edit_manifest
+from _util import damaged_store, edit_manifest
 
 from featstore import FeatureStore, FormatError
 
@@ -29,7 +29,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_damaged_manifest_entry_is_a_clear_error_at_open(tmp_path, case):
     edit, message = CASES[case]
-    _damaged(tmp_path, _edit_manifest(edit))
+    damaged_store(tmp_path, edit_manifest(edit))
     with pytest.raises(FormatError, match=message) as info:
         FeatureStore.open(tmp_path)
     assert "layer_1" in str(info.value) or "featstore.json" in str(info.value)

@@ -8,29 +8,12 @@ import struct
 
 import pytest
 import torch
-from _util import make_store
+from _util import damaged_store, edit_manifest, make_store
 
 from featstore import CorruptFileError, FeatureStore, FormatError, FormatVersionError
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.damages_store  # the tests make files writable to damage them
-
-
-def _damaged(tmp_path, mutate):
-    make_store(tmp_path, n_rows=10, row_shape=(4,))
-    path = tmp_path / "enc" / "layer_1.safetensors"
-    os.chmod(path, 0o644)
-    mutate(path, tmp_path / "featstore.json")
-    return path
-
-
-def _edit_manifest(fn):
-    def mutate(path, manifest):
-        obj = json.loads(manifest.read_text())
-        fn(obj["feature_sets"]["enc/layer_1"], obj)
-        manifest.write_text(json.dumps(obj))
-
-    return mutate
 
 
 def _rewrite_header(fn):
@@ -70,16 +53,16 @@ CASES = {
     ),
     "trailing bytes": (lambda p, m: p.write_bytes(p.read_bytes() + b"xx"), CorruptFileError, "trailing bytes"),
     "missing file": (lambda p, m: p.unlink(), FormatError, "is missing"),
-    "dtype disagrees": (_edit_manifest(lambda e, o: e.update(dtype="float32")), FormatError, "dtype"),
-    "shape disagrees": (_edit_manifest(lambda e, o: e.update(shape=[10, 2])), FormatError, "shape"),
+    "dtype disagrees": (edit_manifest(lambda e, o: e.update(dtype="float32")), FormatError, "dtype"),
+    "shape disagrees": (edit_manifest(lambda e, o: e.update(shape=[10, 2])), FormatError, "shape"),
     "path leaves root": (
-        _edit_manifest(lambda e, o: e.update(file="../x.safetensors")),
+        edit_manifest(lambda e, o: e.update(file="../x.safetensors")),
         FormatError,
         "leaves the store root",
     ),
-    "absolute path": (_edit_manifest(lambda e, o: e.update(file="/etc/passwd")), FormatError, "leaves the store root"),
-    "newer format": (_edit_manifest(lambda e, o: o.update(format_version=99)), FormatVersionError, "upgrade featstore"),
-    "bad committed ranges": (_edit_manifest(lambda e, o: e.update(committed=[[0, 99]])), FormatError, "committed"),
+    "absolute path": (edit_manifest(lambda e, o: e.update(file="/etc/passwd")), FormatError, "leaves the store root"),
+    "newer format": (edit_manifest(lambda e, o: o.update(format_version=99)), FormatVersionError, "upgrade featstore"),
+    "bad committed ranges": (edit_manifest(lambda e, o: e.update(committed=[[0, 99]])), FormatError, "committed"),
     "unknown dtype in header": (
         _rewrite_header(lambda h: h["features"].update(dtype="Q9")),
         CorruptFileError,
@@ -101,7 +84,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_damage_is_a_clear_error_at_open(tmp_path, case):
     mutate, error, message = CASES[case]
-    _damaged(tmp_path, mutate)
+    damaged_store(tmp_path, mutate)
     with pytest.raises(error, match=message) as info:
         FeatureStore.open(tmp_path)
     assert "layer_1" in str(info.value) or "featstore.json" in str(info.value) or "x.safetensors" in str(info.value)
