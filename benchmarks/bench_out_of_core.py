@@ -226,6 +226,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "cells": [],
         "fio": {},
+        "fio_reps": {},
         "busy_before": cpu_busy(),
     }
     try:
@@ -240,11 +241,18 @@ def main() -> int:
         for name, (key, _, bs) in sets.items():
             fs = store[key]
             pt = work / f"{key.replace('/', '_')}.pt"
-            results["fio"][name] = {
-                "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 5),
-                "sequential": fio(fs.path, "read", MIB, 16, 5),
-            }
+            ceilings: list[dict] = []
+            results["fio_reps"][name] = ceilings
             for rep in range(args.repeats):
+                # the disk's rate drifts from minute to minute (a shared virtual disk): the ceilings are
+                # measured in every repetition, beside the readers, and the report takes their medians
+                ceilings.append(
+                    {
+                        "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
+                        "sequential": fio(fs.path, "read", MIB, 16, 3),
+                    }
+                )
+                results["fio"][name] = median_ceilings(ceilings)
                 for reader in [r for r in FEATSTORE + PEERS if args.readers in r]:
                     drop_cache([fs.path, pt])
                     spec = {
@@ -298,6 +306,20 @@ def _fmt_cell(cell: dict) -> str:
     return f"{cell['rows'] / cell['seconds']:,.0f} rows/s, private {cell['private_bytes'] / MIB:.0f} MiB"
 
 
+def median_ceilings(ceilings: list[dict]) -> dict:
+    """The median of each fio figure over the repetitions (an error if any repetition's fio failed)."""
+    out = {}
+    for kind in ("random", "sequential"):
+        runs = [c[kind] for c in ceilings]
+        bad = next((r for r in runs if "error" in r), None)
+        if bad is not None:
+            out[kind] = bad
+            continue
+        out[kind] = {**runs[0], **{k: statistics.median(r[k] for r in runs) for k in ("iops", "bytes_per_s")}}
+        out[kind]["bytes_per_s_range"] = [min(r["bytes_per_s"] for r in runs), max(r["bytes_per_s"] for r in runs)]
+    return out
+
+
 def medians(results: dict) -> dict:
     table: dict = {}
     for cell in results["cells"]:
@@ -347,6 +369,13 @@ def report(results: dict) -> str:
             f"fio ceilings (O_DIRECT, libaio): random {rnd.get('bs', 0) // 1024} KiB at QD {rnd.get('depth', '')}: "
             f"{rnd.get('iops', 0):,.0f} IOPS = {fio_rows:,.0f} rows/s; sequential 1 MiB at QD 16: "
             f"{seq.get('bytes_per_s', 0) / 1e9:.2f} GB/s = {seq_rows:,.0f} rows/s"
+            + (
+                " (medians of the repetitions; sequential ranged {:.2f}-{:.2f} GB/s)".format(
+                    *(b / 1e9 for b in seq["bytes_per_s_range"])
+                )
+                if "bytes_per_s_range" in seq
+                else ""
+            )
             + (f" ({rnd.get('error', '')}{seq.get('error', '')})" if "error" in rnd or "error" in seq else ""),
             "",
             "| reader | path | rows/s | GB/s | private MiB | x fio random | x fio seq | x numpy memmap |",
