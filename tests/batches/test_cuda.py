@@ -356,9 +356,13 @@ def test_kernel_gather_without_cuda_says_what_to_do(root):
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------
+# Two markers: the device cache and the pinned ring need only a CUDA GPU; the kernel path needs
+# featstore._cuda too. (One marker over both hid the device-cache and pinned tests where the
+# kernel path alone could not run.)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and fcuda.status().usable and fcuda.uva_support(torch.device("cuda"))[0]),
-    reason="needs a CUDA GPU and featstore._cuda",
+    reason="needs a CUDA GPU and a usable featstore._cuda (the kernel path)",
 )
 
 
@@ -416,9 +420,10 @@ def test_registration_lifecycle_on_the_device(root):
     mod = fcuda.module()
     fs = open_set(root)
     fcuda.gather(fs, [0])
-    address = fcuda._address(fs)
+    entry = fcuda.REGISTRY._entries[fcuda._address(fs)]
+    address, read_only = entry.address, entry.mode == "read-only"
     assert fs in fcuda.REGISTRY
-    assert mod.host_register(address, fs.nbytes, True, torch.cuda.current_device()) is False  # already
+    assert mod.host_register(address, fs.nbytes, read_only, torch.cuda.current_device()) is False  # already
     assert fcuda.unregister(fs) and not mod.host_unregister(address)
     assert same_bits(fcuda.gather(fs, [5, 6]), fs[[5, 6]])  # registers again
     del fs
@@ -430,8 +435,8 @@ def test_registration_lifecycle_on_the_device(root):
         gc.collect()
 
 
-@gpu
-@pytest.mark.parametrize("cache", ["device", "uva", "pinned"])
+@needs_cuda
+@pytest.mark.parametrize("cache", ["device", pytest.param("uva", marks=gpu), "pinned"])
 def test_loader_paths_match_the_cpu_batches(tmp_path, cache):
     make_store(tmp_path, key="enc/a", n_rows=203, row_shape=(48,), dtype=torch.bfloat16, seed=1)
     make_store(tmp_path, key="enc/b", n_rows=203, row_shape=(3, 8), dtype=torch.float32, seed=2)
