@@ -35,9 +35,9 @@ import importlib
 import mmap
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -206,9 +206,7 @@ class HostRegistry:
             if entry is None:
                 entry = self._register(fs, address, device)
             if device not in entry.device_pointers:
-                entry.device_pointers[device] = self._call(
-                    fs, "map", self.mod.device_pointer, entry.address, device
-                )
+                entry.device_pointers[device] = self._call(fs, "map", self.mod.device_pointer, entry.address, device)
             return entry.device_pointers[device]
 
     def _register(self, fs: FeatureSet, key: int, device: int) -> _Registration:
@@ -218,7 +216,9 @@ class HostRegistry:
         try:
             mapping, base = map_for_cuda(str(fs.path), start + fs.nbytes, mode)
         except (OSError, ValueError) as exc:
-            raise CudaUnavailableError(f"feature set {fs.key!r} ({fs.path}): could not map it for CUDA ({exc})") from None
+            raise CudaUnavailableError(
+                f"feature set {fs.key!r} ({fs.path}): could not map it for CUDA ({exc})"
+            ) from None
         address, read_only = base + start, mode == "read-only"
         try:
             fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, read_only, device)

@@ -158,4 +158,3 @@ def loader_path(
         uva_copies=copies,
     )
     return choice, facts
-
