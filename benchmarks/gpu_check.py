@@ -1,6 +1,6 @@
 """One-command GPU check: the three device paths are bit-exact, and how fast each is against its ceiling.
 
-    python benchmarks/gpu_check.py [--quick] [--repeats 5] [--workdir /tmp] [--no-install]
+    python benchmarks/gpu_check.py [--quick] [--repeats 5] [--workdir /tmp] [--no-install] [--allow-skip]
 
 Needs one CUDA GPU and torch; no network. When ``featstore._cuda`` is not importable, the script first
 runs ``pip install --no-build-isolation --no-deps -e <repo>`` (nvcc, cmake, ninja, pybind11 and
@@ -21,13 +21,28 @@ scikit-build-core must be installed, as they are on the GPU machines) and starts
    (batches 64, 256).
 3. A linear-probe training step (768 -> 10, SGD) fed by ``fs.batches`` per path, against the same
    steps on batches already on the device.
+4. The direct read path: ``cache="pinned", read="direct"`` (preadv into the pinned buffers) against the
+   CPU gather, bit for bit.
+5. ``benchmarks/gpu_check_quant.py``'s ``run_stage()`` where that file exists ("not available" otherwise).
+
+The stages are the list ``STAGES`` (one line adds one). Each stage's result, or its exception with
+its traceback, is recorded as it finishes, and the JSON is rewritten after every stage, so a crash
+or a timeout keeps everything finished before it.
 
 Targets (issue 6): staging >= 0.8x the pinned copy at batch 8192 x 768 float16; the kernel >= 0.7x the
 pinned copy for rows of 1 KB or more; the device cache >= 0.8x on-device index_select; the probe step
 fed by fs.batches (cache="auto") within 1.1x of the step on resident batches.
 Prints the tables and writes benchmarks/results/gpu_check.{json,md} (``--quick``: gpu_check-quick.*,
-small sets, 1 repeat). Exit status: 0 all exact, 1 a path differed from the CPU gather, 2 no CUDA
-GPU, 3 the CUDA module cannot be built or used.
+small sets, 1 repeat).
+
+Exit status (the first that applies):
+
+- 1: a path differed from the CPU gather;
+- 5: a stage crashed (its exception is in the JSON; the other stages still ran);
+- 4: a check was skipped (the kernel/UVA checks when the kernel path cannot run) and ``--allow-skip``
+  was not given;
+- 2: no CUDA GPU (nothing written); 3: featstore._cuda cannot be built or used (nothing written);
+- 0: every stage ran and every path was exact.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +188,7 @@ def check_exactness(workdir: Path, quick: bool, uva_ok: bool) -> dict[str, Any]:
         "failures": failures,
         "paths": paths,
         "skipped": [] if uva_ok else ["uva", "kernel"],
+        "status": "inexact" if failures else ("skipped" if not uva_ok else "ok"),
         "n_rows": n,
         "batch_sizes": batch_sizes,
         "table": checks,
@@ -303,23 +320,60 @@ def probe_steps(fs, bs: int, repeats: int, uva_ok: bool) -> dict[str, Any]:
     return out
 
 
+# ---- 4. the direct read path ---------------------------------------------------------------------
+def check_direct(workdir: Path, quick: bool) -> dict[str, Any]:
+    """``cache="pinned", read="direct"``: preadv into the pinned ring, compared with the CPU gather."""
+    from featstore import FeatureStore
+
+    store = FeatureStore.create(workdir / "direct")
+    n, rng, checks, failures = (4_096 if quick else 40_000), np.random.default_rng(1), 0, []
+    for name, shape in {"pooled (768,)": (768,), "patch grid (50, 33)": (50, 33)}.items():
+        fs = write_set(store, f"direct/{'x'.join(map(str, shape))}", n, shape, torch.float16, seed=7, special=True)
+        for bs in (1, 1024):
+            for kind, idx in index_sets(n, bs, rng).items():
+                loader = fs.batches(
+                    bs, shuffle=False, rows=idx, device="cuda", cache="pinned", read="direct", prefetch=1
+                )
+                if loader.info["read"] != "direct":
+                    raise AssertionError(f"read='direct' ran {loader.info}")
+                ((x, y, rows),) = list(loader)
+                torch.cuda.synchronize()
+                ok = same_bits(x, fs.gather(idx)) and torch.equal(y.cpu(), fs.labels[idx])
+                checks += 1
+                if not ok:
+                    failures.append({"rows": name, "batch": bs, "indices": kind})
+        del fs
+    return {
+        "checks": checks,
+        "exact": checks - len(failures),
+        "failures": failures,
+        "status": "inexact" if failures else "ok",
+    }
+
+
 # ---- report -------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     import featstore
+    import featstore.batches.cuda as fcuda
 
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    dev = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(dev)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    mod = fcuda.module()
     return {
         "gpu": props.name,
         "gpu_memory_gib": round(props.total_memory / 2**30, 1),
         "gpu_free_gib_at_start": round(torch.cuda.mem_get_info()[0] / 2**30, 1),
+        "gpus": torch.cuda.device_count(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
+        "kernel": platform.release(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "featstore_threads": featstore.get_num_threads(),
+        "read_only_register_supported": None if mod is None else bool(mod.read_only_register_supported(dev)),
     }
 
 
@@ -353,119 +407,243 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _md_sections(result: dict[str, Any], md_table) -> list[str]:
+    """The tables of the stages that finished (a stage that did not leaves its section out)."""
+    stages, lines = result["stages"], []
+    ex = stages.get("exactness", {}).get("result")
+    if ex:
+        skipped = f" Not checked: {', '.join(ex['skipped'])} ({result['uva_why']})." if ex["skipped"] else ""
+        lines += [
+            "## Bit-exactness against the CPU gather",
+            "",
+            f"{ex['exact']} of {ex['checks']} batches identical byte for byte (paths: {', '.join(ex['paths'])}; "
+            f"batch sizes {ex['batch_sizes']}; first/last/random rows; float16, bfloat16, float32; pooled and "
+            f"patch-grid rows).{skipped}",
+            "",
+        ]
+        if ex["failures"]:
+            lines += md_table(list(ex["failures"][0]), [list(map(str, f.values())) for f in ex["failures"]]) + [""]
+    direct = stages.get("direct", {}).get("result")
+    if direct:
+        lines += [f"Direct reads into pinned buffers: {direct['exact']} of {direct['checks']} batches exact.", ""]
+    sections = stages.get("throughput", {}).get("result")
+    if sections:
+        rows = [
+            [name, method, f"{m['median_gbs']:.1f} ({m['min_gbs']:.1f}..{m['max_gbs']:.1f})"]
+            for name, sec in sections.items()
+            for method, m in sec["methods"].items()
+        ]
+        lines += ["## GB/s (median of the repetitions, min..max)", ""] + md_table(
+            ["set, batch", "method", "GB/s"], rows
+        )
+        probe = stages.get("probe", {}).get("result") or {}
+        lines += ["", "## Targets", ""] + md_table(
+            ["target", "value", "goal", "met"],
+            [
+                [
+                    t["target"],
+                    fmt(t["value"]),
+                    ("<= " if "probe" in t["target"] else ">= ") + str(t["goal"]),
+                    str(t["met"]),
+                ]
+                for t in targets(sections, probe)
+            ],
+        )
+    pr = stages.get("probe", {}).get("result")
+    if pr:
+        lines += [
+            "",
+            f"## Linear-probe step ({pr['batches']} batches of {pr['batch']}; auto picked "
+            f"{pr['auto_info']['path']!r}: {pr['auto_info']['why']})",
+            "",
+        ]
+        prow = [["batches already on the device", f"{pr['resident_s'] * 1e3:.1f}", "1.00"]]
+        prow += [
+            [k, f"{v['seconds'] * 1e3:.1f}", f"{v['ratio_to_resident']:.2f}"]
+            for k, v in pr.items()
+            if k.startswith("fed")
+        ]
+        lines += md_table(["fed by", "ms per epoch", "ratio"], prow)
+    return lines
+
+
 def report_md(result: dict[str, Any]) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_gather import md_table
 
-    ex = result["exactness"]
+    m = result.get("machine") or (result["stages"].get("machine") or {}).get("result") or {}
     lines = [
         "# GPU check (`benchmarks/gpu_check.py`)",
         "",
-        f"Run {result['date']} with `{result['command']}` on {result['machine']['gpu']} "
-        f"({result['machine']['gpu_memory_gib']} GiB), torch {result['machine']['torch']} (CUDA {result['machine']['torch_cuda']}), "
-        f"{result['machine']['cores']} CPUs ({result['machine']['cpu']}); total {result['seconds']:.0f} s.",
-        "",
-        "## Bit-exactness against the CPU gather",
-        "",
-        f"{ex['exact']} of {ex['checks']} batches identical byte for byte (paths: {', '.join(ex['paths'])}; "
-        f"batch sizes {ex['batch_sizes']}; first/last/random rows; float16, bfloat16, float32; pooled and patch-grid rows)."
-        + (f" Not checked: {', '.join(ex['skipped'])} ({result['uva_why']})." if ex["skipped"] else ""),
+        f"Run {result.get('date', '?')} with `{result.get('command', '?')}` on {m.get('gpu', '?')} ({m.get('gpu_memory_gib', '?')} GiB), "
+        f"torch {m.get('torch', '?')} (CUDA {m.get('torch_cuda', '?')}), {m.get('cores', '?')} CPUs ({m.get('cpu', '?')}); "
+        f"exit status {result.get('exit_status', 'pending')}.",
         "",
     ]
-    if ex["failures"]:
-        lines += md_table(list(ex["failures"][0]), [list(map(str, f.values())) for f in ex["failures"]]) + [""]
-    lines += ["## GB/s (median of the repetitions, min..max)", ""]
-    rows = []
-    for name, sec in result["throughput"].items():
-        for method, m in sec["methods"].items():
-            rows.append([name, method, f"{m['median_gbs']:.1f} ({m['min_gbs']:.1f}..{m['max_gbs']:.1f})"])
-    lines += md_table(["set, batch", "method", "GB/s"], rows) + ["", "## Targets", ""]
     lines += md_table(
-        ["target", "value", "goal", "met"],
-        [
-            [t["target"], fmt(t["value"]), ("<= " if "probe" in t["target"] else ">= ") + str(t["goal"]), str(t["met"])]
-            for t in result["targets"]
-        ],
+        ["stage", "status", "seconds", "note"],
+        [[k, v["status"], f"{v['seconds']:.1f}", v.get("note", "")] for k, v in result["stages"].items()],
     )
-    pr = result["probe"]
-    lines += [
-        "",
-        f"## Linear-probe step ({pr['batches']} batches of {pr['batch']}; auto picked {pr['auto_info']['path']!r}: {pr['auto_info']['why']})",
-        "",
-    ]
-    prow = [["batches already on the device", f"{pr['resident_s'] * 1e3:.1f}", "1.00"]]
-    prow += [
-        [k, f"{v['seconds'] * 1e3:.1f}", f"{v['ratio_to_resident']:.2f}"] for k, v in pr.items() if k.startswith("fed")
-    ]
-    lines += md_table(["fed by", "ms per epoch", "ratio"], prow)
+    lines.append("")
+    try:
+        lines += _md_sections(result, md_table)
+    except Exception as exc:  # a report bug must not hide the JSON's results
+        lines += [f"(tables not rendered: {type(exc).__name__}: {exc})"]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---- the stages ---------------------------------------------------------------------------------
+def stage_machine(ctx: dict[str, Any]) -> dict[str, Any]:
+    return machine_info()
+
+
+def stage_exactness(ctx: dict[str, Any]) -> dict[str, Any]:
+    return check_exactness(ctx["work"], ctx["quick"], ctx["uva_ok"])
+
+
+def stage_direct(ctx: dict[str, Any]) -> dict[str, Any]:
+    return check_direct(ctx["work"], ctx["quick"])
+
+
+def stage_throughput(ctx: dict[str, Any]) -> dict[str, Any]:
+    from featstore import FeatureStore
+
+    store = FeatureStore.create(ctx["work"] / "speed")
+    specs = [
+        ("pooled 768 float16", 262_144, (768,), [1024, 8192]),
+        ("patch 257x384 float16", 2_048, (257, 384), [64, 256]),
+    ]
+    if ctx["quick"]:
+        specs = [("pooled 768 float16", 16_384, (768,), [1024]), ("patch 257x384 float16", 256, (257, 384), [64])]
+    sections = {}
+    for i, (name, n, shape, batch_sizes) in enumerate(specs):
+        fs = write_set(store, f"speed/{i}", n, shape, torch.float16, seed=100 + i, special=False)
+        if i == 0:
+            ctx["probe_set"], ctx["probe_batch"] = fs, batch_sizes[-1]
+        for bs in batch_sizes:
+            sections[f"{name}, batch {bs}"] = measure_set(fs, bs, ctx["repeats"], ctx["uva_ok"])
+            torch.cuda.empty_cache()  # the copies of the set that measure_set held on the device
+            print(f"  {name}, batch {bs}: done", flush=True)
+        del fs
+    return sections
+
+
+def stage_probe(ctx: dict[str, Any]) -> dict[str, Any]:
+    if "probe_set" not in ctx:
+        return {"status": "skipped", "note": "the throughput stage made no set"}
+    return probe_steps(ctx.pop("probe_set"), ctx["probe_batch"], ctx["repeats"], ctx["uva_ok"])
+
+
+def stage_quant(ctx: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/gpu_check_quant.py's ``run_stage()``, where that file exists."""
+    try:
+        import gpu_check_quant  # type: ignore[import-not-found]
+    except ModuleNotFoundError as exc:
+        if exc.name != "gpu_check_quant":
+            raise
+        return {"status": "not available", "note": "benchmarks/gpu_check_quant.py is not there"}
+    return gpu_check_quant.run_stage()
+
+
+Stage = Callable[[dict[str, Any]], dict[str, Any]]
+STAGES: list[tuple[str, Stage]] = [
+    ("machine", stage_machine),
+    ("exactness", stage_exactness),
+    ("direct", stage_direct),
+    ("throughput", stage_throughput),
+    ("probe", stage_probe),
+    ("quant", stage_quant),
+]
+# A stage returns its result (a dict). A "status" key in it ("inexact", "skipped", "not available")
+# overrides "ok", and a "note" key is shown in the stage table; an exception makes it "crashed".
+
+
+def write_results(result: dict[str, Any], out: Path, stem: str) -> None:
+    """The JSON and Markdown so far, each replaced atomically (a kill never leaves half a file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(result, indent=1, default=str) + "\n"), (".md", report_md(result))):
+        tmp = out / f".{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / f"{stem}{suffix}")
+
+
+def run_stages(stages: list[tuple[str, Stage]], ctx: dict[str, Any], result: dict[str, Any], out: Path, stem: str):
+    """Run each stage, record its result or exception as it finishes, and write the files after each."""
+    result.setdefault("stages", {})
+    for name, fn in stages:
+        print(f"gpu_check: stage {name}", flush=True)
+        t0 = time.perf_counter()
+        record: dict[str, Any]
+        try:
+            value = fn(ctx)
+            status = value.get("status", "ok") if isinstance(value, dict) else "ok"
+            record = {"status": status, "result": value}
+            if isinstance(value, dict) and value.get("note"):
+                record["note"] = str(value["note"])
+        except Exception as exc:
+            record = {"status": "crashed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            record["note"] = record["error"][:200]
+            print(f"gpu_check: stage {name} crashed:\n{record['traceback']}", file=sys.stderr, flush=True)
+        record["seconds"] = time.perf_counter() - t0
+        result["stages"][name] = record
+        print(f"gpu_check: stage {name}: {record['status']} ({record['seconds']:.1f} s)", flush=True)
+        write_results(result, out, stem)
+    return result
+
+
+def exit_status(stages: dict[str, dict[str, Any]], allow_skip: bool) -> int:
+    """1 inexact, 5 a stage crashed, 4 a check skipped (unless allowed), else 0 (see the docstring)."""
+    found = {record["status"] for record in stages.values()}
+    if "inexact" in found:
+        return 1
+    if "crashed" in found:
+        return 5
+    if "skipped" in found and not allow_skip:
+        return 4
+    return 0
+
+
+def main(argv: list[str] | None = None, stages: list[tuple[str, Stage]] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sets, 1 repeat (a smoke run)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--no-install", action="store_true", help="do not build featstore._cuda when it is missing")
+    ap.add_argument("--allow-skip", action="store_true", help="exit 0 even when a check was skipped")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for gpu_check.{json,md}")
     args = ap.parse_args(argv)
     ensure_gpu_and_module(args.no_install)
 
     import featstore.batches.cuda
-    from featstore import FeatureStore
 
     started = time.perf_counter()
-    repeats = 1 if args.quick else args.repeats
     uva_ok, uva_why = featstore.batches.cuda.uva_support(torch.device("cuda"))
-    work = Path(tempfile.mkdtemp(prefix="featstore-gpu-check-", dir=args.workdir))
-    try:
-        print("gpu_check: 1/3 bit-exactness", flush=True)
-        exactness = check_exactness(work, args.quick, uva_ok)
-        print(f"  {exactness['exact']} of {exactness['checks']} exact", flush=True)
-        print("gpu_check: 2/3 throughput", flush=True)
-        store = FeatureStore.create(work / "speed")
-        specs = [
-            ("pooled 768 float16", 262_144, (768,), [1024, 8192]),
-            ("patch 257x384 float16", 2_048, (257, 384), [64, 256]),
-        ]
-        if args.quick:
-            specs = [("pooled 768 float16", 16_384, (768,), [1024]), ("patch 257x384 float16", 256, (257, 384), [64])]
-        sections, probe = {}, {}
-        for i, (name, n, shape, batch_sizes) in enumerate(specs):
-            fs = write_set(store, f"speed/{i}", n, shape, torch.float16, seed=100 + i, special=False)
-            for bs in batch_sizes:
-                sections[f"{name}, batch {bs}"] = measure_set(fs, bs, repeats, uva_ok)
-                torch.cuda.empty_cache()  # the copies of the set that measure_set held on the device
-                print(f"  {name}, batch {bs}: done", flush=True)
-            if i == 0:
-                print("gpu_check: 3/3 probe step", flush=True)
-                probe = probe_steps(fs, batch_sizes[-1], repeats, uva_ok)
-            del fs
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    result = {
+    if not uva_ok:
+        print(f"gpu_check: WARNING: the kernel and UVA checks will be SKIPPED: {uva_why}", file=sys.stderr, flush=True)
+    result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(
             [Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]
         ),
-        "machine": machine_info(),
         "uva_why": uva_why,
-        "exactness": exactness,
-        "throughput": sections,
-        "probe": probe,
-        "seconds": time.perf_counter() - started,
+        "stages": {},
     }
-    result["targets"] = targets(sections, probe)
-    md = report_md(result)
-    print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_check-quick" if args.quick else "gpu_check"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / f"{stem}.md").write_text(md)
-    print(f"gpu_check: wrote {out / stem}.json and .md", flush=True)
-    return 0 if not exactness["failures"] else 1
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="featstore-gpu-check-", dir=args.workdir))
+    ctx = {"work": work, "quick": args.quick, "repeats": 1 if args.quick else args.repeats, "uva_ok": uva_ok}
+    try:
+        run_stages(STAGES if stages is None else stages, ctx, result, out, stem)
+    finally:
+        ctx.clear()
+        shutil.rmtree(work, ignore_errors=True)
+    result["machine"] = (result["stages"].get("machine") or {}).get("result")
+    result["seconds"] = time.perf_counter() - started
+    result["exit_status"] = exit_status(result["stages"], args.allow_skip)
+    write_results(result, out, stem)
+    print(report_md(result))
+    print(f"gpu_check: wrote {out / stem}.json and .md; exit status {result['exit_status']}", flush=True)
+    return result["exit_status"]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
 // MappedFile: a whole file mapped copy-on-write (MAP_PRIVATE, PROT_READ|PROT_WRITE); pure C++, no Python.
+// Never register this mapping with CUDA: a long-term pin (FOLL_LONGTERM) of a copy-on-write mapping
+// makes Linux >= 6.2 unshare every page into anonymous memory first. featstore.batches.cuda maps
+// the file again, MAP_SHARED and PROT_READ, and registers that one.
 #pragma once
 
 #include <cstddef>

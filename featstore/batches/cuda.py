@@ -3,25 +3,39 @@
 ``featstore._cuda`` (csrc/cuda_gather.cu) is built only where CMake finds a CUDA compiler and
 ``FEATSTORE_CUDA`` is not OFF; everything here works, and says why not, without it.
 
-The kernel path ("uva"): a feature set's mapped file pages are registered with CUDA once
-(``cudaHostRegister``, mapped and read-only, so no page is copied), and a kernel on the caller's
-stream reads the requested rows straight from them into a device tensor: indices sorted so reads
-walk forward through the file, each row written to its original position.
+The kernel path ("uva"): a feature set's file is registered with CUDA once (``cudaHostRegister``,
+mapped), and a kernel on the caller's stream reads the requested rows straight from those pages into
+a device tensor: indices sorted so reads walk forward through the file, each row written to its
+original position.
 
-Registration lifecycle (``REGISTRY``): one registration per mapping, keyed by its address. It holds
-the mapping open, so the pages cannot be unmapped while registered, and it is undone by
-``unregister(fs)`` or when the FeatureSet is garbage-collected (before the pages are unmapped).
-An address the CUDA driver already holds (a registration left behind by an earlier mapping at the
-same address) is unregistered and registered again, so a reused address never fails the next run.
-Note: the kernel reads the file's pages; private writes to a set's views after registration are
-not seen by it (they are copy-on-write pages of the process, never of the file).
+What is registered is a mapping of its own, never the set's copy-on-write (``MAP_PRIVATE``) view:
+
+- "read-only" mode (``cudaDevAttrHostRegisterReadOnlySupported`` is 1): a ``MAP_SHARED``,
+  ``PROT_READ`` mapping of the file, registered with ``cudaHostRegisterReadOnly``. The driver pins
+  the file's page-cache pages themselves. (Pinning a ``MAP_PRIVATE`` mapping long-term,
+  ``FOLL_LONGTERM``, would make Linux >= 6.2 unshare every page into new anonymous memory first: a
+  pinned copy of the whole set on top of the page cache.)
+- "copy" mode (read-only registration unsupported, e.g. some x86 machines): a plain registration
+  needs write access, so a separate ``MAP_PRIVATE`` mapping is registered and the driver pins an
+  anonymous copy of every page. That is safe (a committed file never changes, and the copy is
+  private to the registration), but costs the set's bytes twice: :attr:`HostRegistry.pinned_bytes`
+  and the "at most half the RAM" budget of ``cache="auto"`` count it so.
+
+Registration lifecycle (``REGISTRY``): one registration per FeatureSet mapping, keyed by its address.
+It holds that mapping and its own one open, and is undone by ``unregister(fs)`` or when the
+FeatureSet is garbage-collected: it waits for the devices that used it, then unregisters (even if
+waiting failed), then unmaps. An address the CUDA driver already holds (a registration left behind
+by an earlier mapping at the same address) is unregistered and registered again, so a reused address
+never fails the next run. The kernel reads the file, not private writes made to a set's views.
 """
 
 from __future__ import annotations
 
 import importlib
+import mmap
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -73,18 +87,26 @@ def status() -> CudaStatus:
 
 
 def uva_support(device: torch.device, mod: ModuleType | None = None) -> tuple[bool, str]:
-    """(ok, why not): can the kernel path run on ``device``? Needs the module, a GPU, and read-only
-    registration of host memory (cudaDevAttrHostRegisterReadOnlySupported)."""
+    """(ok, why not): can the kernel path run on ``device``? Needs the module and a GPU; where the
+    device cannot register host memory read-only, it runs in "copy" mode (see :func:`register_mode`)."""
     mod = module() if mod is None else mod
     if mod is None:
         return False, _REBUILD
     count, why = mod.device_count()
     if not count:
         return False, f"the CUDA runtime of featstore._cuda sees no GPU ({why})"
-    index = _device_index(device)
-    if not mod.read_only_register_supported(index):
-        return False, f"cuda:{index} cannot map registered host memory read-only"
     return True, ""
+
+
+def register_mode(device: torch.device | int, mod: ModuleType | None = None) -> str:
+    """How a set is registered on ``device``: "read-only" (a shared read-only mapping of the file, no
+    copy) where ``cudaDevAttrHostRegisterReadOnlySupported`` is 1, else "copy" (a plain registration of
+    a private mapping: the driver pins a copy of the set; it counts twice in the RAM budget)."""
+    mod = module() if mod is None else mod
+    if mod is None:
+        raise CudaUnavailableError(_REBUILD)
+    index = device if isinstance(device, int) else _device_index(device)
+    return "read-only" if mod.read_only_register_supported(index) else "copy"
 
 
 def _device_index(device: torch.device) -> int:
@@ -96,26 +118,56 @@ def _address(fs: FeatureSet) -> int:
     return np.frombuffer(fs.data, dtype=np.uint8).ctypes.data
 
 
-class _Registration:
-    """One registered mapping: holds the mapping open while registered; device pointers per GPU."""
+def map_for_cuda(path: str, length: int, mode: str) -> tuple[mmap.mmap, int]:
+    """A new mapping of the first ``length`` bytes of ``path`` and its address: ``MAP_SHARED`` +
+    ``PROT_READ`` for "read-only" mode, ``MAP_PRIVATE`` (copy-on-write) for "copy" mode."""
+    with open(path, "rb") as f:
+        if mode == "read-only":
+            mapping = mmap.mmap(f.fileno(), length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        else:
+            mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY)
+    view = np.frombuffer(mapping, dtype=np.uint8)
+    address = int(view.ctypes.data)
+    del view  # no export left, so the mapping can be closed
+    return mapping, address
 
-    def __init__(self, mapped: Any, address: int, nbytes: int, replaced_stale: bool):
-        self.mapped = mapped  # keeps the pages mapped until unregistered
-        self.address = address
+
+class _Registration:
+    """One registered set: holds the set's mapping (our key) and the registered mapping open."""
+
+    def __init__(self, mapped: Any, mapping: mmap.mmap, address: int, nbytes: int, mode: str, stale: bool):
+        self.mapped = mapped  # the FeatureSet's mapping: its address (the key) is not reused meanwhile
+        self.mapping: mmap.mmap | None = mapping  # what CUDA reads; unmapped only after unregistering
+        self.address = address  # the registered address: the set's first feature byte in ``mapping``
         self.nbytes = nbytes
-        self.replaced_stale = replaced_stale
+        self.mode = mode
+        self.replaced_stale = stale
         self.device_pointers: dict[int, int] = {}
         self.finalizer: weakref.finalize | None = None
+
+    @property
+    def cost(self) -> int:
+        """Host memory this registration holds: the pinned pages, twice in "copy" mode (the pinned
+        anonymous copy, and the page cache the set's own reads keep)."""
+        return self.nbytes * (2 if self.mode == "copy" else 1)
+
+    def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+        self.mapping = None
+        self.mapped = None  # only now may the set's pages be unmapped
 
 
 class HostRegistry:
     """Registers each FeatureSet's mapped feature bytes with CUDA once; see the module docstring.
 
-    ``mod`` is the featstore._cuda module (injectable, so the lifecycle logic is tested without a GPU).
+    ``mod`` is the featstore._cuda module and ``synchronize`` waits for one device (both injectable,
+    so the lifecycle logic is tested without a GPU).
     """
 
-    def __init__(self, mod: ModuleType | None = None):
+    def __init__(self, mod: ModuleType | None = None, synchronize: Callable[[int], None] | None = None):
         self._mod = mod
+        self._synchronize = synchronize if synchronize is not None else torch.cuda.synchronize
         self._lock = threading.RLock()  # a finalizer may run (garbage collection) while it is held
         self._entries: dict[int, _Registration] = {}
 
@@ -130,9 +182,15 @@ class HostRegistry:
         return len(self._entries)
 
     def pinned_bytes(self, exclude=()) -> int:
-        """Bytes of host memory registrations pin now, leaving out the feature sets in ``exclude``."""
+        """Bytes of host memory registrations hold now (``_Registration.cost``: twice the set in "copy"
+        mode), leaving out the feature sets in ``exclude``."""
         skip = {_address(fs) for fs in exclude if fs.nbytes > 0}
-        return sum(e.nbytes for a, e in list(self._entries.items()) if a not in skip)
+        return sum(e.cost for a, e in list(self._entries.items()) if a not in skip)
+
+    def mode(self, fs: FeatureSet) -> str | None:
+        """The registration mode of ``fs`` ("read-only" or "copy"), None when it is not registered."""
+        entry = self._entries.get(_address(fs)) if fs.nbytes > 0 else None
+        return entry.mode if entry is not None else None
 
     def __contains__(self, fs: FeatureSet) -> bool:
         return fs.nbytes > 0 and _address(fs) in self._entries
@@ -148,24 +206,37 @@ class HostRegistry:
             if entry is None:
                 entry = self._register(fs, address, device)
             if device not in entry.device_pointers:
-                entry.device_pointers[device] = self._call(fs, "map", self.mod.device_pointer, address, device)
+                entry.device_pointers[device] = self._call(fs, "map", self.mod.device_pointer, entry.address, device)
             return entry.device_pointers[device]
 
-    def _register(self, fs: FeatureSet, address: int, device: int) -> _Registration:
+    def _register(self, fs: FeatureSet, key: int, device: int) -> _Registration:
         mod = self.mod
-        fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, True, device)
-        if not fresh:
-            # The driver still holds this address from a mapping that is gone (we hold every mapping
-            # we registered open, so it is not one of ours): drop the stale pages, register these.
-            self._call(fs, "unregister a stale registration at", mod.host_unregister, address)
-            if not self._call(fs, "register", mod.host_register, address, fs.nbytes, True, device):
-                raise CudaUnavailableError(
-                    f"feature set {fs.key!r}: its pages at {address:#x} stay registered by someone else; "
-                    "use cache='pinned'"
-                )
-        entry = _Registration(fs.mapped_file, address, fs.nbytes, replaced_stale=not fresh)
-        entry.finalizer = weakref.finalize(fs, self._release, address)
-        self._entries[address] = entry
+        mode = "read-only" if mod.read_only_register_supported(device) else "copy"
+        start = fs.header.data_start
+        try:
+            mapping, base = map_for_cuda(str(fs.path), start + fs.nbytes, mode)
+        except (OSError, ValueError) as exc:
+            raise CudaUnavailableError(
+                f"feature set {fs.key!r} ({fs.path}): could not map it for CUDA ({exc})"
+            ) from None
+        address, read_only = base + start, mode == "read-only"
+        try:
+            fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, read_only, device)
+            if not fresh:
+                # The driver still holds this address from a mapping that is gone (we hold every mapping
+                # we registered open, so it is not one of ours): drop the stale pages, register these.
+                self._call(fs, "unregister a stale registration at", mod.host_unregister, address)
+                if not self._call(fs, "register", mod.host_register, address, fs.nbytes, read_only, device):
+                    raise CudaUnavailableError(
+                        f"feature set {fs.key!r}: its pages at {address:#x} stay registered by someone else; "
+                        "use cache='pinned'"
+                    )
+        except BaseException:
+            mapping.close()
+            raise
+        entry = _Registration(fs.mapped_file, mapping, address, fs.nbytes, mode, stale=not fresh)
+        entry.finalizer = weakref.finalize(fs, self._release, key)
+        self._entries[key] = entry
         return entry
 
     def _call(self, fs: FeatureSet, what: str, fn, *args):
@@ -186,20 +257,23 @@ class HostRegistry:
             return False
         return bool(entry.finalizer())  # runs _release once, and never again at garbage collection
 
-    def _release(self, address: int) -> bool:
+    def _release(self, key: int) -> bool:
         with self._lock:
-            entry = self._entries.pop(address, None)
+            entry = self._entries.pop(key, None)
             if entry is None:
                 return False
             try:
                 # Kernels are asynchronous: one may still read these pages (a gather whose set was a
-                # temporary, collected as the call returned). Wait for every device before letting go.
-                for d in range(torch.cuda.device_count()):
-                    torch.cuda.synchronize(d)
-                self.mod.host_unregister(address)
-            except RuntimeError:
-                pass  # left registered: a later registration at this address replaces it (see _register)
-            entry.mapped = None  # only now may the pages be unmapped
+                # temporary, collected as the call returned). Wait for the devices that used them.
+                for device in sorted(entry.device_pointers):
+                    self._synchronize(device)
+            finally:
+                try:
+                    self.mod.host_unregister(entry.address)
+                except RuntimeError:
+                    pass  # left registered: a later registration at this address replaces it (see _register)
+                finally:
+                    entry.close()
             return True
 
 

@@ -2,6 +2,10 @@
 
 Both work like the pinned path: the prefetch thread enqueues batch b+1.. on a side stream and
 records an event; ``finish`` makes the consumer's stream wait on it. Labels go to the GPU once.
+
+The device cache and the labels are allocated on the consumer's stream but read on the side
+stream, so each is ``record_stream``-ed for the side stream (``keep_for_side_stream``): the caching
+allocator does not reuse their memory while a queued side-stream read may still need it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ class _SideStreamAssembler:
         if spec.labels is not None:
             self.labels = torch.from_numpy(spec.labels).to(self.device)
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            self.keep_for_side_stream(self.labels)
+
+    def keep_for_side_stream(self, tensor: torch.Tensor) -> None:
+        """``tensor`` was allocated on another stream and is read on the side stream: tell the allocator."""
+        tensor.record_stream(self.stream)
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """An int64 host array on the device, copied asynchronously on the side stream (call inside it)."""
@@ -45,7 +54,7 @@ class _SideStreamAssembler:
 
 
 _device_copies: dict[tuple[int, str], tuple[weakref.ref[FeatureSet], weakref.ref[torch.Tensor]]] = {}
-_copies_lock = threading.Lock()
+_copies_lock = threading.RLock()  # the weakref callback may run (collection) while held
 
 
 def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
@@ -59,8 +68,16 @@ def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
             if cached is not None:
                 return cached
         tensor = fs.to_torch().to(device)
-        _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda _: _device_copies.pop(key, None)))
+        _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda ref: _forget(key, ref)))
         return tensor
+
+
+def _forget(key: tuple[int, str], ref: weakref.ref) -> None:
+    """A device copy was freed: drop its entry, unless a newer set (the id reused) has replaced it."""
+    with _copies_lock:
+        refs = _device_copies.get(key)
+        if refs is not None and refs[1] is ref:
+            del _device_copies[key]
 
 
 class DeviceCacheAssembler(_SideStreamAssembler):
@@ -69,6 +86,8 @@ class DeviceCacheAssembler(_SideStreamAssembler):
     def __init__(self, spec: BatchSpec):
         self.cache = {key: device_copy(fs, spec.device) for key, fs in spec.sets.items()}
         super().__init__(spec)
+        for tensor in self.cache.values():
+            self.keep_for_side_stream(tensor)
 
     def assemble(self, idx: np.ndarray):
         with torch.cuda.stream(self.stream):

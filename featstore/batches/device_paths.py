@@ -49,6 +49,7 @@ def choose_path(
     uva_why: str = "",
     host_bytes: int | None = None,
     pinned_bytes: int = 0,
+    uva_copies: bool = False,
 ) -> PathChoice:
     """Pick the path for ``cache`` given the facts; raise when a requested path cannot run.
 
@@ -56,7 +57,8 @@ def choose_path(
     ``free_bytes``: free GPU memory; ``share``: the fraction of it the cache may take;
     ``uva_ok``/``uva_why``: whether the kernel path works here, and why not; ``host_bytes``: the
     machine's RAM (None: unknown), of which auto lets "uva" pin at most half, counting the
-    ``pinned_bytes`` that other sets' registrations pin already.
+    ``pinned_bytes`` that other sets' registrations pin already; ``uva_copies``: registration runs in
+    "copy" mode (no read-only registration on this device), which pins a copy of the sets: they count twice.
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
@@ -90,11 +92,13 @@ def choose_path(
             f"the sets ({_mb(set_bytes)}) fit in {share:g} of free GPU memory ({_mb(budget)} of {_mb(free_bytes)})",
         )
     too_big = f"the sets ({_mb(set_bytes)}) exceed {share:g} of free GPU memory ({_mb(budget)})"
-    if uva_ok and host_bytes is not None and set_bytes + pinned_bytes > host_bytes // 2:
+    held = set_bytes * (2 if uva_copies else 1)
+    if uva_ok and host_bytes is not None and held + pinned_bytes > host_bytes // 2:
+        copies = " (twice the sets: this device pins a copy, no read-only registration)" if uva_copies else ""
         uva_ok, uva_why = (
             False,
             (
-                f"registering would pin more than half of the RAM ({_mb(host_bytes)}), with "
+                f"registering would pin more than half of the RAM ({_mb(host_bytes)}){copies}, with "
                 f"{_mb(pinned_bytes)} pinned by other sets' registrations"
             ),
         )
@@ -125,13 +129,16 @@ def loader_path(
     registrations are not counted as pinned by others); returns the choice and the facts (for info)."""
     facts: dict = {"cache": cache, "set_bytes": set_bytes}
     cuda_ok = device.type == "cuda" and torch.cuda.is_available()
-    free, uva_ok, uva_why, pinned = 0, False, "not a CUDA device", 0
+    free, uva_ok, uva_why, pinned, copies = 0, False, "not a CUDA device", 0, False
     if cuda_ok and cache in ("auto", "uva"):
-        from .cuda import REGISTRY, uva_support
+        from .cuda import REGISTRY, register_mode, uva_support
 
         uva_ok, uva_why = uva_support(device)
         pinned = REGISTRY.pinned_bytes(exclude=sets) if uva_ok else 0
         facts["pinned_bytes"] = pinned
+        if uva_ok:
+            facts["register_mode"] = register_mode(device)
+            copies = facts["register_mode"] == "copy"
     if share is not None:
         device_share(share)  # a bad argument is an error wherever it runs
     if cuda_ok and cache == "auto":
@@ -146,13 +153,8 @@ def loader_path(
         share=facts.get("share", DEFAULT_DEVICE_SHARE),
         uva_ok=uva_ok,
         uva_why=uva_why,
-        host_bytes=host_ram(),
+        host_bytes=physical_ram(),
         pinned_bytes=pinned,
+        uva_copies=copies,
     )
     return choice, facts
-
-
-def host_ram() -> int | None:
-    """Physical memory of this machine in bytes, capped by this process's memory cgroup limit
-    (featstore.store.memory.physical_ram), or None where nothing says."""
-    return physical_ram()

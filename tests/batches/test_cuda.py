@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -86,22 +87,42 @@ def test_the_built_cuda_module_targets_ampere_and_hopper():
 
 
 # ---- registration lifecycle, against a model of the driver -------------------------------------
-class FakeDriver:
-    """featstore._cuda's registration calls over a table of registered addresses, as the driver keeps."""
+def mapping_of(address: int) -> tuple[str, str]:
+    """(permissions, file) of the mapping of this process that holds ``address`` (/proc/self/maps)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[1], fields[5] if len(fields) > 5 else ""
+    raise AssertionError(f"{address:#x} is not mapped")
 
-    def __init__(self):
+
+class FakeDriver:
+    """featstore._cuda's registration calls over a table of registered addresses, as the driver keeps.
+
+    It checks what the real driver cannot be asked on a CPU: a read-only registration is of a
+    MAP_SHARED, read-only mapping of the file (Linux >= 6.2 would unshare a MAP_PRIVATE one into an
+    anonymous copy when the driver pins it FOLL_LONGTERM), a plain one of a private writable mapping.
+    """
+
+    def __init__(self, read_only_ok: bool = True):
+        self.read_only_ok = read_only_ok
         self.registered: dict[int, int] = {}
         self.calls: list[tuple[str, int]] = []
+        self.devices: list[tuple[str, int]] = []
+        self.perms: list[tuple[str, str]] = []
 
     def device_count(self):
         return 1, ""
 
     def read_only_register_supported(self, device):
-        return True
+        return self.read_only_ok
 
     def host_register(self, ptr, nbytes, read_only, device):
-        assert read_only, "store pages must be registered read-only (no copy-on-write of the mapping)"
+        assert read_only == self.read_only_ok, "read-only where supported, plain (copy mode) where not"
+        self.perms.append(mapping_of(ptr))
         self.calls.append(("register", ptr))
+        self.devices.append(("register", device))
         if ptr in self.registered:
             return False
         self.registered[ptr] = nbytes
@@ -112,7 +133,12 @@ class FakeDriver:
         return self.registered.pop(ptr, None) is not None
 
     def device_pointer(self, ptr, device):
+        assert ptr in self.registered
+        self.devices.append(("map", device))
         return ptr + (1 << 48) * (device + 1)
+
+    def gather(self, src, n_rows, row_bytes, rows, pos, n, out, bad, device, stream):
+        self.devices.append(("gather", device))
 
 
 @pytest.fixture()
@@ -121,8 +147,13 @@ def driver():
 
 
 @pytest.fixture()
-def registry(driver):
-    return fcuda.HostRegistry(driver)
+def synced():
+    return []
+
+
+@pytest.fixture()
+def registry(driver, synced):
+    return fcuda.HostRegistry(driver, synchronize=synced.append)
 
 
 @pytest.fixture()
@@ -135,18 +166,84 @@ def open_set(root):
     return FeatureStore.open(root)["enc/layer_1"]
 
 
-def test_a_mapping_is_registered_once_and_unregistered_explicitly(root, registry, driver):
+def test_a_mapping_is_registered_once_and_unregistered_explicitly(root, registry, driver, synced):
     fs = open_set(root)
-    address = fcuda._address(fs)
-    assert address % 4096 == 0
+    assert fcuda._address(fs) % 4096 == 0
     p0 = registry.device_pointer(fs, 0)
     assert registry.device_pointer(fs, 0) == p0 and registry.device_pointer(fs, 1) != p0
-    assert driver.calls == [("register", address)] and driver.registered == {address: fs.nbytes}
-    assert fs in registry and len(registry) == 1
+    ((_, address),) = driver.calls
+    assert address != fcuda._address(fs) and driver.registered == {address: fs.nbytes}
+    assert fs in registry and len(registry) == 1 and registry.mode(fs) == "read-only"
+    assert registry.pinned_bytes() == fs.nbytes and registry.pinned_bytes(exclude=[fs]) == 0
     assert registry.unregister(fs) and not registry.unregister(fs)
-    assert driver.registered == {} and fs not in registry
+    assert driver.registered == {} and fs not in registry and registry.mode(fs) is None
+    assert synced == [0, 1]  # the devices that used it, each once
     registry.device_pointer(fs, 0)  # registering again after an unregister works
-    assert driver.registered == {address: fs.nbytes}
+    assert len(driver.registered) == 1
+
+
+def test_read_only_registration_is_of_a_shared_read_only_mapping_of_the_file(root, registry, driver):
+    """Finding 1: never the set's MAP_PRIVATE view, whose long-term pin would copy every page."""
+    import ctypes
+
+    fs = open_set(root)
+    assert mapping_of(fcuda._address(fs))[0] == "rw-p"  # the set's own view: private, copy-on-write
+    registry.device_pointer(fs, 0)
+    (address,) = driver.registered
+    assert driver.perms == [("r--s", str(fs.path))]
+    assert ctypes.string_at(address, fs.nbytes) == bytes(fs.data)  # the set's feature bytes
+
+
+def test_without_read_only_support_a_private_copy_is_registered_and_counted_twice(root, synced):
+    """Finding 2: the kernel path stays on; the pinned copy is counted in the budget."""
+    driver = FakeDriver(read_only_ok=False)
+    registry = fcuda.HostRegistry(driver, synchronize=synced.append)
+    assert fcuda.uva_support(torch.device("cuda", 0), driver) == (True, "")
+    assert fcuda.register_mode(0, driver) == "copy"
+    fs = open_set(root)
+    registry.device_pointer(fs, 0)
+    (address,) = driver.registered
+    assert address != fcuda._address(fs)  # a mapping of its own, not the set's view
+    assert driver.perms == [("rw-p", str(fs.path))]
+    assert registry.mode(fs) == "copy" and registry.pinned_bytes() == 2 * fs.nbytes
+    assert registry.unregister(fs) and driver.registered == {}
+
+
+def test_release_waits_only_for_the_devices_used_and_unregisters_even_if_waiting_fails(root, driver):
+    """Finding 5: no context is made on an unused GPU; a failed synchronize leaves nothing pinned."""
+
+    def failing(device):
+        synced.append(device)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    synced: list[int] = []
+    registry = fcuda.HostRegistry(driver, synchronize=failing)
+    fs = open_set(root)
+    registry.device_pointer(fs, 1)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        registry.unregister(fs)
+    assert synced == [1] and driver.registered == {} and len(registry) == 0
+
+
+def test_device_indices_reach_every_call(root, registry, driver, monkeypatch):
+    """The non-default device, by simulation: cuda:1 is what registration, mapping and the launch see."""
+    fs = open_set(root)
+    src = registry.device_pointer(fs, 1)
+    monkeypatch.setattr(fcuda, "REGISTRY", registry)
+
+    class Out:  # what launch_gather reads of the output tensor
+        device = torch.device("cuda", 1)
+
+        def data_ptr(self):
+            return 1 << 20
+
+    class Stream:
+        cuda_stream = 7
+
+    plan = torch.from_numpy(fcuda.sorted_plan(np.array([3, 1], dtype=np.int64)))
+    fcuda.launch_gather(fs, src, plan, Out(), Stream())
+    assert driver.devices == [("register", 1), ("map", 1), ("gather", 1)]
+    assert fcuda.register_mode(torch.device("cuda", 1), driver) == "read-only"
 
 
 def test_collecting_the_set_unregisters_before_its_pages_are_unmapped(root, registry, driver):
@@ -161,15 +258,18 @@ def test_collecting_the_set_unregisters_before_its_pages_are_unmapped(root, regi
 
 def test_a_stale_registration_at_a_reused_address_does_not_fail_the_next_run(root, registry, driver):
     first = open_set(root)
-    address = fcuda._address(first)
-    driver.host_register(address, first.nbytes, True, 0)  # left behind by code that never unregistered
+    registry.device_pointer(first, 0)
+    (address,) = driver.registered
+    next(iter(registry._entries.values())).finalizer.detach()  # as code that never unregistered
+    registry._entries.clear()
+    driver.registered[address] = first.nbytes
     del first
     gc.collect()
     again = open_set(root)
     registry.device_pointer(again, 0)  # the address may be the same; either way the run goes on
-    ours = fcuda._address(again)
-    assert driver.registered[ours] == again.nbytes
-    assert next(iter(registry._entries.values())).replaced_stale == (ours == address)
+    ours = next(iter(registry._entries.values()))
+    assert driver.registered[ours.address] == again.nbytes
+    assert ours.replaced_stale == (ours.address == address)
 
 
 def test_refused_registration_names_the_set_and_the_fallback(root, driver):
@@ -203,6 +303,52 @@ def test_loaders_share_one_device_copy_of_a_set_while_any_holds_it(root):
     assert (id(fs), "cpu") not in device_batches._device_copies
 
 
+def test_a_freed_device_copy_does_not_evict_a_newer_sets_entry(root):
+    """Finding 7: after id(fs) is reused, the old copy's weakref callback must leave the new entry."""
+    from featstore.batches import device_assemblers as device_batches
+
+    fs, cpu = open_set(root), torch.device("cpu")
+    old = device_batches.device_copy(fs, cpu)
+    key = (id(fs), "cpu")
+    newer = torch.zeros(1)
+    newer_refs = (weakref.ref(fs), weakref.ref(newer))
+    device_batches._device_copies[key] = newer_refs  # what a newer set with the same id would leave
+    del old
+    gc.collect()
+    assert device_batches._device_copies.get(key) is newer_refs
+    del device_batches._device_copies[key]
+
+
+def test_cache_and_labels_are_recorded_for_the_side_stream(root, monkeypatch):
+    """Finding 6: tensors allocated on the consumer's stream and read on the side stream are
+    record_stream-ed for it (simulated: the streams are stand-ins, the device is the CPU)."""
+    from featstore.batches import device_assemblers as device_batches
+    from featstore.batches.assemblers import BatchSpec
+
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    kept: list[tuple[torch.Tensor, object]] = []
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(
+        device_batches._SideStreamAssembler, "keep_for_side_stream", lambda self, t: kept.append((t, self.stream))
+    )
+    fs = open_set(root)
+    spec = BatchSpec({"a": fs}, 8, 1, fs.labels.numpy(), torch.device("cpu"), single=True)
+    asm = device_batches.DeviceCacheAssembler(spec)
+    kept_ids = {id(t) for t, stream in kept if stream is asm.stream}
+    assert kept_ids == {id(asm.labels), id(asm.cache["a"])}
+    kept.clear()
+    monkeypatch.setattr(fcuda.REGISTRY, "device_pointer", lambda fs, device: 0)
+    uva = device_batches.UvaAssembler(spec)  # the kernel path reads its labels on the side stream too
+    assert [id(t) for t, stream in kept if stream is uva.stream] == [id(uva.labels)]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_kernel_gather_without_cuda_says_what_to_do(root):
     with pytest.raises(CudaUnavailableError, match="use fs.gather"):
@@ -210,9 +356,13 @@ def test_kernel_gather_without_cuda_says_what_to_do(root):
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------
+# Two markers: the device cache and the pinned ring need only a CUDA GPU; the kernel path needs
+# featstore._cuda too. (One marker over both hid the device-cache and pinned tests where the
+# kernel path alone could not run.)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and fcuda.status().usable and fcuda.uva_support(torch.device("cuda"))[0]),
-    reason="needs a CUDA GPU and featstore._cuda",
+    reason="needs a CUDA GPU and a usable featstore._cuda (the kernel path)",
 )
 
 
@@ -270,9 +420,10 @@ def test_registration_lifecycle_on_the_device(root):
     mod = fcuda.module()
     fs = open_set(root)
     fcuda.gather(fs, [0])
-    address = fcuda._address(fs)
+    entry = fcuda.REGISTRY._entries[fcuda._address(fs)]
+    address, read_only = entry.address, entry.mode == "read-only"
     assert fs in fcuda.REGISTRY
-    assert mod.host_register(address, fs.nbytes, True, torch.cuda.current_device()) is False  # already
+    assert mod.host_register(address, fs.nbytes, read_only, torch.cuda.current_device()) is False  # already
     assert fcuda.unregister(fs) and not mod.host_unregister(address)
     assert same_bits(fcuda.gather(fs, [5, 6]), fs[[5, 6]])  # registers again
     del fs
@@ -284,8 +435,8 @@ def test_registration_lifecycle_on_the_device(root):
         gc.collect()
 
 
-@gpu
-@pytest.mark.parametrize("cache", ["device", "uva", "pinned"])
+@needs_cuda
+@pytest.mark.parametrize("cache", ["device", pytest.param("uva", marks=gpu), "pinned"])
 def test_loader_paths_match_the_cpu_batches(tmp_path, cache):
     make_store(tmp_path, key="enc/a", n_rows=203, row_shape=(48,), dtype=torch.bfloat16, seed=1)
     make_store(tmp_path, key="enc/b", n_rows=203, row_shape=(3, 8), dtype=torch.float32, seed=2)

@@ -48,6 +48,15 @@ def test_auto_does_not_pin_more_than_half_of_the_ram_for_the_kernel_path():
     assert choose_path("auto", **facts, set_bytes=550 * MB, host_bytes=1200 * MB, pinned_bytes=50 * MB).path == "uva"
 
 
+def test_copy_mode_registration_counts_the_sets_twice():
+    """Without read-only registration the driver pins a copy of the set: half the RAM holds half as much."""
+    facts = dict(**GPU, free_bytes=100 * MB, share=0.5, uva_ok=True, host_bytes=1200 * MB)
+    assert choose_path("auto", **facts, set_bytes=300 * MB, uva_copies=True).path == "uva"
+    choice = choose_path("auto", **facts, set_bytes=301 * MB, uva_copies=True)
+    assert choice.path == "pinned" and "twice the sets" in choice.why
+    assert choose_path("auto", **facts, set_bytes=301 * MB).path == "uva"  # read-only: counted once
+
+
 def test_explicit_modes_are_honoured_or_refused_with_a_reason():
     facts = dict(**GPU, set_bytes=10 * MB, free_bytes=MB, share=0.5)
     assert choose_path("device", **facts, uva_ok=False).path == "device"
