@@ -78,7 +78,7 @@ class Rows:
         f64 = torch.float64
         x = torch.cat(self.xs) if self.xs else torch.zeros(0, self.dim, dtype=f64, device=self.device)
         y = torch.cat(self.ys) if self.ys else torch.zeros(0, self.k, dtype=f64, device=self.device)
-        self.xs, self.ys = [], []
+        self.xs, self.ys = [x], [y]  # one block each: solve() again gives the same path
         if not len(x):  # no rows (a relation absent from train): the zero solution, as Gram gives
             d, k, dev = self.dim, self.k, self.device
             return RidgePath(
@@ -89,7 +89,7 @@ class Rows:
                 torch.zeros(1, k, dtype=f64, device=dev),
             )
         mx, my = x.mean(0), y.mean(0)
-        x -= mx
+        x = x - mx
         gram = x @ x.T
         lam, u = torch.linalg.eigh((gram + gram.T) / 2)
         return RidgePath(mx, my, lam.clamp_min(0), x.T @ u, u.T @ (y - my))
@@ -172,6 +172,7 @@ def ridge_probes(
             else:
                 gs[0].add(xv, yy)
     paths = {kv: [g.solve() for g in gs] for kv, gs in grams.items()}
+    del grams  # the sums (or the dual form's rows) are no longer needed
     a = torch.tensor([float(v) for v in alphas], dtype=torch.float64, device=device)
     out: dict[tuple[str, str], list] = {kv: [] for kv in paths}
     for split in ("validation", "test"):
