@@ -292,7 +292,9 @@ def main() -> None:
             dstore, dds, dtask = demo(root)
         lkeys = tuple(k for k in a.demo_logistic_keys.split(",") if k)
         encs = sorted({k.split("/")[0] for k in dstore.keys()})
-        out["demo"] = compare(f"demo ({', '.join(encs)}; 4000 rows)", dstore, dds, dtask, a.reps, a.logistic_reps, lkeys)
+        out["demo"] = compare(
+            f"demo ({', '.join(encs)}; 4000 rows)", dstore, dds, dtask, a.reps, a.logistic_reps, lkeys
+        )
         out["attentive"] = attentive(dstore, dds)
         print(json.dumps({k: v for k, v in out["demo"].items() if not k.endswith("_acc")}, indent=1), flush=True)
         print(json.dumps(out["attentive"], indent=1), flush=True)
