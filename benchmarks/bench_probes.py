@@ -4,15 +4,18 @@ Two stores, in one run:
 
   synthetic   ``--sets`` feature sets of ``--rows`` x ``--dim`` float16 rows (default 3 x 50000 x 768), a
               4-class integer column planted with a different strength per set, one image per row;
-  demo        the demo's tiny random-init DINOv2 (``featstore demo --encoders dinov2``: 4000 rows of 112 px
-              images, every layer, cls / mean / patch pooling; patch grids of 8x8 tokens x 64).
+  demo        the demo's store: tiny random-init encoders, 4000 rows of 112 px images, every layer, cls / mean
+              / patch pooling (patch grids of 8x8 or 7x7 tokens x 64). ``--demo-dir`` reuses the folder of a
+              ``featstore demo`` run (all three encoders); without it the bench builds a DINOv2-only demo.
 
 On each, the same split (featstore's, by image, 70/15/15, seed 0) for everyone:
 
   ridge       featstore ``heads="ridge"`` over its 51 default strengths, all sets and views in one run (one
               streaming pass, reads from the store included) vs ``RidgeClassifierCV(alphas=the same 51)``
               per set and view (its efficient leave-one-out mode; the arrays in memory before its clock
-              starts), each scored on test;
+              starts), each scored on test. Also per view: the strength each chose (featstore: best on
+              validation; sklearn: best by leave-one-out on train) and featstore's test accuracy at
+              sklearn's strength, which separates a different choice of strength from a different solution;
   logistic    featstore ``heads="logistic"`` over 10 C values (warm-started) vs, per set and view,
               ``StandardScaler`` + ``LogisticRegression(C, warm_start=True)`` over the same C values,
               best C on validation, scored on test;
@@ -22,8 +25,9 @@ Repetitions interleaved; medians reported. Torch and BLAS use the default thread
 
     .venv/bin/python benchmarks/bench_probes.py              # the issue's sizes
     .venv/bin/python benchmarks/bench_probes.py --quick      # 8000 rows, 1 repetition (smoke run)
+    .venv/bin/featstore demo --out /tmp/d && .venv/bin/python benchmarks/bench_probes.py --only-demo --demo-dir /tmp/d
 
-Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick).
+Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick, ``probes-demo.*`` with --only-demo).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_busy_share
 from bench_gather import command_line, machine_info, md_table
 
 import featstore
@@ -48,6 +53,8 @@ from featstore.probe import DEFAULT_ALPHAS, DEFAULT_CS, train_probes
 from featstore.probe.heads import view_input, views
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ATTENTIVE_LRS = (1e-3, 1e-2, 1e-1)  # one grid for both heads, chosen per head on validation
+ATTENTIVE_EPOCHS = 10
 
 
 def synthetic(root: Path, rows: int, dim: int, n_sets: int):
@@ -89,12 +96,15 @@ def arrays(store, split: dict, max_dim: int = 4096):
     return out
 
 
-def sk_ridge(data):
+def sk_ridge(data, chosen: dict):
+    """RidgeClassifierCV per view (its efficient leave-one-out on train picks the strength); the strength it
+    chose per view goes into ``chosen``."""
     from sklearn.linear_model import RidgeClassifierCV
 
     accs = {}
     for kv, (xt, yt, _xv, _yv, xs, ys) in data.items():
-        accs[kv] = float(RidgeClassifierCV(alphas=DEFAULT_ALPHAS).fit(xt, yt).score(xs, ys))
+        model = RidgeClassifierCV(alphas=DEFAULT_ALPHAS).fit(xt, yt)
+        accs[kv], chosen[kv] = float(model.score(xs, ys)), float(model.alpha_)
     return accs
 
 
@@ -140,12 +150,14 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         "rows": first["settings"]["rows"],
     }
     times: dict[str, list[float]] = {k: [] for k in ("fs_ridge", "sk_ridge", "fs_logistic", "sk_logistic")}
+    sk_alphas: dict = {}
+    fs_ridge_out: list[dict] = []
     for rep in range(max(reps, logistic_reps)):
         jobs = []
         if rep < reps:
             jobs += [
                 ("fs_ridge", lambda: train_probes(store, ds, "*", task, heads="ridge", split_file=split_file)),
-                ("sk_ridge", lambda: sk_ridge(data)),
+                ("sk_ridge", lambda: sk_ridge(data, sk_alphas)),
             ]
         if rep < logistic_reps:
             jobs += [
@@ -160,6 +172,8 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         for label, job in jobs:
             t, out = timed(job)
             times[label].append(t)
+            if label == "fs_ridge":
+                fs_ridge_out[:] = [out]
             res[label + "_acc"] = (
                 {f"{r['key']}:{r['view']}": r["test_acc"] for r in out["results"]}
                 if isinstance(out, dict) and "results" in out
@@ -168,7 +182,9 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
     for label, ts in times.items():
         res[label + "_s"] = statistics.median(ts) if ts else None
         res[label + "_all_s"] = ts
-    for head in ("ridge", "logistic"):
+    res["ridge_strengths"] = strength_choices(fs_ridge_out[0], res, sk_alphas)
+    res["ridge_same_strength_max_gap"] = max(abs(r["fs_acc_at_sk_alpha"] - r["sk_acc"]) for r in res["ridge_strengths"])
+    for head in ("ridge", "logistic") if logistic_reps else ("ridge",):
         fs_acc, sk_acc = res[f"fs_{head}_acc"], res[f"sk_{head}_acc"]
         common = sorted(set(fs_acc) & set(sk_acc))
         res[f"{head}_speedup"] = res[f"sk_{head}_s"] / res[f"fs_{head}_s"]
@@ -180,10 +196,35 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
     return res
 
 
+def strength_choices(fs_out: dict, res: dict, sk_alphas: dict) -> list[dict]:
+    """Per view: the strength each side chose (featstore: best on validation; RidgeClassifierCV: best by
+    leave-one-out on train), both test accuracies, and featstore's test accuracy at scikit-learn's strength
+    (from its sweep: every strength is scored on test too). Equal accuracies at the same strength mean any
+    gap comes from the choice of strength, not from the solution."""
+    sweep = {(r["key"], r["view"], r["alpha"]): r["test_acc"] for r in fs_out["sweep"] if r["head"] == "ridge"}
+    out = []
+    for r in fs_out["results"]:
+        kv = (r["key"], r["view"])
+        if kv not in sk_alphas:
+            continue
+        name = f"{r['key']}:{r['view']}"
+        out.append(
+            {
+                "set": name,
+                "fs_alpha": r["best_alpha"],
+                "sk_alpha": sk_alphas[kv],
+                "fs_acc": res["fs_ridge_acc"][name],
+                "sk_acc": res["sk_ridge_acc"][name],
+                "fs_acc_at_sk_alpha": sweep[r["key"], r["view"], sk_alphas[kv]],
+            }
+        )
+    return out
+
+
 def attentive(store, ds) -> dict:
     t, out = timed(
         lambda: train_probes(
-            store, ds, "*/patch", "relation", heads="linear,attentive", lrs=(1e-3, 1e-2, 1e-1), epochs=10
+            store, ds, "*/patch", "relation", heads="linear,attentive", lrs=ATTENTIVE_LRS, epochs=ATTENTIVE_EPOCHS
         )
     )
     rows = []
@@ -199,14 +240,18 @@ def attentive(store, ds) -> dict:
                 "flat_params": flat["params"],
             }
         )
-    best_att = max(r["attentive_acc"] for r in rows)
-    best_flat = max(r["flat_acc"] for r in rows)
     return {
         "seconds": t,
+        "lrs": list(ATTENTIVE_LRS),
+        "epochs": ATTENTIVE_EPOCHS,
         "sets": rows,
-        "best_attentive": best_att,
-        "best_flat": best_flat,
-        "param_ratio": rows[0]["flat_params"] / rows[0]["attentive_params"],
+        "best_attentive": max(r["attentive_acc"] for r in rows),
+        "best_flat": max(r["flat_acc"] for r in rows),
+        "mean_attentive": statistics.mean(r["attentive_acc"] for r in rows),
+        "mean_flat": statistics.mean(r["flat_acc"] for r in rows),
+        "sets_at_least_flat": sum(r["attentive_acc"] >= r["flat_acc"] for r in rows),
+        "param_ratio_min": min(r["flat_params"] / r["attentive_params"] for r in rows),
+        "param_ratio_max": max(r["flat_params"] / r["attentive_params"] for r in rows),
     }
 
 
@@ -231,6 +276,7 @@ def main() -> None:
         "command": command_line(),
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_busy_before": cpu_busy_share(2.0),  # other work's share of the CPUs just before the run
         "alphas": len(DEFAULT_ALPHAS),
         "cs": len(DEFAULT_CS),
     }
@@ -245,10 +291,14 @@ def main() -> None:
         else:
             dstore, dds, dtask = demo(root)
         lkeys = tuple(k for k in a.demo_logistic_keys.split(",") if k)
-        out["demo"] = compare("demo (dinov2, 4000 rows)", dstore, dds, dtask, a.reps, a.logistic_reps, lkeys)
+        encs = sorted({k.split("/")[0] for k in dstore.keys()})
+        out["demo"] = compare(
+            f"demo ({', '.join(encs)}; 4000 rows)", dstore, dds, dtask, a.reps, a.logistic_reps, lkeys
+        )
         out["attentive"] = attentive(dstore, dds)
         print(json.dumps({k: v for k, v in out["demo"].items() if not k.endswith("_acc")}, indent=1), flush=True)
         print(json.dumps(out["attentive"], indent=1), flush=True)
+    out["cpu_busy_after"] = cpu_busy_share(2.0)
     name = "probes-quick" if a.quick else "probes-demo" if a.only_demo else "probes"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -261,8 +311,10 @@ def report(out: dict) -> str:
         "# featstore ridge / logistic vs scikit-learn; attentive vs flat linear (issue 14)",
         "",
         f"`{out['command']}` on {out['when']}. Machine: {out['machine'].get('cpu', '?')}, "
-        f"{out['machine'].get('cpus', '?')} CPUs, SHARED with two other engineers' jobs while it ran: "
-        "timings are noisy; medians of interleaved repetitions, ratios from the same run.",
+        f"{out['machine'].get('cpus', '?')} CPUs; CPU busy share (other work) "
+        f"{100 * out.get('cpu_busy_before', float('nan')):.0f}% before the run, "
+        f"{100 * out.get('cpu_busy_after', float('nan')):.0f}% after it (the machine is shared: timings are noisy; "
+        "medians of interleaved repetitions, ratios from the same run).",
         "",
         f"ridge: {out['alphas']} strengths; logistic: {out['cs']} C values. featstore's times include reading the "
         "store and scoring validation and test; scikit-learn's start with the arrays in memory.",
@@ -274,6 +326,8 @@ def report(out: dict) -> str:
             continue
         r = out[sec]
         for head in ("ridge", "logistic"):
+            if f"{head}_speedup" not in r:
+                continue  # --logistic-reps 0
             rows.append(
                 [
                     r["store"],
@@ -301,14 +355,52 @@ def report(out: dict) -> str:
         ],
         rows,
     )
+    for sec in ("synthetic", "demo"):
+        if sec not in out or "ridge_strengths" not in out[sec]:
+            continue
+        r = out[sec]
+        differ = [c for c in r["ridge_strengths"] if c["fs_acc"] != c["sk_acc"]]
+        lines += [
+            "",
+            f"ridge strengths, {r['store']}: featstore picks the strength best on validation, RidgeClassifierCV the "
+            f"one best by leave-one-out on train; they chose the same on "
+            f"{sum(c['fs_alpha'] == c['sk_alpha'] for c in r['ridge_strengths'])} of {len(r['ridge_strengths'])} "
+            f"views. At scikit-learn's strength, featstore's test accuracy differs from scikit-learn's by at most "
+            f"{100 * r['ridge_same_strength_max_gap']:.2f} points, so the gaps above come from the choice of "
+            f"strength, not the solution. The views whose accuracies differ ({len(differ)}):",
+            "",
+        ]
+        lines += md_table(
+            [
+                "view",
+                "featstore alpha (val)",
+                "sklearn alpha (LOO)",
+                "featstore acc",
+                "sklearn acc",
+                "featstore acc at sklearn alpha",
+            ],
+            [
+                [
+                    c["set"],
+                    f"{c['fs_alpha']:.4g}",
+                    f"{c['sk_alpha']:.4g}",
+                    f"{c['fs_acc']:.4f}",
+                    f"{c['sk_acc']:.4f}",
+                    f"{c['fs_acc_at_sk_alpha']:.4f}",
+                ]
+                for c in differ
+            ],
+        )
     if "attentive" in out:
         at = out["attentive"]
         lines += [
             "",
-            f"attentive vs flat linear on the demo's patch grids ({at['seconds']:.1f} s for both, trained "
-            "together): best attentive {:.3f}, best flat linear {:.3f}; {:.1f}x fewer parameters per head.".format(
-                at["best_attentive"], at["best_flat"], at["param_ratio"]
-            ),
+            f"attentive vs flat linear on the demo's patch grids ({at['seconds']:.1f} s for both, trained together; "
+            f"learning rates {at['lrs']}, {at['epochs']} epochs, each head's rate chosen on validation): attentive at "
+            f"least as accurate on test on {at['sets_at_least_flat']} of {len(at['sets'])} sets (mean "
+            f"{at['mean_attentive']:.3f} vs {at['mean_flat']:.3f}; best {at['best_attentive']:.3f} vs "
+            f"{at['best_flat']:.3f}), with {at['param_ratio_min']:.1f}-{at['param_ratio_max']:.1f}x fewer parameters "
+            "per head.",
             "",
         ]
         lines += md_table(

@@ -27,6 +27,11 @@ def add_demo_command(sub) -> None:
     d.add_argument("--layers", default="all", help="layers to extract from each encoder (default: %(default)s)")
     d.add_argument("--task", default="relation", help="probe task (default: %(default)s)")
     d.add_argument("--epochs", type=int, default=10, help="probe epochs (default: %(default)s)")
+    d.add_argument(
+        "--head",
+        default="linear",
+        help="probe heads, any of linear,ridge,logistic,attentive,mlp (default: %(default)s)",
+    )
     d.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     d.set_defaults(func=_cmd_demo)
 
@@ -45,5 +50,6 @@ def _cmd_demo(args) -> int:
         epochs=args.epochs,
         device=args.device,
         encoders=args.encoders.split(","),
+        heads=args.head,
     )
     return 0

@@ -1,6 +1,9 @@
 """Closed-form ridge probes over a grid of strengths: one streaming float64 pass accumulates XᵀX and XᵀY
 of every (feature set, view), then one eigendecomposition per view gives the solution for every strength
-(scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. Classification is one-hot in {-1, 1}
+(scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. A view wider than the train rows are
+many (a flattened patch grid) takes the dual form instead: the pass keeps the rows (n x d, less than the
+d x d of XᵀX) and one eigendecomposition of the n x n Gram matrix X Xᵀ gives every strength, as
+scikit-learn does when n_features > n_samples. Classification is one-hot in {-1, 1}
 as ``RidgeClassifier`` does; the ``binary`` task fits one single-output ridge per relation.
 """
 
@@ -36,8 +39,9 @@ def decide(scores: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RidgePath:
-    """The ridge solution of one view for every strength: centred XᵀX = V diag(eigvals) Vᵀ and
-    ``proj`` = Vᵀ XcᵀYc, so W(alpha) = V diag(1 / (eigvals + alpha)) proj and b = mean_y - mean_x W."""
+    """The ridge solution of one view for every strength, W(alpha) = B diag(1 / (eigvals + alpha)) proj and
+    b = mean_y - mean_x W. Primal: centred XᵀX = V diag(eigvals) Vᵀ, B = V, ``proj`` = Vᵀ XcᵀYc. Dual: centred
+    Xc Xcᵀ = U diag(eigvals) Uᵀ, B = Xcᵀ U (dim x n), ``proj`` = Uᵀ Yc; both give the same W."""
 
     mean_x: torch.Tensor
     mean_y: torch.Tensor
@@ -55,6 +59,40 @@ class RidgePath:
         p = (x.double() - self.mean_x) @ self.eigvecs  # (rows, dim)
         scaled = self.proj.unsqueeze(0) / (self.eigvals.unsqueeze(0) + alphas.unsqueeze(1)).unsqueeze(2)
         return torch.einsum("nd,adk->ank", p, scaled) + self.mean_y
+
+
+class Rows:
+    """The dual form's accumulator: the streamed rows of one view and their targets, in float64."""
+
+    def __init__(self, dim: int, k: int, device: torch.device):
+        self.dim, self.k, self.device = dim, k, device
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.xs.append(x.double())
+        self.ys.append(y.double())
+
+    def solve(self) -> RidgePath:
+        """One eigendecomposition of the centred Gram matrix Xc Xcᵀ (n x n; the intercept is not penalised)."""
+        f64 = torch.float64
+        x = torch.cat(self.xs) if self.xs else torch.zeros(0, self.dim, dtype=f64, device=self.device)
+        y = torch.cat(self.ys) if self.ys else torch.zeros(0, self.k, dtype=f64, device=self.device)
+        self.xs, self.ys = [x], [y]  # one block each: solve() again gives the same path
+        if not len(x):  # no rows (a relation absent from train): the zero solution, as Gram gives
+            d, k, dev = self.dim, self.k, self.device
+            return RidgePath(
+                torch.zeros(d, dtype=f64, device=dev),
+                torch.zeros(k, dtype=f64, device=dev),
+                torch.zeros(1, dtype=f64, device=dev),
+                torch.zeros(d, 1, dtype=f64, device=dev),
+                torch.zeros(1, k, dtype=f64, device=dev),
+            )
+        mx, my = x.mean(0), y.mean(0)
+        x = x - mx
+        gram = x @ x.T
+        lam, u = torch.linalg.eigh((gram + gram.T) / 2)
+        return RidgePath(mx, my, lam.clamp_min(0), x.T @ u, u.T @ (y - my))
 
 
 class Gram:
@@ -85,6 +123,12 @@ class Gram:
         return RidgePath(mx, my, lam.clamp_min(0), v, v.T @ cy)
 
 
+def dual_form(dim: int, n_rows: int) -> bool:
+    """Whether a view of ``dim`` features over ``n_rows`` train rows is solved in the dual (Gram) form:
+    when it is wider than the rows are many, so X Xᵀ (n x n) is smaller than XᵀX (d x d)."""
+    return dim > n_rows
+
+
 def _outputs(task: TaskData) -> int:
     return 1 if task.binary or len(task.classes) == 2 else len(task.classes)
 
@@ -109,11 +153,12 @@ def ridge_probes(
     keys = list(views)
     k = _outputs(task)
     groups = len(task.relations) if task.binary else 1  # binary: one ridge per relation
-    grams: dict[tuple[str, str], list[Gram]] = {}
+    grams: dict[tuple[str, str], list[Gram | Rows]] = {}
     for key in keys:
         for view in views[key]:
             dim = view_dim(store[key].row_shape, view)
-            grams[key, view] = [Gram(dim, k, device) for _ in range(groups)]
+            form = Rows if dual_form(dim, len(rows["train"])) else Gram
+            grams[key, view] = [form(dim, k, device) for _ in range(groups)]
     for x, y in _passes(store, keys, rows["train"], labels, batch_size, device):
         tgt, rel = _split_labels(y, task)
         yy = ridge_targets(tgt, 2 if task.binary else len(task.classes))
@@ -127,6 +172,7 @@ def ridge_probes(
             else:
                 gs[0].add(xv, yy)
     paths = {kv: [g.solve() for g in gs] for kv, gs in grams.items()}
+    del grams  # the sums (or the dual form's rows) are no longer needed
     a = torch.tensor([float(v) for v in alphas], dtype=torch.float64, device=device)
     out: dict[tuple[str, str], list] = {kv: [] for kv in paths}
     for split in ("validation", "test"):

@@ -31,7 +31,7 @@ def make_groups(fs: FeatureSet, kinds: Sequence[str], settings: list[tuple[float
             dims = {v: view_dim(fs.row_shape, v) for v in views(fs)}
             groups += [MLPGroup(v, d, settings, n_out) for v, d in dims.items() if d <= max_dim]
         elif kind == "attentive" and len(fs.row_shape) == 2:
-            groups.append(AttentiveGroup(int(fs.row_shape[-1]), settings, n_out))
+            groups.append(AttentiveGroup(int(fs.row_shape[-1]), settings, n_out, int(fs.row_shape[0])))
     return groups
 
 

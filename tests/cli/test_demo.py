@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from featstore.demo import run_demo
 
 
@@ -21,3 +23,23 @@ def test_demo_carries_spatial_information_end_to_end(tmp_path, hub_offline):
     assert saved["results"] == json.loads(json.dumps(results["results"]))
     text = "\n".join(lines)
     assert "RANDOM-INIT" in text and "best patch-grid probe: dinov2/layer_0/patch" in text and "sanity:" in text
+
+
+def test_demo_runs_ridge_and_attentive_heads_on_request(tmp_path, hub_offline):
+    with pytest.raises(ValueError, match="svm"):  # refused before any work: nothing is written
+        run_demo(tmp_path / "refused", heads="linear,svm", log=lambda _m: None)
+    assert not (tmp_path / "refused").exists()
+    results = run_demo(
+        tmp_path / "demo",
+        n_rows=800,
+        encoders=("dinov2",),
+        layers="0",
+        heads="linear,ridge,attentive",
+        log=lambda _m: None,
+    )
+    heads = {(r["key"], r["head"], r["view"]) for r in results["results"]}
+    assert ("dinov2/layer_0/patch", "attentive", "grid") in heads and ("dinov2/layer_0/cls", "ridge", "vector") in heads
+    assert not any(h == "attentive" and not k.endswith("/patch") for k, h, _ in heads)  # grids only
+    assert results["settings"]["heads"] == ["linear", "ridge", "attentive"]
+    saved = json.loads((tmp_path / "demo" / "results" / "probe_results.json").read_text())
+    assert {r["head"] for r in saved["results"]} == {"linear", "ridge", "attentive"}

@@ -6,7 +6,7 @@ import torch
 
 from featstore import FeatureStore
 from featstore.probe import train_probes
-from featstore.probe.ridge import Gram, ridge_targets
+from featstore.probe.ridge import Gram, Rows, dual_form, ridge_targets
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifierCV  # noqa: E402
@@ -58,6 +58,53 @@ def test_ridge_coefficients_equal_sklearn_for_every_strength(data):
     pred = path.predict(torch.as_tensor(x[:5]), a)
     w, b = path.coef(ALPHAS[1])
     np.testing.assert_allclose(pred[1].numpy(), (torch.as_tensor(x[:5]) @ w + b).numpy(), rtol=1e-9)
+
+
+def test_dual_form_coefficients_equal_sklearn_when_wider_than_rows():
+    """More features than rows (a flattened patch grid): the dual (Gram) form gives, for every strength, the
+    coefficients and intercepts of sklearn's Ridge, and the same predictions as the primal form."""
+    rng = np.random.default_rng(3)
+    n, dim = 120, 300
+    assert dual_form(dim, n) and not dual_form(DIM, N)
+    x = (rng.standard_normal((n, dim)) * np.linspace(0.5, 2.0, dim) + 0.3).astype(np.float32)
+    y = ridge_targets(torch.as_tensor(rng.integers(0, CLASSES, n)), CLASSES)
+    dual, primal = Rows(dim, CLASSES, torch.device("cpu")), Gram(dim, CLASSES, torch.device("cpu"))
+    for lo in range(0, n, 32):
+        for acc in (dual, primal):
+            acc.add(torch.as_tensor(x[lo : lo + 32]), y[lo : lo + 32])
+    dpath, ppath = dual.solve(), primal.solve()
+    assert dpath.eigvecs.shape == (dim, n)  # the dual basis Xcᵀ U, not a dim x dim eigenbasis
+    x64 = x.astype(np.float64)
+    for alpha in ALPHAS:
+        ref = Ridge(alpha=alpha).fit(x64, y.numpy())
+        w, b = dpath.coef(alpha)
+        np.testing.assert_allclose(w.numpy().T, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
+        np.testing.assert_allclose(b.numpy(), ref.intercept_, rtol=1e-4, atol=1e-6)
+    a = torch.tensor(ALPHAS[::7], dtype=torch.float64)
+    xq = torch.as_tensor(rng.standard_normal((9, dim)))
+    np.testing.assert_allclose(dpath.predict(xq, a).numpy(), ppath.predict(xq, a).numpy(), rtol=1e-6, atol=1e-8)
+
+
+def test_dual_form_run_picks_the_strength_ridgeclassifiercv_picks(tmp_path):
+    """A run whose set is wider than its train rows goes through the dual form and picks sklearn's strength."""
+    import datasets
+
+    rng = np.random.default_rng(4)
+    n, dim = 200, 256
+    cls = rng.integers(0, CLASSES, n)
+    x = (rng.standard_normal((n, dim)) + 0.25 * rng.standard_normal((CLASSES, dim))[cls]).astype(np.float32)
+    ds = datasets.Dataset.from_dict({"image_path": [f"img_{i}.png" for i in range(n)], "cls": cls.tolist()})
+    store = FeatureStore.create(tmp_path)
+    with store.create_feature_set("wide/layer_1", n, (dim,), "float32", {"layer": "layer_1"}) as w:
+        w.write(0, x)
+    out = train_probes(FeatureStore.open(tmp_path), ds, "wide/*", "cls", heads="ridge", alphas=ALPHAS, seed=1)
+    (res,) = out["results"]
+    tr, va = (np.asarray(out["split"]["rows"][s]) for s in ("train", "validation"))
+    assert dual_form(dim, len(tr))
+    cv = RidgeClassifierCV(alphas=ALPHAS, cv=PredefinedSplit(np.r_[-np.ones(len(tr)), np.zeros(len(va))]))
+    cv.fit(x[np.r_[tr, va]].astype(np.float64), cls[np.r_[tr, va]])
+    assert res["best_alpha"] == pytest.approx(cv.alpha_)
+    assert res["val_acc"] == pytest.approx(cv.best_score_)
 
 
 def test_ridge_picks_the_strength_ridgeclassifiercv_picks(data):

@@ -64,8 +64,33 @@ def test_attentive_reads_the_grid_with_few_parameters(data, monkeypatch):
     assert att["test_acc"] >= 0.85, att
     assert flat["test_acc"] >= 0.9
     assert got["linear", "mean"]["test_acc"] < 0.5  # the mean over tokens loses where the marker was
-    assert att["params"] == 4 * DIM + 4 * DIM * 4 + 4 and att["params"] * 3 < flat["params"]
+    # queries, then the output layer over each query's pooled token and its pooled grid coordinates (row, col)
+    assert att["params"] == 4 * DIM + 4 * (DIM + 2) * 4 + 4 and att["params"] * 2 < flat["params"]
     assert len([r for r in out["sweep"] if r["head"] == "attentive"]) == 2
+
+
+def test_attentive_knows_where_tokens_are_without_a_position_code(tmp_path):
+    """Tokens that carry no position code (as a random-init encoder's barely do): the class is where the marked
+    token is. Pooling alone is blind to token order; the pooled grid coordinates say where the queries looked."""
+    import datasets
+    from featstore.probe.attentive import grid_coordinates
+
+    np.testing.assert_allclose(grid_coordinates(4).numpy(), [[-1, -1], [-1, 1], [1, -1], [1, 1]])
+    assert grid_coordinates(6).shape == (6, 1)  # not a square grid: the token index, scaled
+    rng = np.random.default_rng(5)
+    cls = rng.integers(0, 4, N)
+    g = rng.standard_normal((N, TOKENS, DIM))
+    where = np.array([0, 3, 12, 15])[cls]  # the marker in one corner of the 4x4 grid: the corner is the class
+    g[np.arange(N), where, 0] += 5.0
+    ds = datasets.Dataset.from_dict({"image_path": [f"img_{i}.png" for i in range(N)], "cls": cls.tolist()})
+    store = FeatureStore.create(tmp_path)
+    with store.create_feature_set("plain/grid", N, (TOKENS, DIM), "float32", {"pooling": "patch"}) as w:
+        w.write(0, g.astype(np.float32))
+    out = train_probes(
+        FeatureStore.open(tmp_path), ds, "plain/grid", "cls", heads="attentive", **{**FAST, "lrs": (1e-1,)}
+    )
+    (att,) = out["results"]
+    assert att["test_acc"] >= 0.9, att
 
 
 def test_mlp_learns_what_no_linear_head_can(data):
