@@ -34,6 +34,12 @@ class Quant:
         return {"scheme": self.scheme, "dtype": self.dtype, "scales": "vector"}
 
 
+def stored_as(store_dtype: str, logical: str = "float16") -> tuple[str, str | None]:
+    """What a command-line store dtype means: ``(dtype of the rows written, scheme or None)``. The names
+    of the schemes ("int8", "float8_e4m3") mean rows of ``logical`` quantised; any other name is stored raw."""
+    return (logical, store_dtype) if store_dtype in SCHEMES else (store_dtype, None)
+
+
 def check_quant(scheme: str, dtype: str, row_shape: tuple[int, ...], key: str) -> Quant:
     """The Quant of a new set, or ValueError naming what to change."""
     if scheme not in SCHEMES:

@@ -525,7 +525,7 @@ _CASES: dict[str, tuple] = {
         "'format_version'",
     ),
     "format_version newer": (
-        manifest_edit(lambda e, o: o.update(format_version=3)),
+        manifest_edit(lambda e, o: o.update(format_version=4)),
         FormatVersionError,
         MANIFEST,
         "format version",
