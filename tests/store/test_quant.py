@@ -33,7 +33,7 @@ def write(root, x: torch.Tensor, scheme: str, key="enc/q", labels=True):
     lab = np.arange(len(x)) % 3 if labels else None
     with store.create_feature_set(key, len(x), x.shape[1:], "float16", {"m": 1}, lab, quant=scheme) as w:
         w.write(0, x[:5])
-        w.write(5, x[5:])
+        w.write(min(5, len(x)), x[5:])
     return store.refresh()
 
 
