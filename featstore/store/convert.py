@@ -54,7 +54,8 @@ def conversion_record(fs: FeatureSet, src: Path, dtype: str, scheme: str | None)
     }
 
 
-def convert_set(fs: FeatureSet, dst: FeatureStore, store_dtype: str, src: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+def convert_set(fs: FeatureSet, dst: FeatureStore, store_dtype: str, src: Path, chunk_bytes: int | None = None
+) -> None:
     """Write ``fs`` into ``dst`` under the same key as ``store_dtype`` (a dtype, or "int8" / "float8_e4m3"
     for a quantised set of the source's logical dtype, float16 when that is not a float)."""
     fs.check_all_committed()
@@ -76,7 +77,7 @@ def convert_set(fs: FeatureSet, dst: FeatureStore, store_dtype: str, src: Path, 
     target = TORCH_DTYPES[dtype]
     gather_dtype = target if fs.quant is None or target in (torch.float16, torch.bfloat16, torch.float32) else None
     row_bytes = max(1, int(np.prod(fs.row_shape, dtype=np.int64)) * 4)
-    chunk = max(1, chunk_bytes // row_bytes)
+    chunk = max(1, (chunk_bytes or CHUNK_BYTES) // row_bytes)
     with writer:
         for start in range(0, len(fs), chunk):
             rows = np.arange(start, min(len(fs), start + chunk), dtype=np.int64)
