@@ -41,8 +41,16 @@ def main(n_rows: int = 400) -> None:
         root = Path(tmp)
         generate(root / "data", n=n_rows, seed=0, size=IMAGE_SIZE, progress=False)
         model = make_dinov2(root / "model", image_size=IMAGE_SIZE)
-        extract(str(root / "data"), "dinov2", str(model), root / "f", layers="0,last", pooling="patch",
-                export_pt=False, progress=False)
+        extract(
+            str(root / "data"),
+            "dinov2",
+            str(model),
+            root / "f",
+            layers="0,last",
+            pooling="patch",
+            export_pt=False,
+            progress=False,
+        )
         store = FeatureStore.open(root / "f")
         for key in store.keys():
             x = store[key][:].float()

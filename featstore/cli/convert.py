@@ -20,7 +20,9 @@ def add_convert_command(sub) -> None:
     add_store_argument(c, help="the source store (SRC): a folder holding featstore.json")
     c.add_argument("dst", metavar="DST", help="the new store to write (a new or empty folder)")
     c.add_argument("--dtype", required=True, help="int8, float8_e4m3, float16, bfloat16 or float32 (required)")
-    c.add_argument("--keys", nargs="+", metavar="KEY", default=None, help="sets to convert (default: every complete set)")
+    c.add_argument(
+        "--keys", nargs="+", metavar="KEY", default=None, help="sets to convert (default: every complete set)"
+    )
     c.set_defaults(func=_cmd_convert)
 
 

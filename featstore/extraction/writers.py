@@ -8,9 +8,9 @@ from pathlib import Path
 from ..errors import ExtractionError, WriterBusyError, WriterConflictError
 from ..store import FeatureStore, FeatureWriter
 from ..store.checksums import file_crc32
+from ..store.quant import stored_as
 from ..store.shards import fold_progress
 from .encode import row_shapes
-from ..store.quant import stored_as
 from .plan import Job, Plan
 
 

@@ -54,8 +54,7 @@ def conversion_record(fs: FeatureSet, src: Path, dtype: str, scheme: str | None)
     }
 
 
-def convert_set(fs: FeatureSet, dst: FeatureStore, store_dtype: str, src: Path, chunk_bytes: int | None = None
-) -> None:
+def convert_set(fs: FeatureSet, dst: FeatureStore, store_dtype: str, src: Path, chunk_bytes: int | None = None) -> None:
     """Write ``fs`` into ``dst`` under the same key as ``store_dtype`` (a dtype, or "int8" / "float8_e4m3"
     for a quantised set of the source's logical dtype, float16 when that is not a float)."""
     fs.check_all_committed()

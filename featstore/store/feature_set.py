@@ -28,7 +28,6 @@ from .pt_io import write_pt
 from .quant import LOGICAL_DTYPES, Quant, group_elems, scales_shape
 from .record import FeatureSetRecord
 
-
 DEQUANT_DTYPES = tuple(TORCH_DTYPES[name] for name in LOGICAL_DTYPES)
 
 
@@ -282,7 +281,9 @@ class FeatureSet:
             _backend.gather(self._scales, (row_elems // group) * 4, rows, staged_scales, threads)
             src, scales, picks = staged.data, staged_scales.data, np.arange(len(rows), dtype=np.int64)
         out_name = dtype_name(out.dtype)
-        _backend.dequant_gather(src, scales, row_elems, group, picks, byte_view(out), self.quant.scheme, out_name, threads)
+        _backend.dequant_gather(
+            src, scales, row_elems, group, picks, byte_view(out), self.quant.scheme, out_name, threads
+        )
 
     def check_all_committed(self) -> None:
         """Raise IncompleteFeatureSetError unless every row is committed."""

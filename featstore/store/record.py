@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import FormatError
 from .files import is_nonneg_int, short_repr
 from .header import DTYPES, Layout, itemsize, shape_nbytes
-from .quant import LOGICAL_DTYPES, SCHEMES, Quant
 from .paths import check_key, check_member_path
+from .quant import LOGICAL_DTYPES, SCHEMES, Quant
 
 CHECKSUM_ALGORITHM = "crc32"
 ENTRY_FIELDS = frozenset(
@@ -88,7 +88,9 @@ class FeatureSetRecord:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.n_rows, self.row_shape, self.dtype, self.has_labels, self.quant and self.quant.scheme)
+        return Layout(
+            self.n_rows, self.row_shape, self.dtype, self.has_labels, self.quant.scheme if self.quant else None
+        )
 
     @property
     def entry_damaged(self) -> bool:

@@ -301,7 +301,7 @@ def create_writer(
     path = resolve_member(manifest.root, rel, f"feature set {key!r}")
     if quant is not None:
         dtype = quant.storage_dtype
-    layout = Layout(n_rows, row_shape, dtype, labels is not None, quant and quant.scheme)
+    layout = Layout(n_rows, row_shape, dtype, labels is not None, quant.scheme if quant else None)
     header = expected_header(key, layout, metadata, quant)
     labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None

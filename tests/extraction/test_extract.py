@@ -292,8 +292,14 @@ def test_extract_compact_int8(tmp_path, model_dir, dataset_dir, capsys, flag):
     assert main([*args, flag, "int8"]) == 0, capsys.readouterr().err
     store = FeatureStore.open(out)
     plain = featstore.extract(
-        str(dataset_dir), "dinov2", str(model_dir), tmp_path / "plain", layers="1", pooling="cls,patch",
-        num_workers=0, progress=False,
+        str(dataset_dir),
+        "dinov2",
+        str(model_dir),
+        tmp_path / "plain",
+        layers="1",
+        pooling="cls,patch",
+        num_workers=0,
+        progress=False,
     )
     for key in plain.keys:
         q, ref = store[key], FeatureStore.open(tmp_path / "plain")[key]
