@@ -166,3 +166,25 @@ def test_quantise_codes():
     assert codes.tolist() == [[127, -64, 32, 0], [0, 0, 0, 0]] and scales.tolist() == [pytest.approx(1 / 127), 0.0]
     codes, scales = quantise(x, "float8_e4m3")
     assert codes.float().tolist() == [[448.0, -224.0, 112.0, 0.0], [0.0] * 4]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_kernel_rounds_like_torch_at_the_extremes(backend, scheme):
+    """Scales from 1e-9 to 1e3: float16 subnormals, overflow to inf, bfloat16 and float32 all agree bitwise
+    with torch's float32(code) * scale, rounded by torch."""
+    from featstore import _backend
+
+    rng = np.random.default_rng(1)
+    n, groups, d = 200, 3, 40
+    codes = rng.integers(0, 256, (n, groups * d), dtype=np.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0  # the e4m3 NaN codes never appear in a quantised set
+    scales = (rng.standard_normal(n * groups) * 10.0 ** rng.integers(-9, 4, n * groups)).astype(np.float32)
+    idx = rng.integers(0, n, 500).astype(np.int64)
+    q = torch.from_numpy(codes[idx]).view(torch.int8 if scheme == "int8" else torch.float8_e4m3fn).float()
+    exact = (q.view(500, groups, d) * torch.from_numpy(scales).view(n, groups, 1)[idx]).view(500, -1)
+    for dtype in OUT_DTYPES:
+        out = torch.empty(500, groups * d, dtype=dtype)
+        _backend.dequant_gather(
+            codes, scales, groups * d, d, idx, out.view(torch.uint8).numpy(), scheme, str(dtype)[6:]
+        )
+        assert torch.equal(out.view(torch.uint8), exact.to(dtype).view(torch.uint8)), dtype
