@@ -260,7 +260,6 @@ def main() -> int:
                 sub, key = key[3:].split(":")
                 root = work / sub
             fs = featstore.FeatureStore.open(root)[key]
-            fs = store[key]
             pt = work / f"{key.replace('/', '_')}.pt"
             if temp == "cold":
                 results["fio"][name] = {
