@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python benchmarks/bench_out_of_core.py [--quick] [--limit-mib 512] [--repeats 3]
         [--seconds 6] [--workdir DIR] [--keep] [--readers SUBSTRING] [--out STEM]
+        [--dtypes float16,int8] [--warm]
 
 What it does:
 
@@ -10,7 +11,9 @@ What it does:
   controller, it says so and exits 0 without results);
 * writes two feature sets, each at least ``--ratio`` (3) times the limit: 768-d float16 rows (read
   in batches of 1024) and 257 x 384 float16 patch grids (batches of 64), plus a ``.pt`` export of
-  each for ``torch.load(mmap=True)``;
+  each for ``torch.load(mmap=True)``; with ``--dtypes float16,int8`` (the default; float8_e4m3 too
+  if named) the same sets again as compact int8 / float8 copies (docs/compact-storage.md), read by
+  the featstore readers (the peers read float16 only);
 * for every cell (set x reader x repetition) drops the set's files from the page cache
   (``posix_fadvise(DONTNEED)``), then runs the reader in a fresh process that joins the cgroup once
   torch is imported (cgroup v1 leaves what it held before charged where it was, so the limit binds
@@ -22,6 +25,8 @@ What it does:
 * ceilings: fio (installed with apt-get when missing) on the same file, with O_DIRECT and libaio:
   random reads of the row's size rounded up to 4 KiB at the direct path's queue depth (32), and
   sequential 1 MiB reads at queue depth 16;
+* with ``--warm``, each featstore cell once more with the set's files read into the page cache first
+  (not dropped): the memory-bound case;
 * reports rows/s, GB/s (10^9 bytes of rows delivered per second), the reader's peak private memory
   (RssAnon) and whether the kernel OOM-killed it, medians over ``--repeats``, with the ratios the
   issue sets as targets.
@@ -200,6 +205,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--readers", default="", help="only the readers whose name contains this (e.g. 'block')")
     ap.add_argument("--out", default="", help="results file stem (default out_of_core, or out_of_core-quick)")
+    ap.add_argument("--dtypes", default="float16,int8", help="stored dtypes: float16, int8, float8_e4m3")
+    ap.add_argument("--warm", action="store_true", help="also featstore cells with the page cache warm")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -232,31 +239,52 @@ def main() -> int:
     try:
         store = featstore.FeatureStore.create(work / "store")
         target = int(limit * args.ratio)
-        sets = {"vec768 f16": ("vec/768", (768,), 1024), "patch 257x384 f16": ("patch/257x384", (257, 384), 64)}
-        for key, shape, _ in sets.values():
+        shapes = {"vec768": ("vec/768", (768,), 1024), "patch 257x384": ("patch/257x384", (257, 384), 64)}
+        sets = {}
+        for name, (key, shape, bs) in shapes.items():
             n = -(-target // (int(np.prod(shape)) * 2))
             write_set(store, key, n, shape)
             store[key].export_pt(work / f"{key.replace('/', '_')}.pt")
+            sets[f"{name} f16"] = (key, shape, bs)
+        for dtype in [d for d in args.dtypes.split(",") if d != "float16"]:
+            from featstore.store.convert import convert_store
+
+            convert_store(work / "store", work / dtype, dtype)  # the same rows, compact
+            for name, (key, shape, bs) in shapes.items():
+                sets[f"{name} {dtype}"] = (f"../{dtype}:{key}", shape, bs)
         store = featstore.FeatureStore.open(work / "store")
-        for name, (key, _, bs) in sets.items():
-            fs = store[key]
+        cells = [(name, temp) for name in sets for temp in (("cold", "warm") if args.warm else ("cold",))]
+        for name, temp in cells:
+            key, _, bs = sets[name]
+            root = work / "store"
+            if key.startswith("../"):
+                sub, key = key[3:].split(":")
+                root = work / sub
+            fs = featstore.FeatureStore.open(root)[key]
             pt = work / f"{key.replace('/', '_')}.pt"
-            ceilings: list[dict] = []
-            results["fio_reps"][name] = ceilings
-            for rep in range(args.repeats):
+            if temp == "cold":
                 # the disk's rate drifts from minute to minute (a shared virtual disk): the ceilings are
                 # measured in every repetition, beside the readers, and the report takes their medians
-                ceilings.append(
-                    {
-                        "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
-                        "sequential": fio(fs.path, "read", MIB, 16, 3),
-                    }
-                )
-                results["fio"][name] = median_ceilings(ceilings)
-                for reader in [r for r in FEATSTORE + PEERS if args.readers in r]:
-                    drop_cache([fs.path, pt])
+                results["fio_reps"][name] = []
+            readers = FEATSTORE + (PEERS if name.endswith("f16") and temp == "cold" else [])
+            for rep in range(args.repeats):
+                if temp == "cold":
+                    results["fio_reps"][name].append(
+                        {
+                            "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
+                            "sequential": fio(fs.path, "read", MIB, 16, 3),
+                        }
+                    )
+                    results["fio"][name] = median_ceilings(results["fio_reps"][name])
+                for reader in [r for r in readers if args.readers in r]:
+                    if temp == "cold":
+                        drop_cache([fs.path, pt])
+                    else:
+                        with open(fs.path, "rb") as f:  # into the page cache (charged outside the cgroup)
+                            while f.read(64 * MIB):
+                                pass
                     spec = {
-                        "root": str(work / "store"),
+                        "root": str(root),
                         "key": key,
                         "pt": str(pt),
                         "batch": bs,
@@ -272,7 +300,13 @@ def main() -> int:
                         text=True,
                         timeout=600,
                     )
-                    cell = {"set": name, "reader": reader, "rep": rep, "row_bytes": fs.row_bytes, "bytes": fs.nbytes}
+                    cell = {
+                        "set": name if temp == "cold" else f"{name} warm",
+                        "temp": temp,
+                        "reader": reader,
+                        "rep": rep,
+                    }
+                    cell.update(row_bytes=fs.row_bytes, bytes=fs.nbytes)
                     if out.returncode == 0:
                         cell.update(json.loads(out.stdout.strip().splitlines()[-1]))
                     else:
@@ -280,7 +314,7 @@ def main() -> int:
                         cell["error"] = "OOM-killed" if killed else out.stderr.strip()[-400:]
                     cell["wall_s"] = time.time() - t0
                     results["cells"].append(cell)
-                    print(f"{name:18} {reader:40} rep {rep}: {_fmt_cell(cell)}", flush=True)
+                    print(f"{name:22} {temp:4} {reader:40} rep {rep}: {_fmt_cell(cell)}", flush=True)
         results["busy_after"] = cpu_busy()
         results["runtime_s"] = time.time() - started
     finally:
@@ -396,7 +430,33 @@ def report(results: dict) -> str:
                 f"{r / memmap if memmap else 0:.1f} |" + (f" ({m['failed']} failed)" if m["failed"] else "")
             )
         lines.append("")
+    lines += compact_ratios(med)
     return "\n".join(lines) + "\n"
+
+
+def compact_ratios(med: dict) -> list[str]:
+    """The int8 (float8) / float16 rows/s of each featstore reader, per set and page-cache state: the
+    issue's target is 1.8x in every bandwidth-bound cell (the 768-d cold random cell is IOPS-bound:
+    a row of either dtype is one 4 KiB page read, so it cannot gain there)."""
+    rows = []
+    for (name, reader), m in med.items():
+        if " f16" not in name or not reader.startswith("featstore") or "rows_s" not in m:
+            continue
+        for (other, reader2), m2 in med.items():
+            twin = other.replace(" int8", " f16").replace(" float8_e4m3", " f16") == name
+            if reader2 == reader and other != name and twin and "rows_s" in m2:
+                ratio = m2["rows_s"] / m["rows_s"]
+                rows.append(f"| {name} | {other} | {reader} | {m['rows_s']:,.0f} | {m2['rows_s']:,.0f} | {ratio:.2f} |")
+    if not rows:
+        return []
+    return [
+        "## Compact sets against float16",
+        "",
+        "| float16 set | compact set | reader | f16 rows/s | compact rows/s | ratio |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-// pybind11 bindings for featstore._core: MappedFile, gather, read_rows, set_num_threads, get_num_threads.
+// pybind11 bindings for featstore._core: MappedFile, gather, dequant_gather, read_rows, set_num_threads, get_num_threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <memory>
 #include <string>
 
+#include "dequant.h"
 #include "direct_read.h"
 #include "gather.h"
 #include "mapped_file.h"
@@ -77,6 +78,40 @@ void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::hand
     py::gil_scoped_release nogil;
     featstore::gather_rows(s.data(), s.size(), static_cast<std::size_t>(row_bytes), ip, n, o.data(), o.size(),
                            threads);
+}
+
+featstore::QuantScheme quant_scheme(const std::string& scheme) {
+    if (scheme == "int8") return featstore::QuantScheme::kInt8;
+    if (scheme == "float8_e4m3") return featstore::QuantScheme::kFloat8E4M3;
+    throw py::value_error("scheme must be 'int8' or 'float8_e4m3', got '" + scheme + "'");
+}
+
+featstore::OutDtype out_dtype_of(const std::string& dtype) {
+    if (dtype == "float32") return featstore::OutDtype::kFloat32;
+    if (dtype == "float16") return featstore::OutDtype::kFloat16;
+    if (dtype == "bfloat16") return featstore::OutDtype::kBFloat16;
+    throw py::value_error("out_dtype must be 'float16', 'bfloat16' or 'float32', got '" + dtype + "'");
+}
+
+void dequant_gather(py::handle src, py::handle scales, std::int64_t row_elems, std::int64_t group_elems,
+                    py::handle indices, py::handle out, const std::string& scheme, const std::string& out_dtype,
+                    int threads) {
+    if (row_elems <= 0) throw py::value_error("row_elems must be positive, got " + std::to_string(row_elems));
+    if (group_elems <= 0 || row_elems % group_elems)
+        throw py::value_error("group_elems must divide row_elems, got " + std::to_string(group_elems));
+    if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
+    const auto sch = quant_scheme(scheme);
+    const auto od = out_dtype_of(out_dtype);
+    auto idx = check_index_array(indices);
+    ByteView s(src, "src", false);
+    ByteView sc(scales, "scales", false);
+    ByteView o(out, "out", true);
+    const auto* ip = static_cast<const std::int64_t*>(idx.data());
+    const auto n = static_cast<std::size_t>(idx.shape(0));
+    py::gil_scoped_release nogil;
+    featstore::dequant_gather_rows(s.data(), s.size(), sc.data(), sc.size(), static_cast<std::size_t>(row_elems),
+                                   static_cast<std::size_t>(group_elems), ip, n, o.data(), o.size(), sch, od,
+                                   threads);
 }
 
 void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t n_rows, py::handle indices,
@@ -168,6 +203,17 @@ src/out may also be objects with __dlpack__ on the CPU (e.g. torch.Tensor).
 Every index is checked before any byte is copied: one outside [0, n_rows) raises IndexError
 (negative indices are not wrapped). The GIL is released during the copy.
 threads: 0 = the pool's size (get_num_threads()), 1 = inline on the calling thread.)doc");
+
+    m.def("dequant_gather", &dequant_gather, py::arg("src"), py::arg("scales"), py::arg("row_elems"),
+          py::arg("group_elems"), py::arg("indices"), py::arg("out"), py::arg("scheme"), py::arg("out_dtype"),
+          py::arg("threads") = 0, R"doc(
+Gather rows indices[i] of a quantised matrix and dequantise them into out.
+
+src: rows of row_elems one-byte codes (scheme "int8", or "float8_e4m3" e4m3fn bits); scales: the
+float32 scales, one per group_elems consecutive elements (row r's at r * row_elems/group_elems);
+out: writable, len(indices) * row_elems elements of out_dtype ("float16", "bfloat16", "float32").
+Each element is float32(code) * scale (one float32 multiply) rounded to out_dtype, nearest-even.
+Checks and threads as gather (IndexError before any byte moves; the GIL is released).)doc");
 
     m.def("read_rows", &read_rows, py::arg("fd"), py::arg("offset"), py::arg("row_bytes"), py::arg("n_rows"),
           py::arg("indices"), py::arg("out"), py::arg("queue_depth") = 32, py::arg("max_request_bytes") = 1 << 20,

@@ -37,6 +37,19 @@ def gather(
 ) -> None:
     """Copy row ``indices[i]`` of ``src`` (rows of ``row_bytes`` bytes) to row i of ``out``, GIL released."""
 
+def dequant_gather(
+    src: Buffer | torch.Tensor,
+    scales: Buffer | torch.Tensor,
+    row_elems: int,
+    group_elems: int,
+    indices: npt.NDArray[np.int64],
+    out: Buffer | torch.Tensor,
+    scheme: Literal["int8", "float8_e4m3"],
+    out_dtype: Literal["float16", "bfloat16", "float32"],
+    threads: int = 0,
+) -> None:
+    """Gather rows ``indices[i]`` of one-byte codes and write float32(code) * scale, rounded to ``out_dtype``."""
+
 def read_rows(
     fd: int,
     offset: int,

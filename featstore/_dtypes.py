@@ -16,6 +16,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "int8": torch.int8,
     "uint8": torch.uint8,
     "bool": torch.bool,
+    "float8_e4m3": torch.float8_e4m3fn,
 }
 NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 

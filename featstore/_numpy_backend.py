@@ -15,7 +15,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["MappedFile", "gather", "get_num_threads", "read_rows", "set_num_threads"]
+__all__ = ["MappedFile", "dequant_gather", "gather", "get_num_threads", "read_rows", "set_num_threads"]
 
 _ADVICE = {
     "normal": mmap.MADV_NORMAL,
@@ -164,6 +164,71 @@ def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
     out2d = o[:need].reshape(n, row_bytes)
     # mode="clip": indices are already checked, and mode="raise" would buffer `out`.
     np.take(src2d, indices, axis=0, out=out2d, mode="clip")
+
+
+def _e4m3_table() -> np.ndarray:
+    codes = np.arange(256)
+    sign = np.where(codes >> 7, -1.0, 1.0)
+    exp, man = (codes >> 3) & 15, codes & 7
+    value = np.where(exp == 0, np.ldexp(man.astype(np.float64), -9), np.ldexp(1.0 + man / 8.0, exp - 7))
+    value = np.where((exp == 15) & (man == 7), np.nan, value)
+    return (sign * value).astype(np.float32)
+
+
+_E4M3 = _e4m3_table()
+_OUT_ITEM = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, nearest even; NaN stays a quiet NaN (as the compiled core)."""
+    u = x.view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return np.where(nan, ((u >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), rounded)
+
+
+def dequant_gather(
+    src, scales, row_elems: int, group_elems: int, indices, out, scheme: str, out_dtype: str, threads: int = 0
+) -> None:
+    """Gather rows indices[i] of a quantised matrix and dequantise them (see featstore._core.dequant_gather)."""
+    if row_elems <= 0:
+        raise ValueError(f"row_elems must be positive, got {row_elems}")
+    if group_elems <= 0 or row_elems % group_elems:
+        raise ValueError(f"group_elems must divide row_elems, got {group_elems}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if scheme not in ("int8", "float8_e4m3"):
+        raise ValueError(f"scheme must be 'int8' or 'float8_e4m3', got '{scheme}'")
+    if out_dtype not in _OUT_ITEM:
+        raise ValueError(f"out_dtype must be 'float16', 'bfloat16' or 'float32', got '{out_dtype}'")
+    _check_index_array(indices)
+    s = _byte_view(src, "src", False)
+    sc = _byte_view(scales, "scales", False)
+    o = _byte_view(out, "out", True)
+    n = len(indices)
+    need = n * row_elems * _OUT_ITEM[out_dtype]
+    if o.size < need:
+        raise ValueError(f"out has {o.size} bytes but {n} rows of {row_elems} elements need more")
+    n_rows = s.size // row_elems
+    groups = row_elems // group_elems
+    if sc.size // 4 // groups < n_rows:
+        raise ValueError(
+            f"scales has {sc.size} bytes but {n_rows} rows of {groups} float32 scales need {n_rows * groups * 4}"
+        )
+    if n == 0:
+        return
+    _check_in_range(indices, n_rows)
+    codes = s[: n_rows * row_elems].reshape(n_rows, groups, group_elems)[indices]
+    values = codes.view(np.int8).astype(np.float32) if scheme == "int8" else _E4M3[codes]
+    row_scales = np.frombuffer(sc[: n_rows * groups * 4].tobytes(), dtype=np.float32).reshape(n_rows, groups, 1)
+    x = (values * row_scales[indices]).reshape(-1)
+    if out_dtype == "float32":
+        result = x.view(np.uint8)
+    elif out_dtype == "float16":
+        result = x.astype(np.float16).view(np.uint8)
+    else:
+        result = _to_bfloat16_bits(x).view(np.uint8)
+    o[:need] = result
 
 
 def read_rows(

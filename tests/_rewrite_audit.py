@@ -121,15 +121,20 @@ class RewriteAudit:
         if offset is None:
             self.violations.append(f"{how}: {path} of feature set {record.key!r} was written without an offset")
             return
-        header_bytes = os.path.getsize(path) - record.layout.features_bytes - record.layout.labels_bytes
-        rb = record.layout.row_bytes
+        layout = record.layout
+        header_bytes = os.path.getsize(path) - layout.data_bytes
+        rb, sb = layout.row_bytes, layout.scale_count * 4
         end = offset + length
+        scales_at = header_bytes + layout.scales_begin
         if offset < header_bytes:
             self.violations.append(f"{how}: the header of {path} was written again")
-        if end > header_bytes + record.layout.features_bytes:
+        in_scales = sb and offset >= scales_at and end <= scales_at + layout.scales_bytes
+        if end > header_bytes + layout.features_bytes and not in_scales:
             self.violations.append(f"{how}: the labels of {path} were written again")
         for a, b in record.committed:
             lo, hi = header_bytes + a * rb, header_bytes + b * rb
+            if in_scales:  # a quantised set's scales of the same rows
+                lo, hi = scales_at + a * sb, scales_at + b * sb
             if offset < hi and lo < end:
                 self.violations.append(f"{how}: committed rows {a}..{b} of {record.key!r} in {path} were written again")
 

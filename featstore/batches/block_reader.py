@@ -210,7 +210,7 @@ def reader(
     """The function that fills a batch buffer with rows of ``fs``: read "mmap" or "direct"; with
     ``block_rows`` (the block order) and "direct", through a :class:`BlockReadAhead` when the epoch's
     batches (``plan``) are known, else a :class:`BlockCache`."""
-    if read == "direct" and block_rows:
+    if read == "direct" and block_rows and fs.quant is None:  # blocks hold raw rows; quantised sets gather
         if plan is not None:
             return BlockReadAhead(fs, block_rows, 2 * window_blocks + 2, plan).read
         return BlockCache(fs, block_rows, 2 * window_blocks + 2).read

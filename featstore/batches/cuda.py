@@ -332,6 +332,8 @@ def gather(fs: FeatureSet, index, device: str | torch.device = "cuda") -> torch.
     device = torch.device("cuda", _device_index(device))
     rows, lead = normalize_rows(index, len(fs))
     fs.check_committed(rows)
+    if fs.quant is not None:  # no dequantising CUDA kernel yet: the CPU core dequantises, then one copy
+        return fs.gather(rows).to(device).view(*lead, *fs.row_shape)
     out = torch.empty((len(rows), *fs.row_shape), dtype=fs.dtype, device=device)
     if len(rows) and fs.row_bytes:
         src = REGISTRY.device_pointer(fs, device.index)

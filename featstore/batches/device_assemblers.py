@@ -67,7 +67,7 @@ def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
             cached = refs[1]()  # one strong reference: a second call could find it collected
             if cached is not None:
                 return cached
-        tensor = fs.to_torch().to(device)
+        tensor = (fs.to_torch() if fs.quant is None else fs[:]).to(device)  # a quantised set dequantised
         _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda ref: _forget(key, ref)))
         return tensor
 

@@ -134,6 +134,8 @@ def loader_path(
         from .cuda import REGISTRY, register_mode, uva_support
 
         uva_ok, uva_why = uva_support(device)
+        if uva_ok and any(getattr(fs, "quant", None) is not None for fs in sets):
+            uva_ok, uva_why = False, "the kernel path copies raw rows and a set is quantised"
         pinned = REGISTRY.pinned_bytes(exclude=sets) if uva_ok else 0
         facts["pinned_bytes"] = pinned
         if uva_ok:

@@ -17,6 +17,8 @@ import sys
 
 from .store import note_skipped, open_store
 
+COMPACT_DTYPES = ("int8", "float8_e4m3")  # store dtypes that mean a quantised set (featstore.store.quant)
+
 
 def add_extract_commands(subparsers) -> None:
     """Add the ``extract`` and ``encoders`` commands to featstore's top-level subparsers."""
@@ -55,9 +57,15 @@ def add_extract_commands(subparsers) -> None:
     x.add_argument(
         "--dtype",
         default="float32",
-        help="the model's compute dtype: float32, bfloat16, float16 (default: %(default)s)",
+        help="the model's compute dtype: float32, bfloat16, float16; or int8 / float8_e4m3, which mean "
+        "--store-dtype int8 / float8_e4m3 (default: %(default)s)",
     )
-    x.add_argument("--store-dtype", default="float16", help="dtype of the stored features (default: %(default)s)")
+    x.add_argument(
+        "--store-dtype",
+        default=None,
+        help="dtype of the stored features: float16, bfloat16, float32, or int8 / float8_e4m3 for compact "
+        "storage (float16 quantised, see docs/compact-storage.md) (default: float16)",
+    )
     x.add_argument(
         "--num-workers", type=int, default=2, help="image-decoding DataLoader workers (default: %(default)s)"
     )
@@ -88,6 +96,12 @@ def store_of(args) -> str:
 def _cmd_extract(args) -> int:
     from ..extraction import extract
 
+    compute_dtype, store_dtype = args.dtype, args.store_dtype or "float16"
+    if args.dtype in COMPACT_DTYPES:  # `extract --dtype int8`: a compact store, the model in float32
+        if args.store_dtype not in (None, args.dtype):
+            raise ValueError(f"--dtype {args.dtype} means --store-dtype {args.dtype}, not {args.store_dtype}; give one")
+        compute_dtype, store_dtype = "float32", args.dtype
+
     result = extract(
         args.dataset,
         args.encoder,
@@ -100,8 +114,8 @@ def _cmd_extract(args) -> int:
         target=None if args.no_labels else args.target,
         batch_size=args.batch_size,
         device=args.device,
-        dtype=args.dtype,
-        store_dtype=args.store_dtype,
+        dtype=compute_dtype,
+        store_dtype=store_dtype,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
         export_pt=not args.no_export_pt,

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import ExtractionInterrupted, FeatureStoreError
 from .compare import add_compare_command
+from .convert import add_convert_command
 from .dataset import add_dataset_commands
 from .demo import add_demo_command
 from .extract import add_extract_commands
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_commands(sub)
     add_probe_commands(sub)
     add_compare_command(sub)
+    add_convert_command(sub)
     return p
 
 

@@ -14,6 +14,7 @@ import torch
 from .._dtypes import TORCH_DTYPES
 from ..encoders import Encoder, pool
 from ..errors import ExtractionError
+from ..store.quant import stored_as
 from .plan import Job, Plan
 
 
@@ -86,7 +87,7 @@ def encode_batches(
         tokens = plan.encoder.forward(inputs, plan.layers)
         rows, where = _batch_rows(plan, idx)
         for (layer, p), key in job.active.items():
-            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[job.store_dtype])
+            feats = pool(tokens[layer], p).to("cpu", dtype=TORCH_DTYPES[stored_as(job.store_dtype)[0]])
             writer = writer_for((layer, p), key, tuple(feats.shape[1:]))
             for a, b in _runs(_uncommitted(writer, rows)):
                 first = int(np.searchsorted(rows, a))  # rows a..b-1 are consecutive entries of the sorted rows

@@ -16,6 +16,7 @@ from ..errors import ExtractionError
 from ..spatial import image_paths, load_dataset, row_targets
 from ..store import FeatureStore
 from ..store.format import check_key, gaps
+from ..store.quant import stored_as
 
 
 @dataclass
@@ -181,7 +182,8 @@ def check_existing(store: FeatureStore, plan: Plan, n_rows: int, store_dtype: st
             continue
         record = store.info(key)
         diff = _differences(record.metadata, plan.metadata[lp])
-        if record.dtype != store_dtype:
+        scheme = stored_as(store_dtype)[1]
+        if (record.quant and record.quant.scheme) != scheme or (scheme is None and record.dtype != store_dtype):
             diff.append("store dtype")
         if record.n_rows != n_rows:
             diff.append("number of rows")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ExtractionError, WriterBusyError, WriterConflictError
 from ..store import FeatureStore, FeatureWriter
 from ..store.checksums import file_crc32
+from ..store.quant import stored_as
 from ..store.shards import fold_progress
 from .encode import row_shapes
 from .plan import Job, Plan
@@ -38,8 +39,9 @@ def open_writer(
 ) -> FeatureWriter:
     """Create or resume the writer of ``key`` (the set of ``lp``) and add it to ``writers``."""
     try:
+        dtype, quant = stored_as(job.store_dtype)
         writer = job.store.create_feature_set(
-            key, job.n_rows, row_shape, job.store_dtype, job.plan.metadata[lp], job.plan.labels, resume=True
+            key, job.n_rows, row_shape, dtype, job.plan.metadata[lp], job.plan.labels, resume=True, quant=quant
         )
     except WriterBusyError:
         raise  # another run is writing it: --overwrite would not help

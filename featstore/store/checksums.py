@@ -36,3 +36,14 @@ def file_crc32(path: str | os.PathLike) -> tuple[int, int]:
         return crc32_file_range(fd, 0, size), size
     finally:
         os.close(fd)
+
+
+def block_crc32(fd: int, data_start: int, layout, lo: int, hi: int) -> int:
+    """CRC-32 of rows lo..hi of a feature set's file (``layout``: a header.Layout): their features, then,
+    for a quantised set, their scales (so ``verify`` covers both)."""
+    rb = layout.row_bytes
+    crc = crc32_file_range(fd, data_start + lo * rb, (hi - lo) * rb)
+    sb = layout.scale_count * 4
+    if sb:
+        crc = zlib.crc32(os.pread(fd, (hi - lo) * sb, data_start + layout.scales_begin + lo * sb), crc)
+    return crc

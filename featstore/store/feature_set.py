@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import _backend
-from .._dtypes import TORCH_DTYPES, byte_view
+from .._dtypes import TORCH_DTYPES, byte_view, dtype_name
 from ..errors import CorruptFileError, IncompleteFeatureSetError
 from ..indexing import normalize_rows
 from .checksums import file_crc32
@@ -25,7 +25,10 @@ from .manifest import MANIFEST_NAME, Manifest
 from .members import checked_header
 from .memory import READ_MODES, choose_read, memory_facts
 from .pt_io import write_pt
+from .quant import LOGICAL_DTYPES, Quant, group_elems, scales_shape
 from .record import FeatureSetRecord
+
+DEQUANT_DTYPES = tuple(TORCH_DTYPES[name] for name in LOGICAL_DTYPES)
 
 
 class FeatureSet:
@@ -42,6 +45,10 @@ class FeatureSet:
     For code that reads the bytes itself (the CUDA path, other loaders): ``mapped_file`` is the
     compiled core's mapping of the whole file and ``data`` a memoryview of the feature rows in it
     (``nbytes`` bytes from ``header.data_start``, ``row_bytes`` per row).
+
+    A quantised set (``quant`` is not None, docs/compact-storage.md) stores one-byte codes and
+    ``scales``; ``dtype`` is its logical dtype, and every gather dequantises (to ``dtype``, or to the
+    ``dtype=`` asked for). ``data``, ``to_torch()`` and ``to_numpy()`` stay the raw stored codes.
     """
 
     def __init__(self, root: Path, record: FeatureSetRecord, allow_incomplete: bool = False):
@@ -54,13 +61,15 @@ class FeatureSet:
                 "resume its writer, or open it with store.get(key, allow_incomplete=True)"
             )
         self.mapped_file = _backend.MappedFile(str(self.path))
-        expected = self.header.data_start + record.layout.features_bytes + record.layout.labels_bytes
+        expected = self.header.data_start + record.layout.data_bytes
         if self.mapped_file.size != expected:
             raise CorruptFileError(
                 f"{self.path}: file is {self.mapped_file.size} bytes, expected {expected}; it changed or was truncated"
             )
         start = self.header.data_start
         self.data = memoryview(self.mapped_file)[start : start + record.layout.features_bytes]
+        scales_at = start + record.layout.scales_begin
+        self._scales = memoryview(self.mapped_file)[scales_at : scales_at + record.layout.scales_bytes]
         self._labels: torch.Tensor | None = None
         self._committed_starts = np.array([a for a, _ in record.committed], dtype=np.int64)
         self._committed_ends = np.array([b for _, b in record.committed], dtype=np.int64)
@@ -82,7 +91,26 @@ class FeatureSet:
 
     @property
     def dtype(self) -> torch.dtype:
+        """What gathers return: the stored dtype, or for a quantised set its logical dtype."""
+        return TORCH_DTYPES[self.quant.dtype] if self.quant is not None else self.storage_dtype
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype of the stored tensor "features" (int8 or float8_e4m3fn codes for a quantised set)."""
         return TORCH_DTYPES[self.record.dtype]
+
+    @property
+    def quant(self) -> Quant | None:
+        """How the set is quantised (``scheme``, logical ``dtype``), or None for a raw set."""
+        return self.record.quant
+
+    @property
+    def scales(self) -> torch.Tensor | None:
+        """The float32 scales of a quantised set, shape ``(N, *row_shape[:-1])`` (a copy), or None."""
+        if self.quant is None:
+            return None
+        shape = scales_shape(len(self), self.row_shape)
+        return torch.from_numpy(np.frombuffer(self._scales, dtype=np.float32).copy()).view(shape)
 
     @property
     def row_bytes(self) -> int:
@@ -113,20 +141,25 @@ class FeatureSet:
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{self.rows_committed}/{len(self)} rows committed"
-        return f"FeatureSet({self.key!r}, shape={self.shape}, dtype={self.record.dtype}, {state})"
+        dtype = self.record.dtype if self.quant is None else f"{self.quant.dtype} as {self.quant.scheme}"
+        return f"FeatureSet({self.key!r}, shape={self.shape}, dtype={dtype}, {state})"
 
     # ---- zero-copy views --------------------------------------------------------------------
     def to_torch(self) -> torch.Tensor:
-        """The whole matrix as a tensor view of the mapped file (no copy; writes stay private)."""
+        """The whole stored matrix as a tensor view of the mapped file (no copy; writes stay private).
+        For a quantised set these are the raw codes (see ``scales``; ``fs[:]`` dequantises)."""
         if self.nbytes == 0:
-            return torch.empty(self.shape, dtype=self.dtype)
+            return torch.empty(self.shape, dtype=self.storage_dtype)
         flat = torch.frombuffer(self.data, dtype=torch.uint8)
-        return flat.view(self.dtype).view(self.shape)
+        return flat.view(self.storage_dtype).view(self.shape)
 
     def to_numpy(self) -> np.ndarray:
-        """The whole matrix as a numpy view (no copy); bfloat16 has no numpy dtype, use to_torch()."""
-        if self.record.dtype == "bfloat16":
-            raise TypeError(f"feature set {self.key!r} is bfloat16, which numpy cannot represent; use to_torch()")
+        """The whole stored matrix as a numpy view (no copy); bfloat16 and float8 have no numpy dtype,
+        use to_torch()."""
+        if self.record.dtype in ("bfloat16", "float8_e4m3"):
+            raise TypeError(
+                f"feature set {self.key!r} stores {self.record.dtype}, which numpy cannot represent; use to_torch()"
+            )
         return np.frombuffer(self.data, dtype=np.dtype(self.record.dtype)).reshape(self.shape)
 
     @property
@@ -153,14 +186,14 @@ class FeatureSet:
         if isinstance(index, tuple):
             if not index or index[0] is Ellipsis or index[0] is None:
                 self.check_all_committed()
-                return self.to_torch()[index]
+                return self._whole()[index]
             first, rest = index[0], index[1:]
             head = self[first]
             n_lead = 0 if _is_scalar_index(first) else 1
             return head[(slice(None),) * n_lead + rest]
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
-            if step > 0:
+            if step > 0 and self.quant is None:
                 if not self.complete:
                     self.check_committed(np.arange(start, stop, step, dtype=np.int64))
                 return self.to_torch()[start:stop:step]
@@ -169,18 +202,21 @@ class FeatureSet:
         out = self._gather_checked(rows)
         return out.view(*lead, *self.row_shape)
 
-    def gather(self, index, out: torch.Tensor | None = None, read: str = "auto") -> torch.Tensor:
+    def gather(self, index, out: torch.Tensor | None = None, read: str = "auto", dtype=None) -> torch.Tensor:
         """Copy the rows ``index`` (numpy-style) into ``out`` (allocated when None) and return it.
 
-        ``out`` must be a contiguous CPU tensor (pinned is fine) of this set's dtype with
-        ``len(rows)`` rows; the copy runs in the compiled core with the GIL released.
+        ``out`` must be a contiguous CPU tensor (pinned is fine) of ``dtype`` with ``len(rows)``
+        rows; the copy runs in the compiled core with the GIL released. ``dtype`` defaults to this
+        set's dtype; a quantised set dequantises to float16, bfloat16 or float32 in the core, a raw
+        set converts after the copy.
         ``read``: "mmap", "direct" or "auto" (see :meth:`read_path`).
         """
         path = self.read_path(read)
         rows, lead = normalize_rows(index, len(self))
         if lead == ():
             lead = (1,)
-        result = self._gather_checked(rows, out, path)
+        want = self.dtype if dtype is None else TORCH_DTYPES[dtype_name(dtype)]
+        result = self._gather_checked(rows, out, path, want)
         return result if out is not None else result.view(*lead, *self.row_shape)
 
     def read_path(self, read: str = "auto") -> str:
@@ -194,25 +230,60 @@ class FeatureSet:
             self._auto_read = choose_read("auto", self.nbytes, memory_facts()).path
         return self._auto_read
 
-    def _gather_checked(self, rows: np.ndarray, out: torch.Tensor | None = None, read: str = "mmap") -> torch.Tensor:
+    def _gather_checked(
+        self, rows: np.ndarray, out: torch.Tensor | None = None, read: str = "mmap", dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         self.check_committed(rows)
+        dtype = dtype or self.dtype
         expected = (len(rows), *self.row_shape)
         if out is None:
-            out = torch.empty(expected, dtype=self.dtype)
+            out = torch.empty(expected, dtype=dtype)
         else:
-            _check_out(out, expected, self.dtype, self.key)
+            _check_out(out, expected, dtype, self.key)
+        if self.quant is None and dtype != self.storage_dtype:
+            raw = torch.empty(expected, dtype=self.storage_dtype)
+            self.gather_into(rows, raw, read=read)
+            out.copy_(raw)
+            return out
+        if self.quant is not None and dtype not in DEQUANT_DTYPES:
+            raise ValueError(
+                f"feature set {self.key!r} is quantised; gathers return float16, bfloat16 or float32, not {dtype}"
+            )
         self.gather_into(rows, out, read=read)
         return out
+
+    def _whole(self) -> torch.Tensor:
+        """Every row: the mapped matrix, or for a quantised set the dequantised one."""
+        return self.to_torch() if self.quant is None else self.gather(np.arange(len(self), dtype=np.int64))
 
     def gather_into(self, rows: np.ndarray, out: torch.Tensor, threads: int = 0, read: str = "mmap") -> None:
         """Hot path for loaders: ``rows`` is a valid int64 array, ``out`` a matching contiguous tensor.
         ``threads``: 0 uses the gather pool, 1 copies on the calling thread (mmap path);
-        ``read``: "mmap" (the mapping) or "direct" (preadv, ``FEATSTORE_QUEUE_DEPTH`` reads in flight)."""
-        if self.row_bytes and len(rows):
+        ``read``: "mmap" (the mapping) or "direct" (preadv, ``FEATSTORE_QUEUE_DEPTH`` reads in flight).
+        A quantised set dequantises into ``out`` (float16, bfloat16 or float32): the direct path reads
+        the codes into a staging buffer, and the scales (4 bytes a vector) through the mapping."""
+        if self.row_bytes and len(rows) and self.quant is not None:
+            self._dequant_into(rows, out, threads, read)
+        elif self.row_bytes and len(rows):
             if read == "direct":
                 self.direct.read(rows, byte_view(out))
             else:
                 _backend.gather(self.data, self.row_bytes, rows, byte_view(out), threads)
+
+    def _dequant_into(self, rows: np.ndarray, out: torch.Tensor, threads: int, read: str) -> None:
+        assert self.quant is not None
+        row_elems, group = self.row_bytes, group_elems(self.row_shape)
+        src, scales, picks = self.data, self._scales, rows
+        if read == "direct":
+            staged = np.empty(len(rows) * self.row_bytes, dtype=np.uint8)
+            self.direct.read(rows, staged)
+            staged_scales = np.empty(len(rows) * (row_elems // group) * 4, dtype=np.uint8)
+            _backend.gather(self._scales, (row_elems // group) * 4, rows, staged_scales, threads)
+            src, scales, picks = staged.data, staged_scales.data, np.arange(len(rows), dtype=np.int64)
+        out_name = dtype_name(out.dtype)
+        _backend.dequant_gather(
+            src, scales, row_elems, group, picks, byte_view(out), self.quant.scheme, out_name, threads
+        )
 
     def check_all_committed(self) -> None:
         """Raise IncompleteFeatureSetError unless every row is committed."""
@@ -242,16 +313,18 @@ class FeatureSet:
         The manifest records the checksum of the export beside the file (``checksum.export``).
 
         The features are saved straight from the mapped file (no private copy of the matrix); labels
-        are included when the set has them."""
+        are included when the set has them. A quantised set is exported dequantised, as its logical
+        dtype (metadata ``featstore_quant`` says it was quantised), so ``features`` stays plain values."""
         self.check_all_committed()
         target = Path(path) if path is not None else self.path.with_suffix(".pt")
         metadata = {
             "featstore_key": self.key,
             "featstore_format_version": FILE_FORMAT_VERSION,
-            "dtype": self.record.dtype,
+            "dtype": dtype_name(self.dtype),
+            **({"featstore_quant": self.quant.to_json()} if self.quant is not None else {}),
             **self.metadata,
         }
-        write_pt(target, self.to_torch(), self.labels, metadata)
+        write_pt(target, self._whole(), self.labels, metadata)
         if path is None or target.resolve() == self.path.with_suffix(".pt").resolve():
             crc, size = file_crc32(target)
 

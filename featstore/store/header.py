@@ -23,6 +23,8 @@ MAX_HEADER_BYTES = 100_000_000  # the same cap safetensors itself applies
 MAX_TENSOR_BYTES = 1 << 62  # a shape needing more bytes than this (or any file could hold) is corrupt
 FEATURES = "features"
 LABELS = "labels"
+SCALES = "scales"  # float32, one per last-axis vector of a quantised set (featstore.store.quant)
+SCALES_DTYPE = "float32"
 LABELS_DTYPE = "int64"
 # featstore dtype name -> (safetensors code, bytes per element)
 DTYPES: dict[str, tuple[str, int]] = {
@@ -35,6 +37,7 @@ DTYPES: dict[str, tuple[str, int]] = {
     "int16": ("I16", 2),
     "int8": ("I8", 1),
     "uint8": ("U8", 1),
+    "float8_e4m3": ("F8_E4M3", 1),
     "bool": ("BOOL", 1),
 }
 
@@ -85,6 +88,26 @@ class Layout:
     row_shape: tuple[int, ...]
     dtype: str
     has_labels: bool
+    #: the quantisation scheme ("int8", "float8_e4m3") of a quantised set, whose file also holds "scales"
+    quant: str | None = None
+
+    @property
+    def scale_count(self) -> int:
+        """float32 scales per row: one per last-axis vector of a quantised set, else 0."""
+        return math.prod(self.row_shape[:-1]) if self.quant is not None else 0
+
+    @property
+    def scales_bytes(self) -> int:
+        return self.n_rows * self.scale_count * itemsize(SCALES_DTYPE)
+
+    @property
+    def scales_begin(self) -> int:
+        """Where "scales" starts in the data section: after the features and the labels."""
+        return self.features_bytes + self.labels_bytes
+
+    @property
+    def data_bytes(self) -> int:
+        return self.features_bytes + self.labels_bytes + self.scales_bytes
 
     @property
     def row_bytes(self) -> int:
@@ -104,6 +127,9 @@ class Layout:
         if self.has_labels:
             end = self.features_bytes + self.labels_bytes
             out[LABELS] = TensorEntry(LABELS_DTYPE, (self.n_rows,), self.features_bytes, end)
+        if self.quant is not None:
+            scales = (self.n_rows, *self.row_shape[:-1])
+            out[SCALES] = TensorEntry(SCALES_DTYPE, scales, self.scales_begin, self.data_bytes)
         return out
 
 

@@ -22,14 +22,19 @@ from .header import MAX_HEADER_BYTES
 from .record import FeatureSetRecord
 
 FORMAT_NAME = "featstore"
-FORMAT_VERSION = 2  # 2: checksum.entry (every field, the timestamps included) and checksum.export (the .pt export)
+# 2: checksum.entry (every field, the timestamps included) and checksum.export (the .pt export);
+# 3: field 'quant' (quantised sets, docs/compact-storage.md). A manifest is written as version 3 only
+# while it lists a quantised set, so a featstore that reads 2 refuses it ("upgrade featstore") instead
+# of reading codes as values; stores without quantised sets stay readable by it.
+FORMAT_VERSION = 3
+PLAIN_FORMAT_VERSION = 2
 MANIFEST_NAME = "featstore.json"
 LOCK_NAME = ".featstore.lock"
 
 
 def empty_manifest() -> dict[str, Any]:
     """The manifest of a store with no feature sets."""
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "feature_sets": {}}
+    return {"format": FORMAT_NAME, "format_version": PLAIN_FORMAT_VERSION, "feature_sets": {}}
 
 
 def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, FeatureSetRecord]]:
@@ -49,7 +54,7 @@ def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, Fe
         raise FormatError(f"{where}: field 'format_version' must be an integer, got {version!r}")
     if version < 1:
         raise FormatError(
-            f"{where}: field 'format_version' is {version}; featstore writes 1 or 2 (the manifest is damaged)"
+            f"{where}: field 'format_version' is {version}; featstore writes 1, 2 or 3 (the manifest is damaged)"
         )
     if version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -152,7 +157,9 @@ class Manifest:
         with self._locked():
             obj, _ = self.read_raw()
             yield obj["feature_sets"]
-            obj["format_version"] = FORMAT_VERSION  # a version-1 manifest is upgraded by its first change
+            # a version-1 manifest is upgraded by its first change
+            quantised = any(isinstance(e, dict) and "quant" in e for e in obj["feature_sets"].values())
+            obj["format_version"] = FORMAT_VERSION if quantised else PLAIN_FORMAT_VERSION
             write_json_atomic(self.path, obj, crash_hook=crashpoint)
 
     @contextmanager

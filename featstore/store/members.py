@@ -66,3 +66,12 @@ def _check_header(path: Path, record: FeatureSetRecord, header: Header, raw: byt
             f"{path}: the provenance metadata in its header differs from the manifest's for feature set "
             f"{record.key!r}; the manifest is damaged: restore it from a backup"
         )
+    quant = header.metadata.get("featstore.quant")
+    expected_quant = (
+        None if record.quant is None else json.dumps(record.quant.to_json(), sort_keys=True, separators=(",", ":"))
+    )
+    if quant != expected_quant:
+        raise FormatError(
+            f"{path}: its header says quantisation {quant} but the manifest says {expected_quant} for feature set "
+            f"{record.key!r}; the manifest is damaged: restore it from a backup"
+        )

@@ -15,6 +15,7 @@ from ..errors import FormatError
 from .files import is_nonneg_int, short_repr
 from .header import DTYPES, Layout, itemsize, shape_nbytes
 from .paths import check_key, check_member_path
+from .quant import LOGICAL_DTYPES, SCHEMES, Quant
 
 CHECKSUM_ALGORITHM = "crc32"
 ENTRY_FIELDS = frozenset(
@@ -30,8 +31,10 @@ ENTRY_FIELDS = frozenset(
         "metadata",
         "created_at",
         "finished_at",
+        "quant",
     }
 )
+QUANT_FIELDS = frozenset({"scheme", "dtype", "scales"})
 CHECKSUM_FIELDS = frozenset({"algorithm", "block_rows", "blocks", "labels", "header", "export", "entry"})
 EXPORT_FIELDS = frozenset({"crc32", "bytes"})
 
@@ -68,6 +71,8 @@ class FeatureSetRecord:
     #: ``checksum.entry`` as read (None: an entry of format version 1), and the crc32 of the entry as read
     entry_crc32: int | None = field(default=None, compare=False)
     entry_crc32_read: int | None = field(default=None, compare=False)
+    #: how the set is quantised (field 'quant'; None: the features are stored as ``dtype`` values)
+    quant: Quant | None = None
 
     @property
     def n_rows(self) -> int:
@@ -83,7 +88,9 @@ class FeatureSetRecord:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.n_rows, self.row_shape, self.dtype, self.has_labels)
+        return Layout(
+            self.n_rows, self.row_shape, self.dtype, self.has_labels, self.quant.scheme if self.quant else None
+        )
 
     @property
     def entry_damaged(self) -> bool:
@@ -98,7 +105,9 @@ class FeatureSetRecord:
 
     def _fields(self) -> dict[str, Any]:
         export = None if self.export_crc32 is None else {"crc32": self.export_crc32, "bytes": self.export_bytes}
+        quant = {} if self.quant is None else {"quant": self.quant.to_json()}  # absent for raw sets
         return {
+            **quant,
             "file": self.file,
             "dtype": self.dtype,
             "shape": list(self.shape),
@@ -156,6 +165,7 @@ class FeatureSetRecord:
             raise FormatError(f"{entry.at}: marked complete but only some of its {n_rows} rows are committed")
         created_at, finished_at = (_parse_time(entry, name) for name in ("created_at", "finished_at"))
         export_crc, export_bytes = _parse_export(entry)
+        quant = _parse_quant(entry, dtype, shape)
         stored_entry_crc = obj["checksum"].get("entry")
         if stored_entry_crc is not None and not is_nonneg_int(stored_entry_crc):
             raise FormatError(f"{entry.at}: field 'checksum.entry' must be the crc32 of the entry, or absent")
@@ -178,6 +188,7 @@ class FeatureSetRecord:
             export_bytes=export_bytes,
             entry_crc32=stored_entry_crc,
             entry_crc32_read=entry_crc32(obj) if stored_entry_crc is not None else None,
+            quant=quant,
         )
 
 
@@ -278,3 +289,27 @@ def _parse_time(entry: _Entry, name: str) -> float | None:
     ):
         raise FormatError(f"{entry.at}: field {name!r} must be a time in seconds or null, got {short_repr(stamp)}")
     return stamp
+
+
+def _parse_quant(entry: _Entry, dtype: str, shape: list[int]) -> Quant | None:
+    """Field 'quant': absent for raw sets, else the scheme (matching 'dtype') and the logical dtype."""
+    quant = entry.obj.get("quant")
+    if quant is None and "quant" not in entry.obj:
+        return None
+    if (
+        not isinstance(quant, dict)
+        or set(quant) != QUANT_FIELDS
+        or quant["scheme"] not in SCHEMES
+        or quant["dtype"] not in LOGICAL_DTYPES
+        or quant["scales"] != "vector"
+    ):
+        raise FormatError(
+            f"{entry.at}: field 'quant' must be {{'scheme': {' or '.join(map(repr, SCHEMES))}, "
+            f"'dtype': {' or '.join(map(repr, LOGICAL_DTYPES))}, 'scales': 'vector'}}, got {short_repr(quant)}"
+        )
+    if SCHEMES[quant["scheme"]][0] != dtype or len(shape) < 2:
+        raise FormatError(
+            f"{entry.at}: field 'quant' says scheme {quant['scheme']!r} but the set stores {dtype} rows of shape "
+            f"{shape[1:]}; the manifest is damaged"
+        )
+    return Quant(quant["scheme"], quant["dtype"])

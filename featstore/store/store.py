@@ -25,6 +25,7 @@ from .manifest import LOCK_NAME, MANIFEST_NAME, Manifest
 from .members import checked_header
 from .paths import check_key, resolve_member
 from .pt_io import import_metadata, load_pt
+from .quant import check_quant
 from .record import FeatureSetRecord
 from .verify import verify_records
 from .writer import FeatureWriter, create_writer
@@ -155,12 +156,15 @@ class FeatureStore:
         metadata: dict[str, Any] | None = None,
         labels=None,
         resume: bool = False,
+        quant: str | None = None,
     ) -> FeatureWriter:
         """Preallocate a feature set and return its :class:`~featstore.store.writer.FeatureWriter`.
 
         ``row_shape`` is ``(D,)`` for pooled vectors or ``(T, D)`` for patch grids; ``labels`` an
         optional length-``n_rows`` integer array stored beside the features. With ``resume=True`` an
         unfinished set of the same key, shape, dtype, labels and metadata is continued instead.
+        ``quant`` ("int8" or "float8_e4m3") stores the rows compact (docs/compact-storage.md): the
+        writer takes rows of ``dtype`` (float16, bfloat16 or float32) and quantises them.
         """
         check_key(key)
         if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
@@ -175,7 +179,8 @@ class FeatureStore:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"feature set {key!r}: metadata must be JSON-serialisable ({exc})") from None
         label_array = _check_labels(labels, int(n_rows), key)
-        writer = create_writer(self.manifest, key, int(n_rows), row_shape, name, metadata, label_array, resume)
+        scheme = None if quant is None else check_quant(quant, name, row_shape, key)
+        writer = create_writer(self.manifest, key, int(n_rows), row_shape, name, metadata, label_array, resume, scheme)
         self._records[key] = writer.record  # live: the writer's commits show in info() and get()
         return writer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FeatureStoreError, VerificationError
-from .checksums import crc32_file_range, file_crc32
+from .checksums import block_crc32, crc32_file_range, file_crc32
 from .manifest import MANIFEST_NAME
 from .members import checked_header
 from .record import FeatureSetRecord
@@ -35,8 +35,8 @@ def verify_record(root: Path, record: FeatureSetRecord) -> tuple[list[str], int,
                 continue
             lo, hi = block * record.block_rows, min(record.n_rows, (block + 1) * record.block_rows)
             covered_rows += hi - lo
-            checked += (hi - lo) * rb
-            if crc32_file_range(fd, header.data_start + lo * rb, (hi - lo) * rb) != crc:
+            checked += (hi - lo) * (rb + record.layout.scale_count * 4)
+            if block_crc32(fd, header.data_start, record.layout, lo, hi) != crc:
                 problems.append(f"{record.key}: rows {lo}..{hi} of {path} fail their checksum; the data is corrupt")
         if record.labels_crc32 is not None:
             n = record.layout.labels_bytes

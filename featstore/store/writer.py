@@ -23,12 +23,13 @@ import numpy as np
 
 from .._dtypes import as_tensor, byte_view, dtype_name
 from ..errors import FeatureStoreError, IncompleteFeatureSetError, WriterBusyError, WriterConflictError
-from .checksums import block_rows_for, crc32_file_range
+from .checksums import block_crc32, block_rows_for
 from .crashpoints import crashpoint
 from .files import fsync_dir
 from .header import FILE_FORMAT_VERSION, MAX_HEADER_BYTES, Layout, encode_header, read_header
 from .manifest import Manifest
 from .paths import file_for_key, resolve_member
+from .quant import Quant, quantise
 from .ranges import covers, gaps, merge_ranges, overlaps, subtract_ranges
 from .record import FeatureSetRecord
 
@@ -40,19 +41,23 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
-def header_metadata(key: str, metadata: dict) -> dict[str, str]:
-    """The safetensors ``__metadata__`` of a feature set: provenance repeated for readers without featstore."""
-    return {
+def header_metadata(key: str, metadata: dict, quant: Quant | None = None) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of a feature set: provenance repeated for readers without featstore
+    (and, for a quantised set, ``featstore.quant``: the scheme and the logical dtype)."""
+    out = {
         "format": "pt",
         "featstore.format_version": str(FILE_FORMAT_VERSION),
         "featstore.key": key,
         "featstore.metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
     }
+    if quant is not None:
+        out["featstore.quant"] = json.dumps(quant.to_json(), sort_keys=True, separators=(",", ":"))
+    return out
 
 
-def expected_header(key: str, layout: Layout, metadata: dict) -> bytes:
+def expected_header(key: str, layout: Layout, metadata: dict, quant: Quant | None = None) -> bytes:
     """The safetensors header featstore writes for feature set ``key`` of ``layout`` and ``metadata``."""
-    return encode_header(layout.tensors(), header_metadata(key, metadata))
+    return encode_header(layout.tensors(), header_metadata(key, metadata, quant))
 
 
 class FeatureWriter:
@@ -93,7 +98,9 @@ class FeatureWriter:
 
     @property
     def dtype(self) -> str:
-        return self._record.dtype
+        """The dtype ``write`` takes: the stored one, or for a quantised set its logical dtype."""
+        quant = self._record.quant
+        return quant.dtype if quant is not None else self._record.dtype
 
     @property
     def committed_ranges(self) -> list[tuple[int, int]]:
@@ -140,8 +147,13 @@ class FeatureWriter:
                 f"feature set {self.key!r}: rows {start}..{end} overlap committed rows {clash[0]}..{clash[1]}; "
                 "committed rows are never written again (see missing_ranges())"
             )
-        data = byte_view(t.cpu().contiguous())
-        _pwrite_all(self._fd, data, self._data_start + start * self._layout.row_bytes)
+        t = t.cpu().contiguous()
+        if self._record.quant is not None:
+            t, scales = quantise(t, self._record.quant.scheme)
+            sb = self._layout.scale_count * 4
+            at = self._data_start + self._layout.scales_begin + start * sb
+            _pwrite_all(self._fd, byte_view(scales), at)
+        _pwrite_all(self._fd, byte_view(t), self._data_start + start * self._layout.row_bytes)
         self._pending = merge_ranges([*self._pending, (start, end)])
         crashpoint("data-written")
 
@@ -185,8 +197,7 @@ class FeatureWriter:
             for block in range(a // br, (b - 1) // br + 1):
                 lo, hi = block * br, min(self.n_rows, (block + 1) * br)
                 if blocks[block] is None and covers(committed, lo, hi):
-                    rb = self._layout.row_bytes
-                    blocks[block] = crc32_file_range(read_fd, self._data_start + lo * rb, (hi - lo) * rb)
+                    blocks[block] = block_crc32(read_fd, self._data_start, self._layout, lo, hi)
         crashpoint("blocks-checksummed")
         record.committed = committed
         record.block_crc32 = blocks
@@ -282,12 +293,16 @@ def create_writer(
     metadata: dict,
     labels: np.ndarray | None,
     resume: bool,
+    quant: Quant | None = None,
 ) -> FeatureWriter:
-    """Start (or, with ``resume=True``, continue) a feature set; see FeatureStore.create_feature_set."""
+    """Start (or, with ``resume=True``, continue) a feature set; see FeatureStore.create_feature_set.
+    With ``quant``, ``dtype`` is ignored: the file stores the scheme's codes and their scales."""
     rel = file_for_key(key)
     path = resolve_member(manifest.root, rel, f"feature set {key!r}")
-    layout = Layout(n_rows, row_shape, dtype, labels is not None)
-    header = expected_header(key, layout, metadata)
+    if quant is not None:
+        dtype = quant.storage_dtype
+    layout = Layout(n_rows, row_shape, dtype, labels is not None, quant.scheme if quant else None)
+    header = expected_header(key, layout, metadata, quant)
     labels_bytes = byte_view(as_tensor(labels)) if labels is not None else memoryview(b"")
     labels_crc = zlib.crc32(labels_bytes) if labels is not None else None
 
@@ -302,14 +317,14 @@ def create_writer(
         if not writable and (existing is None or (not existing.complete and gaps(existing.committed, existing.n_rows))):
             raise _read_only_conflict(key, path, existing)
         if existing is not None:
-            return _resume(manifest, existing, fd, path, layout, header, labels_crc, metadata, resume)
+            return _resume(manifest, existing, fd, path, layout, header, labels_crc, metadata, resume, quant)
         # A new set. A file here without a manifest entry is an orphan of a crash during creation: it
         # holds no committed rows, so it is rebuilt — but only if it is one of ours for this key.
         if os.fstat(fd).st_size:
             _check_orphan(path, key)
         os.ftruncate(fd, 0)
         _pwrite_all(fd, memoryview(header), 0)
-        os.ftruncate(fd, len(header) + layout.features_bytes + layout.labels_bytes)
+        os.ftruncate(fd, len(header) + layout.data_bytes)
         if labels is not None:
             _pwrite_all(fd, labels_bytes, len(header) + layout.features_bytes)
         crashpoint("header-written")
@@ -331,6 +346,7 @@ def create_writer(
             header_crc32=zlib.crc32(header),
             metadata=metadata,
             created_at=time.time(),
+            quant=quant,
         )
         manifest.put(record, must_be_new=True)
         return FeatureWriter(manifest, record, fd, path, len(header))
@@ -343,7 +359,7 @@ def create_writer(
 
 
 def _resume(
-    manifest: Manifest, existing: FeatureSetRecord, fd, path, layout, header, labels_crc, metadata, resume
+    manifest: Manifest, existing: FeatureSetRecord, fd, path, layout, header, labels_crc, metadata, resume, quant
 ) -> FeatureWriter:
     key = existing.key
     if existing.complete:
@@ -359,6 +375,7 @@ def _resume(
         "labels": labels_crc is not None,
         "labels checksum": labels_crc,
         "metadata": metadata,
+        "quantisation": quant,
     }
     stored = {
         "shape": existing.shape,
@@ -366,6 +383,7 @@ def _resume(
         "labels": existing.has_labels,
         "labels checksum": existing.labels_crc32,
         "metadata": existing.metadata,
+        "quantisation": existing.quant,
     }
     for name, value in wanted.items():
         if stored[name] != value:

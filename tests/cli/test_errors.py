@@ -291,6 +291,17 @@ CORPUS = [
         None,
     ),
     ("compare-bad-batch", ["compare", "{store}", "--batch-size", "0"], 2, "positive", None),
+    ("convert-no-dtype", ["convert", "{store}", "{root}/c1"], 2, "the following arguments are required: --dtype", None),
+    ("convert-into-itself", ["convert", "{store}", "{store}", "--dtype", "int8"], 2, "apart from the source", None),
+    ("convert-bad-dtype", ["convert", "{store}", "{root}/c2", "--dtype", "int4"], 2, "unsupported dtype 'int4'", None),
+    (
+        "convert-unknown-key",
+        ["convert", "{store}", "{root}/c3", "--dtype", "int8", "--keys", "enc/nope"],
+        1,
+        "enc/nope",
+        None,
+    ),
+    ("convert-missing-store", ["convert", "{root}/nowhere", "{root}/c4", "--dtype", "int8"], 1, "does not exist", None),
 ]
 if NO_CUDA:
     CORPUS += [

@@ -282,3 +282,32 @@ def test_interrupted_before_finishing_then_finished_without_encoding(tmp_path, m
     store = FeatureStore.open(tmp_path / "f")
     assert all(store.info(k).complete for k in store.keys())
     assert (tmp_path / "f" / "dinov2" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("flag", ["--dtype", "--store-dtype"])
+def test_extract_compact_int8(tmp_path, model_dir, dataset_dir, capsys, flag):
+    out = tmp_path / "f"
+    args = ["extract", "--dataset", str(dataset_dir), "--encoder", "dinov2", "--model", str(model_dir)]
+    args += ["--layers", "1", "--pooling", "cls,patch", "--out", str(out), "--num-workers", "0", "--no-progress"]
+    assert main([*args, flag, "int8"]) == 0, capsys.readouterr().err
+    store = FeatureStore.open(out)
+    plain = featstore.extract(
+        str(dataset_dir),
+        "dinov2",
+        str(model_dir),
+        tmp_path / "plain",
+        layers="1",
+        pooling="cls,patch",
+        num_workers=0,
+        progress=False,
+    )
+    for key in plain.keys:
+        q, ref = store[key], FeatureStore.open(tmp_path / "plain")[key]
+        assert q.quant.scheme == "int8" and q.record.dtype == "int8" and q.dtype == torch.float16
+        bound = q.scales.unsqueeze(-1) / 2 + 1e-3 * ref[:].float().abs()
+        assert bool(((q[:].float() - ref[:].float()).abs() <= bound).all()), key
+        assert torch.load(q.path.with_suffix(".pt"), weights_only=True)["features"].dtype == torch.float16
+    assert store.verify()["rows_without_checksum"] == 0
+    assert main([*args, flag, "int8"]) == 0  # a second run finds the sets complete
+    assert main([*args, "--store-dtype", "float8_e4m3"]) == 1  # other settings: refused without --overwrite
+    assert "store dtype" in capsys.readouterr().err

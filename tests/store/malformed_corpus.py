@@ -352,7 +352,7 @@ _CASES: dict[str, tuple] = {
     # -- dtypes
     "unknown dtype": (tensor_field("features", "dtype", "Q9"), CorruptFileError, ST_FILE, "unknown dtype"),
     "safetensors dtype featstore does not read": (
-        tensor_field("features", "dtype", "F8_E4M3"),
+        tensor_field("features", "dtype", "F8_E5M2"),
         CorruptFileError,
         ST_FILE,
         "unknown dtype",
@@ -525,7 +525,7 @@ _CASES: dict[str, tuple] = {
         "'format_version'",
     ),
     "format_version newer": (
-        manifest_edit(lambda e, o: o.update(format_version=3)),
+        manifest_edit(lambda e, o: o.update(format_version=4)),
         FormatVersionError,
         MANIFEST,
         "format version",
