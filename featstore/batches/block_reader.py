@@ -85,7 +85,13 @@ class BlockCache:
             at = (at // unit)[:, None] + np.arange(pieces, dtype=np.int64)
         else:
             at = at // unit
-        _backend.gather(self.arena, unit, np.ascontiguousarray(at.reshape(-1)), byte_view(out))
+        pieces_at = np.ascontiguousarray(at.reshape(-1))
+        if self.fs.quant is None:
+            _backend.gather(self.arena, unit, pieces_at, byte_view(out))
+            return
+        codes = np.empty(len(idx) * rb, dtype=np.uint8)  # the codes, then dequantised with their rows' scales
+        _backend.gather(self.arena, unit, pieces_at, codes)
+        self.fs.dequantise_codes(codes, idx, out)
 
     def load_into(self, blocks: list[int], slots: list[int]) -> None:
         """Read ``blocks`` into ``slots`` with one direct read, so every block's requests are in
@@ -210,7 +216,7 @@ def reader(
     """The function that fills a batch buffer with rows of ``fs``: read "mmap" or "direct"; with
     ``block_rows`` (the block order) and "direct", through a :class:`BlockReadAhead` when the epoch's
     batches (``plan``) are known, else a :class:`BlockCache`."""
-    if read == "direct" and block_rows and fs.quant is None:  # blocks hold raw rows; quantised sets gather
+    if read == "direct" and block_rows:  # blocks hold the stored rows (a quantised set's codes)
         if plan is not None:
             return BlockReadAhead(fs, block_rows, 2 * window_blocks + 2, plan).read
         return BlockCache(fs, block_rows, 2 * window_blocks + 2).read

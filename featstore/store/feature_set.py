@@ -277,12 +277,31 @@ class FeatureSet:
         if read == "direct":
             staged = np.empty(len(rows) * self.row_bytes, dtype=np.uint8)
             self.direct.read(rows, staged)
-            staged_scales = np.empty(len(rows) * (row_elems // group) * 4, dtype=np.uint8)
-            _backend.gather(self._scales, (row_elems // group) * 4, rows, staged_scales, threads)
-            src, scales, picks = staged.data, staged_scales.data, np.arange(len(rows), dtype=np.int64)
+            self.dequantise_codes(staged, rows, out, threads)
+            return
         out_name = dtype_name(out.dtype)
         _backend.dequant_gather(
             src, scales, row_elems, group, picks, byte_view(out), self.quant.scheme, out_name, threads
+        )
+
+    def dequantise_codes(self, codes: np.ndarray, rows: np.ndarray, out: torch.Tensor, threads: int = 0) -> None:
+        """Dequantise ``codes`` (row i: the stored codes of row ``rows[i]`` of this quantised set, read
+        elsewhere, e.g. by a block cache) into ``out`` with those rows' scales."""
+        assert self.quant is not None
+        row_elems, group = self.row_bytes, group_elems(self.row_shape)
+        scale_bytes = (row_elems // group) * 4
+        staged_scales = np.empty(len(rows) * scale_bytes, dtype=np.uint8)
+        _backend.gather(self._scales, scale_bytes, rows, staged_scales, threads)
+        _backend.dequant_gather(
+            codes,
+            staged_scales,
+            row_elems,
+            group,
+            np.arange(len(rows), dtype=np.int64),
+            byte_view(out),
+            self.quant.scheme,
+            dtype_name(out.dtype),
+            threads,
         )
 
     def check_all_committed(self) -> None:

@@ -218,3 +218,32 @@ def test_an_o_direct_block_read_of_a_truncated_file_names_it(tmp_path):
     os.truncate(fs.path, fs.direct.data_start + 300 * fs.row_bytes)
     with pytest.raises(CorruptFileError, match=r"feature set 'enc/layer_1': .*is \d+ bytes, but its rows end at byte"):
         cache.read(np.arange(350, 360, dtype=np.int64), torch.empty(10, 64, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("o_direct", [True, False])
+@pytest.mark.parametrize("scheme", ["int8", "float8_e4m3"])
+def test_block_reads_of_a_quantised_set_dequantise_like_its_gather(tmp_path, backend, monkeypatch, o_direct, scheme):
+    """A quantised set in block order: the block cache holds its codes and dequantises each batch
+    with its rows' scales, bit for bit what fs.gather gives."""
+    from featstore.store.direct import DirectReader
+
+    if not o_direct:
+        monkeypatch.setattr(DirectReader, "direct_fd", lambda self: None)
+    store = FeatureStore.create(tmp_path / "s")
+    x = torch.randn(300, 4, 64, generator=torch.Generator().manual_seed(3)).half()
+    with store.create_feature_set("enc/q", 300, (4, 64), "float16", quant=scheme) as w:
+        w.write(0, x)
+    fs = store.refresh()["enc/q"]
+    loader = fs.batches(32, order="block", block_bytes=20 * 256, window_blocks=2, read="direct", labels=False)
+    seen = []
+    for batch in loader:
+        assert batch.features.dtype == torch.float16
+        assert torch.equal(batch.features, fs.gather(batch.indices.numpy()))
+        seen.append(batch.indices.numpy())
+    assert sorted(np.concatenate(seen).tolist()) == list(range(300))
+    cache = BlockCache(fs, 20, n_slots=6)
+    assert cache.o_direct == o_direct
+    idx = np.array([5, 19, 0, 7], dtype=np.int64)
+    out = torch.empty(4, 4, 64, dtype=torch.float32)
+    cache.read(idx, out)
+    assert torch.equal(out, fs.gather(idx, dtype=torch.float32)) and cache.blocks_read == 1
