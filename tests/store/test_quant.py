@@ -168,14 +168,15 @@ def test_quantise_codes():
     assert codes.float().tolist() == [[448.0, -224.0, 112.0, 0.0], [0.0] * 4]
 
 
+@pytest.mark.parametrize("d", [40, 37, 5])  # whole 8-wide vector steps, a tail, only a tail
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_kernel_rounds_like_torch_at_the_extremes(backend, scheme):
+def test_kernel_rounds_like_torch_at_the_extremes(backend, scheme, d):
     """Scales from 1e-9 to 1e3: float16 subnormals, overflow to inf, bfloat16 and float32 all agree bitwise
     with torch's float32(code) * scale, rounded by torch."""
     from featstore import _backend
 
     rng = np.random.default_rng(1)
-    n, groups, d = 200, 3, 40
+    n, groups = 200, 3
     codes = rng.integers(0, 256, (n, groups * d), dtype=np.uint8)
     codes[(codes & 0x7F) == 0x7F] = 0  # the e4m3 NaN codes never appear in a quantised set
     scales = (rng.standard_normal(n * groups) * 10.0 ** rng.integers(-9, 4, n * groups)).astype(np.float32)
@@ -188,3 +189,21 @@ def test_kernel_rounds_like_torch_at_the_extremes(backend, scheme):
             codes, scales, groups * d, d, idx, out.view(torch.uint8).numpy(), scheme, str(dtype)[6:]
         )
         assert torch.equal(out.view(torch.uint8), exact.to(dtype).view(torch.uint8)), dtype
+
+
+@pytest.mark.parametrize("dtype", OUT_DTYPES)
+def test_every_e4m3_code_decodes_like_torch(backend, dtype):
+    """All 256 e4m3 codes (subnormals, both zeros, 448, and the NaN codes 0x7f / 0xff) through the
+    kernel's vector steps and its tail: the same values as torch's float8_e4m3fn, NaN where torch has NaN."""
+    from featstore import _backend
+
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 256)
+    scales = np.array([1.5], dtype=np.float32)
+    out = torch.empty(1, 256, dtype=dtype)
+    _backend.dequant_gather(
+        codes, scales, 256, 256, np.zeros(1, np.int64), out.view(torch.uint8).numpy(), "float8_e4m3", str(dtype)[6:]
+    )
+    exact = (torch.from_numpy(codes).view(torch.float8_e4m3fn).float() * 1.5).to(dtype)
+    nan = torch.isnan(exact)
+    assert nan.sum() == 2 and torch.equal(torch.isnan(out), nan)
+    assert torch.equal(out[~nan].view(torch.uint8), exact[~nan].view(torch.uint8))
