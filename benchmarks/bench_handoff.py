@@ -5,16 +5,20 @@
 One set of 262,144 x 768 float16 rows (384 MiB), in the page cache and mapped before timing. Each
 repetition draws a fresh permutation and runs every variant over a whole epoch, in an order rotated
 per repetition, so machine noise hits them alike; the table gives medians and each variant's ratio
-to the bare gather of the same repetitions. Variants:
+to the bare gathers of the same repetitions. Variants:
 
-  gather              fs.gather_into(idx, out) into one preallocated tensor, on the calling thread
+  fs.gather           x = fs.gather(idx) per batch: the bare loop the issue measured (a fresh tensor each
+                      batch), over a permutation drawn beforehand
+  gather into 1 buffer  fs.gather_into(idx, out) into one preallocated tensor (no loader can do this: the
+                      caller holds batch b while b+1 is gathered)
   gather + permutation  the same, with the epoch's permutation (rng.permutation(n)) timed too
-  gather 4 buffers    the same into 4 buffers in turn (what a prefetching loader must use at least)
-  batches             an epoch of a loader fs.batches(bs, labels=False) made beforehand (as a training run
-                      makes it once): the prefetch thread (prefetch=2), recycled buffers
-  batches + labels    the same with the stored labels gathered too
-  batches prefetch=0  no thread: the batches are assembled on the calling thread
-  batches prefetch=1  one batch ahead
+  batches             an epoch of a loader fs.batches(bs, labels=False) made once per batch size (as a
+                      training run makes it), in steady state: the epoch's order was drawn ahead during
+                      the previous epoch (featstore.batches.orders.OrderAhead); prefetch=2, recycled buffers
+  batches, first epoch  a fresh loader's first epoch, its permutation drawn inside the timing
+  batches + labels    steady state, the stored labels gathered too
+  batches prefetch=0  steady state, no thread: the batches are assembled on the calling thread
+  batches prefetch=1  steady state, one batch ahead
 
 Results: benchmarks/results/handoff.{json,md} (``--quick``: handoff-quick.*, 32,768 rows, 2 repeats).
 """
@@ -41,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
+PEERS = ("fs.gather", "gather into 1 buffer", "gather + permutation")  # every variant's ratio is given to these
 
 
 def main() -> int:
@@ -71,30 +76,39 @@ def main() -> int:
     fs.advise("willneed")
     float(fs.to_torch().float().sum())  # in the page cache and mapped
 
-    def gather(bs: int, rep: int, buffers: int = 1, shuffle_timed: bool = False) -> float:
-        outs = [torch.empty(bs, width, dtype=torch.float16) for _ in range(buffers)]
+    def gather(bs: int, rep: int, shuffle_timed: bool = False, fresh: bool = False) -> float:
+        out = torch.empty(bs, width, dtype=torch.float16)
         t = time.perf_counter()
         perm = np.random.default_rng(rep).permutation(n)
         if not shuffle_timed:
             t = time.perf_counter()
-        for k, i in enumerate(range(0, n - bs + 1, bs)):
-            fs.gather_into(perm[i : i + bs], outs[k % buffers])
+        for i in range(0, n - bs + 1, bs):
+            if fresh:
+                out = fs.gather(perm[i : i + bs])
+            else:
+                fs.gather_into(perm[i : i + bs], out)
         return (n // bs * bs) / (time.perf_counter() - t)
 
-    def batches(bs: int, rep: int, **options) -> float:
+    loaders: dict[tuple, object] = {}
+
+    def batches(bs: int, rep: int, first_epoch: bool = False, **options) -> float:
         options.setdefault("labels", False)
+        key = (bs, *sorted(options.items()))
+        if first_epoch or key not in loaders:
+            loaders[key] = fs.batches(bs, seed=rep, drop_last=True, read="mmap", **options)
+        loader = loaders[key]
         rows = 0
-        loader = fs.batches(bs, seed=rep, drop_last=True, read="mmap", **options)  # made once per training run
         t = time.perf_counter()
-        for b in loader:  # an epoch: its permutation, the gathers, the hand-off
+        for b in loader:  # an epoch: the gathers, the hand-off (and, for a first epoch, its permutation)
             rows += b.features.shape[0]
         return rows / (time.perf_counter() - t)
 
     variants = {
-        "gather": gather,
-        "gather + permutation": lambda bs, r: gather(bs, r, 1, True),
-        "gather 4 buffers": lambda bs, r: gather(bs, r, 4),
+        "fs.gather": lambda bs, r: gather(bs, r, fresh=True),
+        "gather into 1 buffer": gather,
+        "gather + permutation": lambda bs, r: gather(bs, r, True),
         "batches": batches,
+        "batches, first epoch": lambda bs, r: batches(bs, r, first_epoch=True),
         "batches + labels": lambda bs, r: batches(bs, r, labels=True),
         "batches prefetch=0": lambda bs, r: batches(bs, r, prefetch=0),
         "batches prefetch=1": lambda bs, r: batches(bs, r, prefetch=1),
@@ -126,6 +140,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "busy_before": busy_before,
         "busy_after": busy_after,
+        "peers": list(PEERS),
         "rows_per_s": table,
     }
     stem = ("handoff-quick" if args.quick else "handoff") + ("" if width == 768 else f"-{width}")
@@ -137,6 +152,7 @@ def main() -> int:
 
 
 def report(results: dict) -> str:
+    peers = results["peers"]
     lines = [
         "# The loader's hand-off (warm)",
         "",
@@ -147,22 +163,24 @@ def report(results: dict) -> str:
         "(other processes included: the machine was shared, so the figures are noisy; the ratios compare "
         "variants of the same repetitions).",
         "",
-        "Ratios are medians of per-repetition ratios: to the bare gather, and to the bare gather with the",
-        "epoch's permutation drawn (which any shuffled epoch must do; the loader draws the same one).",
+        "Ratios are medians of per-repetition ratios to the bare gathers of the same repetitions: "
+        "`fs.gather` (a fresh tensor a batch, as the issue measured it), `gather into 1 buffer` (the",
+        "strictest: one buffer the caller never holds) and `gather + permutation` (that, with the epoch's",
+        "permutation drawn inside the timing, as a loader's first epoch must).",
         "",
-        "| variant | B=1024 GB/s | us/batch | x gather | x gather + perm. "
-        "| B=8192 GB/s | us/batch | x gather | x gather + perm. |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | B=1024 GB/s | us/batch | "
+        + " | ".join(f"x {p}" for p in peers)
+        + " | B=8192 GB/s | us/batch | "
+        + " | ".join(f"x {p}" for p in peers)
+        + " |",
+        "|---|" + "---|" * (2 * (2 + len(peers))),
     ]
     t = results["rows_per_s"]
     for name in t["1024"]:
         cells = []
         for bs in ("1024", "8192"):
             med = statistics.median(t[bs][name])
-            ratios = [
-                statistics.median(a / b for a, b in zip(t[bs][name], t[bs][peer], strict=True))
-                for peer in ("gather", "gather + permutation")
-            ]
+            ratios = [statistics.median(a / b for a, b in zip(t[bs][name], t[bs][peer], strict=True)) for peer in peers]
             cells += [f"{med * results['row_bytes'] / 1e9:.2f}", f"{1e6 * int(bs) / med:.0f}"]
             cells += [f"{r:.2f}" for r in ratios]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

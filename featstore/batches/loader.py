@@ -26,7 +26,15 @@ from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler, RecyclingBuffers
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
 from .device_paths import loader_path
-from .orders import DEFAULT_BLOCK_BYTES, DEFAULT_WINDOW_BLOCKS, ORDERS, block_order, block_rows_for, block_share
+from .orders import (
+    DEFAULT_BLOCK_BYTES,
+    DEFAULT_WINDOW_BLOCKS,
+    ORDERS,
+    OrderAhead,
+    block_order,
+    block_rows_for,
+    block_share,
+)
 from .prefetch import prefetched
 
 
@@ -40,7 +48,8 @@ class BatchLoader:
     """Iterate over batches of one or several feature sets; one epoch per ``iter()``.
 
     Arguments: ``batch_size``; ``shuffle`` (default True) with ``seed`` (epoch ``e`` uses the
-    permutation of ``(seed, e)``, so runs repeat exactly); ``drop_last``; ``device`` (None or 'cpu',
+    permutation of ``(seed, e)``, so runs repeat exactly; the next epoch's is drawn on a background
+    thread while an epoch runs, featstore.batches.orders.OrderAhead); ``drop_last``; ``device`` (None or 'cpu',
     or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
     a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
     length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does);
@@ -123,6 +132,7 @@ class BatchLoader:
         # the device cache / registrations, built once, reused across epochs
         self._assembler_cache: DeviceCacheAssembler | UvaAssembler | None = None
         self._cpu_buffers: dict[str, RecyclingBuffers] | None = None
+        self._next_order: OrderAhead | None = None  # the next epoch's order, drawn while this one runs
 
     def _choose_path(self, cache: str, cache_share: float | None) -> dict[str, Any]:
         """The device path (featstore.batches.device_paths); auto falls back to pinned if registration fails."""
@@ -208,8 +218,16 @@ class BatchLoader:
             order = perm if self.all_rows else self.rows[perm]  # rows[perm] is perm when rows is arange
         return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
 
+    def _take_order(self, epoch: int) -> np.ndarray:
+        """``epoch_order(epoch)``, drawn ahead if the last epoch guessed it; starts drawing ``epoch + 1``'s."""
+        ahead, self._next_order = self._next_order, None
+        order = ahead.result() if ahead is not None and ahead.epoch == epoch else self.epoch_order(epoch)
+        if self.shuffle:
+            self._next_order = OrderAhead(self.epoch_order, epoch + 1)
+        return order
+
     def __iter__(self) -> Iterator[Batch]:
-        order = self.epoch_order(self.epoch)
+        order = self._take_order(self.epoch)
         self.epoch += 1
         bs = self.batch_size
         chunks = [order[i * bs : (i + 1) * bs] for i in range(len(self))]

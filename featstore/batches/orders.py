@@ -16,6 +16,10 @@ reads its own blocks instead of every rank reading every block.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+
 import numpy as np
 
 ORDERS = ("random", "block")
@@ -59,3 +63,40 @@ def block_share(order: np.ndarray, rank: int, world_size: int, drop_last: bool =
     if per * world_size > n and n:
         order = np.resize(order, per * world_size)  # wraps around, as the random order's padding does
     return np.ascontiguousarray(order[rank * per : (rank + 1) * per])
+
+
+class OrderAhead:
+    """An epoch's order drawn on a background thread, so a loader has it when that epoch starts.
+
+    Drawing a permutation costs ~25 ns a row (6.7 ms for 262,144 rows), a fifth of a warm epoch of
+    1024-row gathers; numpy's shuffle releases the GIL, so the thread draws it while the caller trains
+    on the previous epoch. The thread runs at the lowest CPU priority (Linux: niceness 19, this thread
+    only), so where the caller never pauses it takes only time the gathers leave idle.
+    """
+
+    def __init__(self, draw: Callable[[int], np.ndarray], epoch: int):
+        self.epoch = epoch
+        self._done = threading.Event()
+        self._order: np.ndarray | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(draw,), name="featstore-order", daemon=True).start()
+
+    def _run(self, draw: Callable[[int], np.ndarray]) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):  # not Linux: a normal-priority thread
+            pass
+        try:
+            self._order = draw(self.epoch)
+        except BaseException as exc:  # raised to the loader when it takes the order
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> np.ndarray:
+        """The order (waits for the thread); raises what drawing it raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._order is not None
+        return self._order

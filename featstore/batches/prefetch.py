@@ -36,7 +36,8 @@ class _State:
         self.claimed = 0  # batches claimed by either thread (claims go in order)
         self.served = 0  # batches handed to the caller
         self.ready: dict[int, Any] = {}  # assembled by the thread, not yet served
-        self.away = False  # the caller is outside next(): the thread may work
+        self.away = False  # the caller is outside next()
+        self.wanted = False  # the caller stays away long enough for the thread to pay (decided as it leaves)
         self.cost = 0.0  # seconds the last batch took to assemble, whichever thread did it
         self.stop = False
 
@@ -73,7 +74,9 @@ def prefetched(
             with state.cond:
                 state.served = k + 1
                 state.away = True
-                if away_for > state.cost or state.ready:  # the caller trains between batches: work while it does
+                # the caller trains between batches: work while it does; else it assembles them itself
+                state.wanted = away_for > state.cost or bool(state.ready)
+                if state.wanted:
                     state.cond.notify_all()
             out = finish(item)
             left = time.perf_counter()
@@ -89,7 +92,7 @@ def _produce(state: _State, chunks: list, assemble: Callable[[Any], Any]) -> Non
     while True:
         with state.cond:
             while not state.stop and not (
-                state.away and state.claimed < state.n and state.claimed - state.served < state.ahead
+                state.away and state.wanted and state.claimed < state.n and state.claimed - state.served < state.ahead
             ):
                 state.cond.wait()
             if state.stop:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from featstore import FeatureStore
 from featstore.batches.block_reader import BlockCache
-from featstore.batches.orders import block_order, block_rows_for, block_share
+from featstore.batches.orders import OrderAhead, block_order, block_rows_for, block_share
 
 torch.set_num_threads(1)
 
@@ -247,3 +247,29 @@ def test_block_reads_of_a_quantised_set_dequantise_like_its_gather(tmp_path, bac
     out = torch.empty(4, 4, 64, dtype=torch.float32)
     cache.read(idx, out)
     assert torch.equal(out, fs.gather(idx, dtype=torch.float32)) and cache.blocks_read == 1
+
+
+@pytest.mark.parametrize("order", ["random", "block"])
+def test_orders_drawn_ahead_are_the_epochs_orders(tmp_path, order):
+    """Each epoch is served in exactly epoch_order(epoch), whether the order was drawn ahead (consecutive
+    epochs) or not (set_epoch jumps, a fresh loader)."""
+    store, _, _ = make_store(tmp_path, n_rows=300, row_shape=(4,))
+    fs = FeatureStore.open(tmp_path)["enc/layer_1"]
+    loader = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
+    fresh = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
+    for epoch in (0, 1, 2, 7, 8, 3):
+        if epoch in (7, 3):
+            loader.set_epoch(epoch)
+        served = np.concatenate([b.indices.numpy() for b in loader])
+        assert np.array_equal(served, fresh.epoch_order(epoch)), epoch
+    assert loader.epoch == 4
+
+
+def test_an_order_that_fails_to_draw_raises_when_taken():
+    def draw(epoch):
+        raise RuntimeError(f"no order for epoch {epoch}")
+
+    ahead = OrderAhead(draw, 3)
+    with pytest.raises(RuntimeError, match="no order for epoch 3"):
+        ahead.result()
+    assert np.array_equal(OrderAhead(lambda e: np.arange(e), 4).result(), np.arange(4))
