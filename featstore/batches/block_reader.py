@@ -24,11 +24,10 @@ import torch
 from .. import _backend
 from .._dtypes import byte_view
 from ..store import FeatureSet
-from ..store.direct import PAGE, aligned_buffer
+from ..store.direct import MIN_PIECE_BYTES, PAGE, aligned_buffer
 
 Read = Callable[[np.ndarray, torch.Tensor], None]
 BLOCK_REQUEST_BYTES = 1 << 20  # a block is read as several requests in flight
-MIN_PIECE_BYTES = 64  # O_DIRECT blocks are gathered in pieces of at least this (else read through the cache)
 READ_AHEAD_BLOCKS = 4  # blocks the read-ahead reads at once, when that many slots are free: 16 MiB in flight
 
 
@@ -91,7 +90,7 @@ class BlockCache:
             return
         codes = np.empty(len(idx) * rb, dtype=np.uint8)  # the codes, then dequantised with their rows' scales
         _backend.gather(self.arena, unit, pieces_at, codes)
-        self.fs.dequantise_codes(codes, idx, out)
+        self.fs.dequantise_codes(codes, idx, out, read="direct")
 
     def load_into(self, blocks: list[int], slots: list[int]) -> None:
         """Read ``blocks`` into ``slots`` with one direct read, so every block's requests are in

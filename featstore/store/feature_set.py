@@ -27,6 +27,7 @@ from .memory import READ_MODES, choose_read, memory_facts
 from .pt_io import write_pt
 from .quant import LOGICAL_DTYPES, Quant, group_elems, scales_shape
 from .record import FeatureSetRecord
+from .scales import DirectScales
 
 DEQUANT_DTYPES = tuple(TORCH_DTYPES[name] for name in LOGICAL_DTYPES)
 
@@ -74,6 +75,11 @@ class FeatureSet:
         self._committed_starts = np.array([a for a, _ in record.committed], dtype=np.int64)
         self._committed_ends = np.array([b for _, b in record.committed], dtype=np.int64)
         self.direct = DirectReader(self.path, record.key, start, self.row_bytes, record.n_rows)
+        self.direct_scales = (
+            None
+            if self.quant is None
+            else DirectScales(self.path, record.key, scales_at, self._scale_row_bytes, record.n_rows)
+        )
         self._auto_read: str | None = None
 
     # ---- what it is -------------------------------------------------------------------------
@@ -261,7 +267,7 @@ class FeatureSet:
         ``threads``: 0 uses the gather pool, 1 copies on the calling thread (mmap path);
         ``read``: "mmap" (the mapping) or "direct" (preadv, ``FEATSTORE_QUEUE_DEPTH`` reads in flight).
         A quantised set dequantises into ``out`` (float16, bfloat16 or float32): the direct path reads
-        the codes into a staging buffer, and the scales (4 bytes a vector) through the mapping."""
+        the codes into a staging buffer, and the scales (4 bytes a vector) without the mapping too."""
         if self.row_bytes and len(rows) and self.quant is not None:
             self._dequant_into(rows, out, threads, read)
         elif self.row_bytes and len(rows):
@@ -277,21 +283,32 @@ class FeatureSet:
         if read == "direct":
             staged = np.empty(len(rows) * self.row_bytes, dtype=np.uint8)
             self.direct.read(rows, staged)
-            self.dequantise_codes(staged, rows, out, threads)
+            self.dequantise_codes(staged, rows, out, threads, read="direct")
             return
         out_name = dtype_name(out.dtype)
         _backend.dequant_gather(
             src, scales, row_elems, group, picks, byte_view(out), self.quant.scheme, out_name, threads
         )
 
-    def dequantise_codes(self, codes: np.ndarray, rows: np.ndarray, out: torch.Tensor, threads: int = 0) -> None:
+    @property
+    def _scale_row_bytes(self) -> int:
+        """Bytes of scales a row of a quantised set has (4 a vector along the last axis)."""
+        return (self.row_bytes // group_elems(self.row_shape)) * 4 if self.row_bytes else 0
+
+    def dequantise_codes(
+        self, codes: np.ndarray, rows: np.ndarray, out: torch.Tensor, threads: int = 0, read: str = "mmap"
+    ) -> None:
         """Dequantise ``codes`` (row i: the stored codes of row ``rows[i]`` of this quantised set, read
-        elsewhere, e.g. by a block cache) into ``out`` with those rows' scales."""
-        assert self.quant is not None
+        elsewhere, e.g. by a block cache) into ``out`` with those rows' scales, read as ``read`` says:
+        "mmap" through the mapping, "direct" without it (featstore.store.scales)."""
+        assert self.quant is not None and self.direct_scales is not None
         row_elems, group = self.row_bytes, group_elems(self.row_shape)
-        scale_bytes = (row_elems // group) * 4
+        scale_bytes = self._scale_row_bytes
         staged_scales = np.empty(len(rows) * scale_bytes, dtype=np.uint8)
-        _backend.gather(self._scales, scale_bytes, rows, staged_scales, threads)
+        if read == "direct":
+            self.direct_scales.gather(rows, staged_scales)
+        else:
+            _backend.gather(self._scales, scale_bytes, rows, staged_scales, threads)
         _backend.dequant_gather(
             codes,
             staged_scales,

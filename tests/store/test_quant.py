@@ -70,6 +70,27 @@ def test_every_path_and_backend_agrees_bitwise(tmp_path, scheme, backend):
     assert torch.equal(fs[[7, 0]], fs.gather([7, 0])) and torch.equal(fs[10:12], fs.gather([10, 11]))
 
 
+@pytest.mark.damages_store
+@pytest.mark.parametrize("hold", [True, False])
+def test_direct_reads_take_the_scales_without_the_mapping(tmp_path, monkeypatch, hold):
+    """The direct path's scales, held in memory (read once) or read with each batch, are the rows' own;
+    a file cut short in its scales is a CorruptFileError naming the set, never a SIGBUS."""
+    from featstore.errors import CorruptFileError
+    from featstore.store import scales as scales_module
+
+    monkeypatch.setattr(scales_module, "HOLD_BYTES", 1 << 20 if hold else 0)
+    x = features(60, (4, 16))
+    fs = write(tmp_path / "s", x, "int8")["enc/q"]
+    rows = np.array([59, 0, 31, 31, 2], dtype=np.int64)
+    assert torch.equal(fs.gather(rows, read="direct"), fs.gather(rows, read="mmap"))
+    assert (fs.direct_scales.in_memory is not None) == hold
+    fresh = FeatureStore.open(tmp_path / "s")["enc/q"]
+    with open(fresh.path, "r+b") as f:  # cut inside the scales: the codes are all there
+        f.truncate(fresh.header.data_start + fresh.record.layout.scales_begin + 8)
+    with pytest.raises(CorruptFileError, match="enc/q"):
+        fresh.gather(rows, read="direct")
+
+
 def test_core_and_numpy_give_the_same_bytes(tmp_path):
     from featstore import _backend
 

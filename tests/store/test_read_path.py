@@ -68,6 +68,26 @@ def test_a_truncated_file_is_a_corrupt_file_error_naming_it(tmp_path, backend):
         fs.gather([1], read="direct")  # the file is short, even if row 1 is still there
 
 
+@pytest.mark.damages_store
+@pytest.mark.parametrize("o_direct", [True, False])
+@pytest.mark.parametrize("row_shape", [(257, 128), (171, 192)])  # 65,792 B (pieces of 256 B); 65,664 B (128 B)
+def test_large_rows_read_with_o_direct_are_the_mapped_rows(tmp_path, backend, monkeypatch, o_direct, row_shape):
+    """Rows of at least PAGE_READ_MIN_ROW_BYTES are read with O_DIRECT, whole pages around each, and
+    copied out of the pages; without O_DIRECT they go through the cache. Both give the mapped bytes."""
+    from featstore.store.direct import DirectReader
+
+    if not o_direct:
+        monkeypatch.setattr(DirectReader, "direct_fd", lambda self: None)
+    store, data, _ = make_store(tmp_path, n_rows=9, row_shape=row_shape, dtype=torch.float16)
+    fs = store["enc/layer_1"]
+    assert fs.direct.page_reads and (fs.direct.direct_fd() is not None) == o_direct
+    rows = [8, 0, 3, 3, 7, 1]
+    assert torch.equal(fs.gather(rows, read="direct").view(torch.int16), data[rows].view(torch.int16))
+    os.truncate(fs.path, fs.header.data_start + 5 * fs.row_bytes + 100)  # someone else cuts the file
+    with pytest.raises(CorruptFileError, match="enc/layer_1"):
+        fs.gather([8, 0], read="direct")
+
+
 # ---- featstore.store.memory --------------------------------------------------------------------
 
 V1_CGROUP = "12:pids:/\n4:memory:/slurm/uid_1/job_7\n0::/\n"
