@@ -4,8 +4,8 @@ A batch of rows read directly also needs those rows' scales (4 bytes a vector: 1
 257-token grid). Through the mapping each row's scales are a synchronous page fault, one disk
 read at a time: measured, that held random int8 patch batches to half of fio's rate. So the direct
 path holds every scale of the set in memory, read once in large requests, when they are at most
-:data:`HOLD_BYTES` (they are 1/D of the codes: 64 MiB holds the scales of a 16 GB set of
-768-wide vectors or of 384-wide tokens); larger ones are read with each batch, all in flight at once.
+:data:`HOLD_BYTES` (4 bytes a vector: 64 MiB holds the scales of 12 GB of 768-wide int8
+vectors, or of 6 GB of 384-wide tokens); larger ones are read with each batch, all in flight at once.
 """
 
 from __future__ import annotations
