@@ -1,8 +1,8 @@
 """The scales of a quantised set on the direct path, where the mapping would fault them in one page at a time.
 
 A batch of rows read directly also needs those rows' scales (4 bytes a vector: 1 KiB a row of a
-257-token grid). Through the mapping each row's scales are a synchronous page fault, one disk
-read at a time: measured, that held random int8 patch batches to half of fio's rate. So the direct
+257-token grid). Through the mapping, out of core, each row's scales can be a page fault: one
+synchronous disk read at a time, beside codes read many in flight. So the direct
 path holds every scale of the set in memory, read once in large requests, when they are at most
 :data:`HOLD_BYTES` (4 bytes a vector: 64 MiB holds the scales of 12 GB of 768-wide int8
 vectors, or of 6 GB of 384-wide tokens); larger ones are read with each batch, all in flight at once.
