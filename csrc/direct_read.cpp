@@ -4,15 +4,17 @@
 // Why preadv with scattered iovecs: a run of rows adjacent in the file is one request to the disk
 // even when the batch wants them at positions far apart, so block-ordered batches (runs of
 // hundreds of rows) cost a few large requests, and random batches one request per row.
-// Why threads that block rather than io_uring: the thread pool needs no library or kernel feature
-// and keeps `queue_depth` requests in flight, which is what the disk needs; io_uring would save
-// the threads' context switches (see docs/performance.md).
+// Two engines keep `queue_depth` requests in flight: io_uring (uring.h), where the kernel allows
+// a ring, submits them all from the calling thread; else the I/O thread pool, a thread blocked in
+// preadv per request. $FEATSTORE_IO picks one: "auto" (default: io_uring where it works),
+// "io_uring", "threads". io_engine() says which runs and why.
 #include "direct_read.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -26,6 +28,7 @@
 #include "gather.h"
 #include "mapped_file.h"
 #include "thread_pool.h"
+#include "uring.h"
 
 namespace featstore {
 
@@ -51,42 +54,120 @@ struct Run {
                          " bytes at offset " + std::to_string(at) + "; the file ends before its rows (truncated?)");
 }
 
-// One preadv of the run, repeated until every byte is in (a partial read moves the iovecs on).
+// One run's request: its iovecs (one per stretch of rows adjacent in out too) and how far it got.
+struct Request {
+    std::vector<iovec> iov;
+    std::size_t first = 0;  // iovecs before this are filled
+    std::size_t done = 0, want = 0;
+    std::uint64_t start = 0;  // file offset of the run's first byte
+
+    Request(std::uint64_t offset, std::size_t row_bytes, const Pick* picks, const Run& run, std::uint8_t* out) {
+        iov.reserve(run.end - run.begin);
+        for (std::size_t k = run.begin; k < run.end; ++k) {
+            std::uint8_t* dst = out + picks[k].pos * row_bytes;
+            if (!iov.empty() && static_cast<std::uint8_t*>(iov.back().iov_base) + iov.back().iov_len == dst)
+                iov.back().iov_len += row_bytes;
+            else
+                iov.push_back({dst, row_bytes});
+        }
+        want = (run.end - run.begin) * row_bytes;
+        start = offset + picks[run.begin].row * row_bytes;
+    }
+
+    // Accounts for `got` more bytes read (a partial read moves the iovecs on); true when all are in.
+    bool advance(std::size_t got) {
+        done += got;
+        while (got > 0 && first < iov.size()) {
+            if (got >= iov[first].iov_len) {
+                got -= iov[first].iov_len;
+                ++first;
+            } else {
+                iov[first].iov_base = static_cast<std::uint8_t*>(iov[first].iov_base) + got;
+                iov[first].iov_len -= got;
+                got = 0;
+            }
+        }
+        return done >= want;
+    }
+    const iovec* rest() const { return iov.data() + first; }
+    unsigned rest_count() const { return static_cast<unsigned>(iov.size() - first); }
+    std::uint64_t at() const { return start + done; }
+};
+
+// One preadv of the run, repeated until every byte is in.
 void read_run(int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* picks, const Run& run,
               std::uint8_t* out, const std::string& path) {
-    std::vector<iovec> iov;
-    iov.reserve(run.end - run.begin);
-    for (std::size_t k = run.begin; k < run.end; ++k) {
-        std::uint8_t* dst = out + picks[k].pos * row_bytes;
-        if (!iov.empty() && static_cast<std::uint8_t*>(iov.back().iov_base) + iov.back().iov_len == dst)
-            iov.back().iov_len += row_bytes;
-        else
-            iov.push_back({dst, row_bytes});
-    }
-    const std::size_t want = (run.end - run.begin) * row_bytes;
-    const std::uint64_t start = offset + picks[run.begin].row * row_bytes;
-    std::size_t done = 0, first = 0;
-    while (done < want) {
-        const int cnt = static_cast<int>(iov.size() - first);
-        const ssize_t got = ::preadv(fd, iov.data() + first, cnt, static_cast<off_t>(start + done));
+    Request req(offset, row_bytes, picks, run, out);
+    for (;;) {
+        const ssize_t got = ::preadv(fd, req.rest(), static_cast<int>(req.rest_count()), static_cast<off_t>(req.at()));
         if (got < 0) {
             if (errno == EINTR) continue;
             throw SystemError(errno, std::strerror(errno), path);
         }
-        if (got == 0) throw_short(path, start + done, done, want);
-        done += static_cast<std::size_t>(got);
-        std::size_t left = static_cast<std::size_t>(got);
-        while (left > 0 && first < iov.size()) {
-            if (left >= iov[first].iov_len) {
-                left -= iov[first].iov_len;
-                ++first;
-            } else {
-                iov[first].iov_base = static_cast<std::uint8_t*>(iov[first].iov_base) + left;
-                iov[first].iov_len -= left;
-                left = 0;
-            }
-        }
+        if (got == 0) throw_short(path, req.at(), req.done, req.want);
+        if (req.advance(static_cast<std::size_t>(got))) return;
     }
+}
+
+constexpr unsigned kRingEntries = 128;
+
+// Every run through the calling thread's io_uring, up to `depth` requests in flight. A partial
+// read is resubmitted from where it stopped; on an error the requests in flight are drained
+// before it is thrown (their iovecs point into this frame and the caller's buffer).
+void read_runs_uring(Uring& ring, int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* picks,
+                     const std::vector<Run>& runs, std::uint8_t* out, std::size_t depth, const std::string& path) {
+    depth = std::min<std::size_t>(depth, ring.capacity());
+    std::vector<Request> reqs;
+    reqs.reserve(runs.size());
+    std::size_t next = 0, in_flight = 0, finished = 0;
+    std::exception_ptr failure;
+    auto push = [&](std::size_t r) {
+        const Request& q = reqs[r];
+        if (!ring.push_readv(fd, q.rest(), q.rest_count(), q.at(), r))  // in_flight < capacity: a slot is free
+            throw std::logic_error("io_uring submission queue full with " + std::to_string(in_flight) + " in flight");
+        ++in_flight;
+    };
+    while (finished < runs.size()) {
+        while (!failure && next < runs.size() && in_flight < depth) {
+            reqs.emplace_back(offset, row_bytes, picks, runs[next], out);
+            push(next++);
+        }
+        if (failure && in_flight == 0) break;
+        ring.submit(1);
+        ring.reap([&](std::uint64_t r, std::int32_t res) {
+            --in_flight;
+            Request& q = reqs[r];
+            if (failure) {
+                ++finished;
+            } else if (res == -EINTR || res == -EAGAIN) {
+                push(r);
+            } else if (res < 0) {
+                failure = std::make_exception_ptr(SystemError(-res, std::strerror(-res), path));
+                ++finished;
+            } else if (res == 0) {
+                try {
+                    throw_short(path, q.at(), q.done, q.want);
+                } catch (...) {
+                    failure = std::current_exception();
+                }
+                ++finished;
+            } else if (q.advance(static_cast<std::size_t>(res))) {
+                ++finished;
+            } else {
+                push(r);
+            }
+        });
+    }
+    if (failure) std::rethrow_exception(failure);
+}
+
+// Which engine $FEATSTORE_IO asks for: "auto" (or unset), "io_uring" or "threads".
+std::string engine_asked() {
+    const char* raw = std::getenv("FEATSTORE_IO");
+    const std::string asked = raw == nullptr || *raw == '\0' ? "auto" : raw;
+    if (asked != "auto" && asked != "io_uring" && asked != "threads")
+        throw std::invalid_argument("$FEATSTORE_IO must be auto, io_uring or threads, got '" + asked + "'");
+    return asked;
 }
 
 // Every out position in [0, out_rows); checked before the first read, like the indices.
@@ -149,6 +230,16 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
         k = e;
     }
 
+    if (queue_depth > 1 && runs.size() > 1 && engine_asked() != "threads") {
+        std::string why;
+        if (Uring* ring = thread_ring(kRingEntries, &why)) {
+            read_runs_uring(*ring, fd, offset, row_bytes, picks.data(), runs, out,
+                            static_cast<std::size_t>(queue_depth), path);
+            for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+            return;
+        }
+        if (engine_asked() == "io_uring") throw std::runtime_error("$FEATSTORE_IO=io_uring, but " + why);
+    }
     std::mutex mu;
     std::exception_ptr failure;
     std::atomic<bool> failed{false};
@@ -169,6 +260,13 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
     }
     if (failure) std::rethrow_exception(failure);
     for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+}
+
+std::string io_engine() {
+    if (engine_asked() == "threads") return "threads ($FEATSTORE_IO=threads)";
+    std::string why;
+    if (thread_ring(kRingEntries, &why) != nullptr) return "io_uring";
+    return "threads (" + why + ")";
 }
 
 }  // namespace featstore

@@ -22,9 +22,10 @@ public:
 // IndexError), then checks the file is long enough (fstat; ShortReadError if not).
 // The rows are visited in file order; rows adjacent in the file are read by one preadv (one iovec
 // per run of rows adjacent in out too), at most max_request_bytes and IOV_MAX iovecs a request;
-// a row asked for twice is read once and copied. queue_depth: requests in flight (threads of the
-// I/O pool, which block in preadv; 1 = inline on the calling thread). A read that returns 0 before
-// its bytes are in -> ShortReadError; a failed read -> SystemError(errno, path). EINTR is retried.
+// a row asked for twice is read once and copied. queue_depth: requests in flight (io_uring from the
+// calling thread, else threads of the I/O pool blocked in preadv: see io_engine(); 1 = preadv
+// inline). A read that returns 0 before its bytes are in -> ShortReadError; a failed read ->
+// SystemError(errno, path). EINTR is retried.
 // pos (nullable): row indices[i] goes to out row pos[i] instead of row i, so one call can fill
 // scattered slots of a buffer (the block read-ahead reads several blocks at once that way); every
 // pos must lie in [0, out_bytes / row_bytes) (IndexError otherwise), and should be distinct.
@@ -33,5 +34,10 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                int queue_depth, std::size_t max_request_bytes, const std::string& path,
                const std::int64_t* pos = nullptr);
+
+// The engine read_rows uses for several requests in flight on this thread: "io_uring", or
+// "threads (why)" when $FEATSTORE_IO=threads or the kernel refuses a ring. Throws
+// std::invalid_argument for a $FEATSTORE_IO other than auto, io_uring or threads.
+std::string io_engine();
 
 }  // namespace featstore

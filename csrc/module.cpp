@@ -1,4 +1,5 @@
-// pybind11 bindings for featstore._core: MappedFile, gather, dequant_gather, read_rows, set_num_threads, get_num_threads.
+// pybind11 bindings for featstore._core: MappedFile, gather, dequant_gather, read_rows, io_engine, set_num_threads,
+// get_num_threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -224,9 +225,13 @@ Read row indices[i] of the file open as fd into out[i*row_bytes:(i+1)*row_bytes]
 The rows are the n_rows rows of row_bytes bytes from byte offset of the file. indices and out are
 checked as gather checks them, and every index before any read (IndexError). The picks are read in
 file order, rows adjacent in the file by one preadv (at most max_request_bytes each), with up to
-queue_depth requests in flight on the I/O thread pool (1 = on the calling thread); a row asked for
-twice is read once. The GIL is released. A file shorter than its rows, or one cut while it is read,
+queue_depth requests in flight (io_uring from the calling thread where the kernel allows it, else the
+I/O thread pool: see io_engine; 1 = on the calling thread); a row asked for twice is read once. The GIL is released. A file shorter than its rows, or one cut while it is read,
 raises EOFError naming `path`; a failed read raises OSError(errno, strerror, path).)doc");
+
+    m.def("io_engine", &featstore::io_engine,
+          "How read_rows keeps several requests in flight on this thread: 'io_uring', or 'threads (why)' "
+          "where $FEATSTORE_IO=threads or the kernel refuses a ring. ValueError for a bad $FEATSTORE_IO.");
 
     m.def(
         "set_num_threads",

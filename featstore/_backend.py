@@ -15,16 +15,24 @@ from typing import TYPE_CHECKING
 
 _NAMES = ("core", "numpy")
 _MODULES = {"core": "featstore._core", "numpy": "featstore._numpy_backend"}
-_API = ("MappedFile", "dequant_gather", "gather", "read_rows", "set_num_threads", "get_num_threads")
+_API = ("MappedFile", "dequant_gather", "gather", "io_engine", "read_rows", "set_num_threads", "get_num_threads")
 
 _current = ""
 if TYPE_CHECKING:
     # The numpy fallback has _core's names and signatures, and is a module below this one (a static
     # import of the compiled _core would read, to the import checkers, as one of the package itself).
-    from ._numpy_backend import MappedFile, dequant_gather, gather, get_num_threads, read_rows, set_num_threads
+    from ._numpy_backend import (
+        MappedFile,
+        dequant_gather,
+        gather,
+        get_num_threads,
+        io_engine,
+        read_rows,
+        set_num_threads,
+    )
 else:
     # Rebound by _select(); these placeholders only exist for readers.
-    MappedFile = dequant_gather = gather = read_rows = set_num_threads = get_num_threads = None
+    MappedFile = dequant_gather = gather = io_engine = read_rows = set_num_threads = get_num_threads = None
 
 
 def _load(name: str):

@@ -231,6 +231,11 @@ def dequant_gather(
     o[:need] = result
 
 
+def io_engine() -> str:
+    """How read_rows reads (see featstore._core.io_engine): here one preadv at a time."""
+    return "one request at a time (the numpy fallback)"
+
+
 def read_rows(
     fd: int,
     offset: int,

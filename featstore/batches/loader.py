@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _backend
 from ..distributed import resolve_ranks, shard_order
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
@@ -160,6 +161,8 @@ class BatchLoader:
             self.info.update(read="mmap", read_why=f"the {self.info['path']!r} path reads the sets' mapped pages")
             return "mmap"
         self.info.update(read=choice.path, read_why=choice.why)
+        if choice.path == "direct":
+            self.info["io_engine"] = _backend.io_engine()  # io_uring, or the thread pool and why
         return choice.path
 
     def _check_order(self, order: str, block_bytes: int, window_blocks: int) -> tuple[str, int, int]:

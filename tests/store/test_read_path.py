@@ -88,6 +88,30 @@ def test_large_rows_read_with_o_direct_are_the_mapped_rows(tmp_path, backend, mo
         fs.gather([8, 0], read="direct")
 
 
+@pytest.mark.parametrize("engine", ["io_uring", "threads"])
+def test_both_io_engines_read_the_mapped_rows(stored, monkeypatch, engine):
+    """$FEATSTORE_IO picks io_uring (where the kernel allows a ring) or the thread pool; both read the
+    same bytes: random, repeated and adjacent rows, several requests in flight."""
+    from featstore import _backend
+
+    fs, data = stored
+    monkeypatch.setenv("FEATSTORE_IO", engine)
+    if engine == "io_uring" and _backend.io_engine() != "io_uring":
+        pytest.skip(f"no io_uring here: {_backend.io_engine()}")
+    assert _backend.io_engine().startswith(engine)
+    rows = np.concatenate([np.random.default_rng(3).integers(0, N, 400), np.arange(100, 180), [5, 5, 5]])
+    assert torch.equal(fs.gather(rows, read="direct").view(torch.int16), data[rows].view(torch.int16))
+    loader = fs.batches(64, read="direct", labels=False)
+    assert loader.info["io_engine"].startswith(engine)
+
+
+def test_a_bad_io_engine_is_one_clear_error(stored, monkeypatch):
+    fs, _ = stored
+    monkeypatch.setenv("FEATSTORE_IO", "aio")
+    with pytest.raises(ValueError, match=r"\$FEATSTORE_IO must be auto, io_uring or threads, got 'aio'"):
+        fs.gather([0, 5, 9], read="direct")
+
+
 # ---- featstore.store.memory --------------------------------------------------------------------
 
 V1_CGROUP = "12:pids:/\n4:memory:/slurm/uid_1/job_7\n0::/\n"
