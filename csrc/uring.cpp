@@ -112,6 +112,12 @@ void Uring::submit(unsigned wait) {
 Uring* thread_ring(unsigned entries, std::string* why) {
     thread_local std::unique_ptr<Uring> ring;
     thread_local std::string refused;
+    thread_local pid_t owner = 0;
+    if (owner != ::getpid()) {  // a forked child (a DataLoader worker) shares its parent's rings: its own
+        ring.reset();           // copies of the mapping and fd go; the parent's ring is untouched
+        refused.clear();
+        owner = ::getpid();
+    }
     if (!ring && refused.empty()) {
         ring = Uring::open(entries, &refused);
         if (!ring && refused.empty()) refused = "io_uring unavailable";

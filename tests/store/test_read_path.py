@@ -4,6 +4,7 @@ CorruptFileError naming it; what read="auto" picks (featstore.store.memory, pure
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,29 @@ def test_both_io_engines_read_the_mapped_rows(stored, monkeypatch, engine):
     assert torch.equal(fs.gather(rows, read="direct").view(torch.int16), data[rows].view(torch.int16))
     loader = fs.batches(64, read="direct", labels=False)
     assert loader.info["io_engine"].startswith(engine)
+
+
+def test_a_forked_child_reads_with_a_ring_of_its_own(stored):
+    """A child forked after the parent read directly (a DataLoader worker) must not submit into the
+    parent's io_uring: both read the right rows after the fork."""
+    fs, data = stored
+    rows = np.random.default_rng(4).integers(0, N, 300)
+    assert torch.equal(fs.gather(rows, read="direct"), data[rows])  # the parent's ring exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its reads are right
+        ok = all(torch.equal(fs.gather(rows[k:], read="direct"), data[rows[k:]]) for k in range(0, 300, 30))
+        os._exit(0 if ok else 1)
+    assert torch.equal(fs.gather(rows[::-1].copy(), read="direct"), data[rows[::-1].copy()])
+    for _ in range(600):  # at most 60 s: a child that hangs is killed and fails the test
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung reading")
+    assert status == 0
 
 
 def test_a_bad_io_engine_is_one_clear_error(stored, monkeypatch):
