@@ -7,6 +7,7 @@ mapping, so opening 10 GB of features costs a few pages of memory.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,9 @@ class FeatureSet:
         shape = scales_shape(len(self), self.row_shape)
         return torch.from_numpy(np.frombuffer(self._scales, dtype=np.float32).copy()).view(shape)
 
-    @property
+    @functools.cached_property
     def row_bytes(self) -> int:
+        """Bytes a stored row has (fixed for the set's life; read on every gather, so kept)."""
         return self.record.layout.row_bytes
 
     @property
