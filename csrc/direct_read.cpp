@@ -109,7 +109,7 @@ void read_run(int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* p
     }
 }
 
-constexpr unsigned kRingEntries = 128;
+constexpr unsigned kRingEntries = 128;  // a thread's ring: at most this many requests in flight on io_uring
 
 // Every run through the calling thread's io_uring, up to `depth` requests in flight. A partial
 // read is resubmitted from where it stopped; on an error the requests in flight are drained

@@ -104,7 +104,11 @@ void Uring::submit(unsigned wait) {
             if (queued_ == 0) return;
             continue;  // the kernel took part of them: submit the rest
         }
-        if (errno == EINTR) continue;
+        // EAGAIN / EBUSY: the kernel is short of memory or completions; what is in flight still lands, so wait
+        if (errno == EINTR || errno == EAGAIN || errno == EBUSY) {
+            if (errno != EINTR) ::usleep(50);
+            continue;
+        }
         throw SystemError(errno, std::strerror(errno), "io_uring_enter");
     }
 }

@@ -26,8 +26,8 @@ public:
     // until its completion is reaped. Returns false when every slot is taken (submit first).
     bool push_readv(int fd, const iovec* iov, unsigned cnt, std::uint64_t offset, std::uint64_t tag);
 
-    // Submits what is queued and waits until at least `wait` completions are ready (EINTR retried).
-    // Throws SystemError when the kernel refuses the submission.
+    // Submits what is queued and waits until at least `wait` completions are ready (EINTR, EAGAIN and
+    // EBUSY retried). Throws SystemError for any other refusal (a bad ring or request: a bug).
     void submit(unsigned wait);
 
     // Calls done(tag, result) for every completion ready: result is the bytes read, or -errno.
