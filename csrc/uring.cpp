@@ -68,6 +68,11 @@ std::unique_ptr<Uring> Uring::open(unsigned entries, std::string* why) {
     ring->cq_tail_ = reinterpret_cast<unsigned*>(cq + p.cq_off.tail);
     ring->cq_mask_ = *reinterpret_cast<unsigned*>(cq + p.cq_off.ring_mask);
     ring->cqes_ = reinterpret_cast<const Cqe*>(cq + p.cq_off.cqes);
+    // A buffered read that misses the page cache goes to the kernel's io-wq workers, at most
+    // min(entries, 4 x CPUs) of them by default: 8 on 2 CPUs, fewer requests in flight than asked.
+    // Allow one per slot (kernels before 5.15 refuse this; their default then stays).
+    unsigned workers[2] = {p.sq_entries, 0};  // bounded (file reads), unbounded (unchanged)
+    ::syscall(__NR_io_uring_register, fd, IORING_REGISTER_IOWQ_MAX_WORKERS, workers, 2);
     return ring;
 }
 
