@@ -30,6 +30,7 @@ PAGE = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of
 #: than the row), then copied out: no page cache to fill and reclaim, which under a memory cgroup costs
 #: more than the extra bytes (docs/performance.md)
 PAGE_READ_MIN_ROW_BYTES = 64 << 10
+PAGE_READ_ARENA_BYTES = 32 << 20  # a thread's buffer for page reads: a batch's rows go through it in chunks
 MIN_PIECE_BYTES = 64  # the copy out of the pages moves pieces of gcd(row_bytes, PAGE) bytes: at least this
 
 
@@ -147,14 +148,17 @@ class DirectReader:
         pieces of ``gcd(row_bytes, PAGE)`` bytes (every row's offset within its page is a multiple)."""
         rb = self.row_bytes
         slot = -(-rb // PAGE) * PAGE + PAGE  # whole pages around any row
-        arena = self._arena(len(rows) * slot)
-        begins = (self.data_start + rows * rb).tolist()
-        landed = self.read_spans(
-            [(b, b + rb) for b in begins], arena, range(0, len(rows) * slot, slot), max_request_bytes
-        )
+        per_chunk = max(1, PAGE_READ_ARENA_BYTES // slot)  # rows read together: the buffer stays small
+        arena = self._arena(min(len(rows), per_chunk) * slot)
         unit = math.gcd(rb, PAGE)
-        pieces = (np.asarray(landed, dtype=np.int64) // unit)[:, None] + np.arange(rb // unit, dtype=np.int64)
-        _backend.gather(arena, unit, pieces.reshape(-1), np.frombuffer(out, dtype=np.uint8))
+        out_bytes = np.frombuffer(out, dtype=np.uint8)
+        for a in range(0, len(rows), per_chunk):
+            chunk = rows[a : a + per_chunk]
+            begins = (self.data_start + chunk * rb).tolist()
+            at = range(0, len(chunk) * slot, slot)
+            landed = self.read_spans([(b, b + rb) for b in begins], arena, at, max_request_bytes)
+            pieces = (np.asarray(landed, dtype=np.int64) // unit)[:, None] + np.arange(rb // unit, dtype=np.int64)
+            _backend.gather(arena, unit, pieces.reshape(-1), out_bytes[a * rb : (a + len(chunk)) * rb])
 
     def _arena(self, nbytes: int) -> np.ndarray:
         arena = getattr(self._arenas, "buffer", None)

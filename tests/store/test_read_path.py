@@ -77,8 +77,11 @@ def test_large_rows_read_with_o_direct_are_the_mapped_rows(tmp_path, backend, mo
     copied out of the pages; without O_DIRECT they go through the cache. Both give the mapped bytes."""
     from featstore.store.direct import DirectReader
 
+    from featstore.store import direct
+
     if not o_direct:
         monkeypatch.setattr(DirectReader, "direct_fd", lambda self: None)
+    monkeypatch.setattr(direct, "PAGE_READ_ARENA_BYTES", 150_000)  # two rows a chunk: the batch in three
     store, data, _ = make_store(tmp_path, n_rows=9, row_shape=row_shape, dtype=torch.float16)
     fs = store["enc/layer_1"]
     assert fs.direct.page_reads and (fs.direct.direct_fd() is not None) == o_direct
