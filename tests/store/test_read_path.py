@@ -75,9 +75,8 @@ def test_a_truncated_file_is_a_corrupt_file_error_naming_it(tmp_path, backend):
 def test_large_rows_read_with_o_direct_are_the_mapped_rows(tmp_path, backend, monkeypatch, o_direct, row_shape):
     """Rows of at least PAGE_READ_MIN_ROW_BYTES are read with O_DIRECT, whole pages around each, and
     copied out of the pages; without O_DIRECT they go through the cache. Both give the mapped bytes."""
-    from featstore.store.direct import DirectReader
-
     from featstore.store import direct
+    from featstore.store.direct import DirectReader
 
     if not o_direct:
         monkeypatch.setattr(DirectReader, "direct_fd", lambda self: None)
