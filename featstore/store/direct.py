@@ -30,7 +30,7 @@ PAGE = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of
 #: than the row), then copied out: no page cache to fill and reclaim, which under a memory cgroup costs
 #: more than the extra bytes (docs/performance.md)
 PAGE_READ_MIN_ROW_BYTES = 64 << 10
-PAGE_READ_ARENA_BYTES = 32 << 20  # a thread's buffer for page reads: a batch's rows go through it in chunks
+PAGE_READ_ARENA_BYTES = 16 << 20  # a thread's buffer for page reads: a batch's rows go through it in chunks
 MIN_PIECE_BYTES = 64  # the copy out of the pages moves pieces of gcd(row_bytes, PAGE) bytes: at least this
 
 

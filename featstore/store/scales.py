@@ -4,8 +4,8 @@ A batch of rows read directly also needs those rows' scales (4 bytes a vector: 1
 257-token grid). Through the mapping, out of core, each row's scales can be a page fault: one
 synchronous disk read at a time, beside codes read many in flight. So the direct
 path holds every scale of the set in memory, read once in large requests, when they are at most
-:data:`HOLD_BYTES` (4 bytes a vector: 64 MiB holds the scales of 12 GB of 768-wide int8
-vectors, or of 6 GB of 384-wide tokens); larger ones are read with each batch, all in flight at once.
+:data:`HOLD_BYTES` (4 bytes a vector: 32 MiB holds the scales of 6 GB of 768-wide int8
+vectors, or of 3 GB of 384-wide tokens); larger ones are read with each batch, all in flight at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from .. import _backend
 from .direct import DirectReader, aligned_buffer
 
-HOLD_BYTES = 64 << 20
+HOLD_BYTES = 32 << 20
 
 
 class DirectScales:
