@@ -6,6 +6,7 @@ copy) and ``finish(item)`` on the consumer's thread (make its CUDA stream wait f
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -61,16 +62,18 @@ class RecyclingBuffers:
         self.batch_bytes = batch_size * self.row_bytes
         self.buffers: list[np.ndarray] = []
         self.leases: list[weakref.ref | None] = []
+        self._lock = threading.Lock()  # two threads may take buffers at once (concurrent direct reads)
 
     def take(self, n: int) -> torch.Tensor:
         """An uninitialised ``(n, *row_shape)`` tensor over a buffer nobody holds."""
-        for slot, lease in enumerate(self.leases):
-            if lease is None or lease() is None:
-                return self._lend(slot, n)
-        if len(self.buffers) < self.limit:
-            self.buffers.append(np.empty(max(1, self.batch_bytes), dtype=np.uint8))
-            self.leases.append(None)
-            return self._lend(len(self.buffers) - 1, n)
+        with self._lock:
+            for slot, lease in enumerate(self.leases):
+                if lease is None or lease() is None:
+                    return self._lend(slot, n)
+            if len(self.buffers) < self.limit:
+                self.buffers.append(np.empty(max(1, self.batch_bytes), dtype=np.uint8))
+                self.leases.append(None)
+                return self._lend(len(self.buffers) - 1, n)
         return torch.empty((n, *self.row_shape), dtype=self.dtype)  # every buffer is held: a fresh tensor
 
     def _lend(self, slot: int, n: int) -> torch.Tensor:

@@ -239,7 +239,9 @@ class BatchLoader:
             for idx in chunks:
                 yield make.finish(make.assemble(idx))
             return
-        yield from prefetched(chunks, make.assemble, make.finish, self.prefetch + 1)
+        # direct reads in random order wait on the disk: two batches read at once (featstore.batches.prefetch)
+        concurrent = self.info["path"] == "cpu" and self.read == "direct" and self.order == "random"
+        yield from prefetched(chunks, make.assemble, make.finish, self.prefetch + 1, concurrent)
 
     def _assembler(self, chunks: list[np.ndarray] | None = None):
         path = self.info["path"]

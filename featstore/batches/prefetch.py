@@ -9,6 +9,11 @@ itself whenever none is ready and the thread has not started it, and it wakes th
 leaves only if it stayed away longer than a batch takes to assemble the previous time. Either way
 the batches are assembled one at a time, in order, by whichever thread claims the next one, so
 the assembler needs no locking of its own and the epoch is the same batches in the same order.
+
+Reads from disk are the exception (``concurrent``): a batch read directly spends its time waiting
+on the disk, and the disk idles between one batch's last read and the next batch's first. There
+two threads always work ahead, so two batches are read at once (the assembler must allow that:
+the CPU assembler does, for direct reads in random order).
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ class _Failed:
 class _State:
     """What the caller and the thread share, under one lock (never the Prefetcher's caller)."""
 
-    def __init__(self, n: int, ahead: int):
+    def __init__(self, n: int, ahead: int, concurrent: bool = False):
         self.cond = threading.Condition(threading.Lock())
-        self.n, self.ahead = n, ahead
+        self.n, self.ahead, self.concurrent = n, ahead, concurrent
         self.claimed = 0  # batches claimed by either thread (claims go in order)
         self.served = 0  # batches handed to the caller
         self.ready: dict[int, Any] = {}  # assembled by the thread, not yet served
@@ -43,13 +48,25 @@ class _State:
 
 
 def prefetched(
-    chunks: list, assemble: Callable[[Any], Item], finish: Callable[[Item], Out], ahead: int
+    chunks: list,
+    assemble: Callable[[Any], Item],
+    finish: Callable[[Item], Out],
+    ahead: int,
+    concurrent: bool = False,
 ) -> Iterator[Out]:
     """``finish(assemble(c))`` for each of ``chunks`` in order, with up to ``ahead`` batches beyond
-    the one the caller holds assembled by a thread while the caller is away (``ahead`` >= 1)."""
-    state = _State(len(chunks), ahead)
-    thread = threading.Thread(target=_produce, args=(state, chunks, assemble), name="featstore-prefetch", daemon=True)
-    thread.start()
+    the one the caller holds assembled by a thread while the caller is away (``ahead`` >= 1).
+
+    ``concurrent``: assembling mostly waits on the disk, and ``assemble`` may run on several threads
+    at once: two threads then always work ahead, whatever the caller does, so two batches' reads are
+    in flight and the disk does not idle between one batch and the next."""
+    state = _State(len(chunks), ahead, concurrent)
+    threads = [
+        threading.Thread(target=_produce, args=(state, chunks, assemble), name="featstore-prefetch", daemon=True)
+        for _ in range(2 if concurrent else 1)
+    ]
+    for thread in threads:
+        thread.start()
     left = float("-inf")  # when the caller left with its last batch (before the first: long ago)
     try:
         for k in range(len(chunks)):
@@ -76,7 +93,7 @@ def prefetched(
                 state.away = True
                 # the caller trains between batches: work while it does; else it assembles them itself
                 state.wanted = away_for > state.cost or bool(state.ready)
-                if state.wanted:
+                if state.wanted or concurrent:
                     state.cond.notify_all()
             out = finish(item)
             left = time.perf_counter()
@@ -85,14 +102,17 @@ def prefetched(
         with state.cond:
             state.stop = True
             state.cond.notify_all()
-        thread.join()
+        for thread in threads:
+            thread.join()
 
 
 def _produce(state: _State, chunks: list, assemble: Callable[[Any], Any]) -> None:
     while True:
         with state.cond:
             while not state.stop and not (
-                state.away and state.wanted and state.claimed < state.n and state.claimed - state.served < state.ahead
+                (state.concurrent or (state.away and state.wanted))
+                and state.claimed < state.n
+                and state.claimed - state.served < state.ahead
             ):
                 state.cond.wait()
             if state.stop:

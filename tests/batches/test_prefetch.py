@@ -69,6 +69,33 @@ def test_a_caller_that_comes_straight_back_assembles_its_batches_itself():
     assert by_caller >= 30, rec.by
 
 
+def test_concurrent_batches_are_read_two_at_a_time_and_still_in_order():
+    """concurrent=True (reads that wait on the disk): two threads work ahead of a caller that comes
+    straight back, so batches overlap; each is assembled once and they arrive in order."""
+
+    class Overlapping(Recorder):
+        def __init__(self):
+            super().__init__(seconds=0.005)
+            self.running = 0
+            self.most_at_once = 0
+            self.count = threading.Lock()
+
+        def assemble(self, k):
+            with self.count:
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
+            self.by[k] = threading.current_thread().name
+            time.sleep(self.seconds)  # waiting on the disk
+            with self.count:
+                self.running -= 1
+            return k
+
+    rec = Overlapping()
+    got = list(prefetched(list(range(40)), rec.assemble, lambda x: x, ahead=3, concurrent=True))
+    assert got == list(range(40)) and sorted(rec.by) == list(range(40))
+    assert 2 <= rec.most_at_once <= 3  # two threads read ahead (the caller may take one itself)
+
+
 @pytest.mark.parametrize("away", [0.0, 0.01])
 def test_an_error_reaches_the_caller_at_its_batch(away):
     rec = Recorder(fail_at=5)
