@@ -28,3 +28,23 @@ def gather(
     stream: int,
 ) -> None:
     """``out[pos[k]] = src[rows[k]]`` for k < n on ``stream`` (device addresses as ints; async)."""
+
+def dequant_gather(
+    src: int,
+    n_rows: int,
+    row_elems: int,
+    group_elems: int,
+    scales: int,
+    rows: int,
+    pos: int,
+    n: int,
+    out: int,
+    scheme: str,
+    out_dtype: str,
+    bad: int,
+    device: int,
+    stream: int,
+) -> None:
+    """``out[pos[k]] = dequantise(src[rows[k]])`` on ``stream``: one-byte codes (``scheme`` "int8" or
+    "float8_e4m3") times their float32 ``scales`` (one per ``group_elems`` codes), rounded to ``out_dtype``
+    ("float16", "bfloat16", "float32") bit for bit as the CPU core does (device addresses as ints; async)."""
