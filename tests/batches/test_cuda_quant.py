@@ -8,14 +8,20 @@ CPU core bit for bit, for every code of each scheme, each output dtype, and thro
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import featstore.batches.cuda as fcuda
-from featstore import FeatureStore, _backend
+from featstore import FeatureStore
 from featstore.batches import device_assemblers as dev
 from featstore.batches.device_paths import held_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import gpu_check_quant
 
 SCHEMES = ["int8", "float8_e4m3"]
 OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -186,40 +192,13 @@ def test_auto_sizes_a_quantised_set_by_what_is_held_and_takes_the_kernel_path(tm
 
 
 # ---- on a GPU (skipped here) --------------------------------------------------------------------
-def every_code_kernel_vs_core(scheme: str, dtype: torch.dtype, group: int, offset: int) -> bool:
-    """All 256 codes (NaN, subnormal and signed zero codes too) times scales of every size, through the
-    kernel on device memory (scales ``offset`` bytes past an aligned address) and through the core."""
-    codes = torch.arange(256, dtype=torch.int64).to(torch.uint8).repeat(8)
-    row_elems = 256
-    n_rows = len(codes) // row_elems
-    scale_values = torch.tensor([1.0, 2.0**-140, 3.7e-3, 1e30, 0.0, -0.5, 6e-8, 1 / 3], dtype=torch.float32)
-    scales = scale_values.repeat((n_rows * (row_elems // group) + 7) // 8)[: n_rows * (row_elems // group)]
-    scale_bytes = torch.zeros(len(scales) * 4 + offset, dtype=torch.uint8)
-    scale_bytes[offset:] = scales.view(torch.uint8)
-    rows = np.array([3, 0, 7, 7, 1, 5, 2, 6, 4], dtype=np.int64)
-    want = torch.empty((len(rows), row_elems), dtype=dtype)
-    _backend.dequant_gather(
-        codes.numpy(), scale_bytes[offset:].numpy(), row_elems, group, rows, want.view(torch.uint8).numpy(),
-        scheme, str(dtype).removeprefix("torch."), 1,
-    )  # fmt: skip
-    d_codes, d_scales = codes.cuda(), scale_bytes.cuda()
-    plan = torch.from_numpy(fcuda.sorted_plan(rows)).cuda()
-    got = torch.empty((len(rows), row_elems), dtype=dtype, device="cuda")
-    fcuda.REGISTRY.mod.dequant_gather(
-        d_codes.data_ptr(), n_rows, row_elems, group, d_scales.data_ptr() + offset, plan[0].data_ptr(),
-        plan[1].data_ptr(), len(rows), got.data_ptr(), scheme, str(dtype).removeprefix("torch."), 0,
-        got.device.index, torch.cuda.current_stream().cuda_stream,
-    )  # fmt: skip
-    torch.cuda.synchronize()
-    return same_bits(got, want)
-
-
 @needs_kernel
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("dtype", OUT_DTYPES)
-@pytest.mark.parametrize(("group", "offset"), [(256, 0), (8, 0), (4, 1), (1, 2)])
+@pytest.mark.parametrize(("group", "offset"), gpu_check_quant.CODE_LAYOUTS)
 def test_every_code_dequantises_on_the_gpu_as_in_the_core(scheme, dtype, group, offset):
-    assert every_code_kernel_vs_core(scheme, dtype, group, offset)
+    """Every code (NaN, subnormal, signed zero) times scales of every size, from device memory."""
+    assert gpu_check_quant.every_code_exact(scheme, dtype, group, offset)
 
 
 @needs_kernel
