@@ -79,12 +79,11 @@ def dequantise_held(
     n = plan.shape[1]
     out = torch.empty((n, *fs.row_shape), dtype=dtype, device=held.codes.device)
     if kernel:
-        scales = held.scales.data_ptr() if held.scales.numel() else 0
-        cuda.launch_dequant(fs, held.codes.data_ptr(), scales, plan, out, stream)
+        cuda.launch_dequant(fs, held.codes.data_ptr(), held.scales.data_ptr(), plan, out, stream)
         return out
     codes = torch.index_select(held.codes, 0, plan[0]).view(fs.storage_dtype).to(torch.float32)
-    scales = torch.index_select(held.scales, 0, plan[0])
-    values = codes.view(n, scales.shape[1], -1) * scales.unsqueeze(-1)
+    picked = torch.index_select(held.scales, 0, plan[0])
+    values = codes.view(n, picked.shape[1], -1) * picked.unsqueeze(-1)
     return out.copy_(values.view(out.shape))
 
 
