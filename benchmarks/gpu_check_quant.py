@@ -24,7 +24,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +117,9 @@ def exactness(store) -> list[dict[str, Any]]:
 
 
 def gbs_of(fn, nbytes: int, repeats: int) -> dict[str, Any]:
-    fn(-1)  # warm-up: registration, page cache, allocator
-    seconds = []
-    for rep in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn(rep)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
+    from gpu_check import timed  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
+
+    seconds = timed(fn, repeats)
     gbs = [nbytes / s / 1e9 for s in seconds]
     return {"median_gbs": statistics.median(gbs), "min_gbs": min(gbs), "max_gbs": max(gbs), "seconds": seconds}
 

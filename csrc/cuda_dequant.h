@@ -5,11 +5,13 @@
 
 #include <cstdint>
 
+#include "dequant.h"
+
 namespace featstore::cuda {
 
-// Same values as featstore::QuantScheme / featstore::OutDtype (dequant.h).
-enum class Scheme { kInt8 = 0, kFloat8E4M3 = 1 };
-enum class Out { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// The schemes and output dtypes of the CPU kernel (dequant.h).
+using Scheme = featstore::QuantScheme;
+using Out = featstore::OutDtype;
 
 // For k < n: row rows[k] of the codes at src (n_rows rows of row_elems bytes) is decoded, in groups
 // of group_elems consecutive codes sharing one float32 scale (group g of row r at byte

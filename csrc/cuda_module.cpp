@@ -2,7 +2,6 @@
 // addresses (tensor.data_ptr(), stream.cuda_stream). No torch C++ linkage; Python validates inputs.
 #include <pybind11/pybind11.h>
 
-#include <stdexcept>
 #include <string>
 
 #include "cuda_dequant.h"
@@ -10,23 +9,6 @@
 
 namespace py = pybind11;
 namespace fc = featstore::cuda;
-
-namespace {
-
-fc::Scheme scheme_of(const std::string& name) {
-    if (name == "int8") return fc::Scheme::kInt8;
-    if (name == "float8_e4m3") return fc::Scheme::kFloat8E4M3;
-    throw std::invalid_argument("scheme must be 'int8' or 'float8_e4m3', got '" + name + "'");
-}
-
-fc::Out out_of(const std::string& name) {
-    if (name == "float32") return fc::Out::kFloat32;
-    if (name == "float16") return fc::Out::kFloat16;
-    if (name == "bfloat16") return fc::Out::kBFloat16;
-    throw std::invalid_argument("out_dtype must be 'float16', 'bfloat16' or 'float32', got '" + name + "'");
-}
-
-}  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
     m.doc() = "featstore CUDA module: row gather from host-registered memory (raw addresses; see featstore.batches.cuda).";
@@ -73,8 +55,8 @@ the kernel skipped an out-of-range row or position; 0 for none). Validate on the
            std::uintptr_t scales, std::uintptr_t rows, std::uintptr_t pos, std::int64_t n, std::uintptr_t out,
            const std::string& scheme, const std::string& out_dtype, std::uintptr_t bad, int device,
            std::uintptr_t stream) {
-            fc::dequant_gather_rows(src, n_rows, row_elems, group_elems, scales, rows, pos, n, out, scheme_of(scheme),
-                                    out_of(out_dtype), bad, device, stream);
+            fc::dequant_gather_rows(src, n_rows, row_elems, group_elems, scales, rows, pos, n, out, featstore::quant_scheme_of(scheme),
+                                    featstore::out_dtype_of(out_dtype), bad, device, stream);
         },
         py::arg("src"), py::arg("n_rows"), py::arg("row_elems"), py::arg("group_elems"), py::arg("scales"),
         py::arg("rows"), py::arg("pos"), py::arg("n"), py::arg("out"), py::arg("scheme"), py::arg("out_dtype"),

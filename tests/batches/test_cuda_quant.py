@@ -170,15 +170,6 @@ def test_the_device_cache_fallback_dequantises_as_the_cpu_gather(tmp_path, schem
         assert same_bits(got, fs.gather(idx, dtype=dtype)), (scheme, row_shape, dtype)
 
 
-@pytest.fixture()
-def fake_gpu(monkeypatch):
-    """torch reports one CUDA device with ``free`` bytes free; only paths are chosen, nothing runs."""
-    free = {"bytes": 0}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10 * free["bytes"]))
-    return free
-
-
 def test_auto_sizes_a_quantised_set_by_what_is_held_and_takes_the_kernel_path(tmp_path, fake_gpu, recorder):
     fs = quant_set(tmp_path, "int8", (5, 16))
     held = held_bytes(fs) + 8 * len(fs)  # codes, scales and labels
