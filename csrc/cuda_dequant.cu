@@ -1,8 +1,5 @@
-// CUDA dequantising row gather (see cuda_dequant.h): the same arithmetic as dequant.cpp, so the two
-// agree bit for bit. Decoding a code is exact; the one float32 multiply is __fmul_rn (never fused),
-// and the output conversions are dequant.cpp's own bit procedures. CUDA's NaN results are canonical
-// (0x7fffffff), an x86 CPU's keep the NaN operand's sign and payload: mul_like_x86 makes a NaN
-// product the x86 way, so NaN codes (e4m3 0x7f / 0xff) dequantise to the same bits as on the CPU.
+// CUDA dequantising row gather (see cuda_dequant.h): loads, stores and launch; the arithmetic of one
+// element is cuda_dequant_math.cuh (bit for bit dequant.cpp's).
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -10,61 +7,10 @@
 
 #include "cuda_common.cuh"
 #include "cuda_dequant.h"
+#include "cuda_dequant_math.cuh"
 
 namespace featstore::cuda {
 namespace {
-
-// The float8 e4m3fn code c as float32, as dequant.cpp's table: subnormals man/8 * 2^-6, no
-// infinities, 0x7f / 0xff the quiet NaN 0x7fc00000 with the code's sign.
-__device__ __forceinline__ float e4m3_value(unsigned c) {
-    const unsigned sign = (c & 0x80u) << 24, exp = (c >> 3) & 15u, man = c & 7u;
-    if (exp == 15u && man == 7u) return __uint_as_float(sign | 0x7fc00000u);
-    if (exp == 0u) return __uint_as_float(sign | __float_as_uint(__fmul_rn(static_cast<float>(man), 0x1.0p-9f)));
-    return __uint_as_float(sign | ((exp + 120u) << 23) | (man << 20));
-}
-
-__device__ __forceinline__ bool is_nan_bits(unsigned u) { return (u & 0x7fffffffu) > 0x7f800000u; }
-
-// a * b rounded to nearest even, with the NaN an x86 CPU gives: a NaN operand quieted (a first),
-// else (inf * 0) the default NaN 0xffc00000.
-__device__ __forceinline__ float mul_like_x86(float a, float b) {
-    const float r = __fmul_rn(a, b);
-    if (!isnan(r)) return r;
-    const unsigned ua = __float_as_uint(a), ub = __float_as_uint(b);
-    if (is_nan_bits(ua)) return __uint_as_float(ua | 0x00400000u);
-    if (is_nan_bits(ub)) return __uint_as_float(ub | 0x00400000u);
-    return __uint_as_float(0xffc00000u);
-}
-
-// dequant.cpp's half_bits (fp16_ieee_from_fp32_value), its float operations unfused.
-__device__ __forceinline__ unsigned half_bits(float f) {
-    float base = __fmul_rn(__fmul_rn(fabsf(f), 0x1.0p+112f), 0x1.0p-110f);
-    const unsigned w = __float_as_uint(f);
-    const unsigned shl1_w = w + w;
-    const unsigned sign = w & 0x80000000u;
-    const unsigned bias = max(shl1_w & 0xff000000u, 0x71000000u);
-    base = __fadd_rn(__uint_as_float((bias >> 1) + 0x07800000u), base);
-    const unsigned bits = __float_as_uint(base);
-    const unsigned nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
-    const unsigned nan = 0u - static_cast<unsigned>(shl1_w > 0xff000000u);
-    return ((sign >> 16) | (0x7e00u & nan) | (nonsign & ~nan)) & 0xffffu;
-}
-
-// dequant.cpp's bfloat16_bits: round to nearest even; a NaN stays NaN, quieted.
-__device__ __forceinline__ unsigned bfloat16_bits(float f) {
-    const unsigned x = __float_as_uint(f);
-    const unsigned rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    const unsigned nan = 0u - static_cast<unsigned>(is_nan_bits(x));
-    return ((((x >> 16) | 0x40u) & nan) | (rounded & ~nan)) & 0xffffu;
-}
-
-template <Scheme S, Out O>
-__device__ __forceinline__ unsigned dequant_bits(unsigned code, float scale) {
-    const float x = S == Scheme::kInt8 ? static_cast<float>(static_cast<signed char>(code)) : e4m3_value(code);
-    const float y = mul_like_x86(x, scale);
-    if (O == Out::kFloat32) return __float_as_uint(y);
-    return O == Out::kFloat16 ? half_bits(y) : bfloat16_bits(y);
-}
 
 // VW codes at p (aligned to VW) as the low bytes of their words.
 template <int VW>
@@ -113,7 +59,7 @@ __global__ void dequant_kernel(const unsigned char* __restrict__ src, std::int64
         load_codes<VW>(src + r * row_elems + e, c);
         unsigned char* dst = out + (p * row_elems + e) * item;
         if constexpr (VW == 1) {
-            const unsigned bits = dequant_bits<S, O>(c[0], scale);
+            const unsigned bits = math::dequant_bits<S, O>(c[0], scale);
             if constexpr (item == 4)
                 *reinterpret_cast<unsigned*>(dst) = bits;
             else
@@ -125,7 +71,7 @@ __global__ void dequant_kernel(const unsigned char* __restrict__ src, std::int64
             for (int j = 0; j < words; ++j) w[j] = 0;
 #pragma unroll
             for (int j = 0; j < VW; ++j) {
-                const unsigned bits = dequant_bits<S, O>(c[j], scale);
+                const unsigned bits = math::dequant_bits<S, O>(c[j], scale);
                 if constexpr (item == 4)
                     w[j] = bits;
                 else

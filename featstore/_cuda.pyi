@@ -45,6 +45,4 @@ def dequant_gather(
     device: int,
     stream: int,
 ) -> None:
-    """``out[pos[k]] = dequantise(src[rows[k]])`` on ``stream``: one-byte codes (``scheme`` "int8" or
-    "float8_e4m3") times their float32 ``scales`` (one per ``group_elems`` codes), rounded to ``out_dtype``
-    ("float16", "bfloat16", "float32") bit for bit as the CPU core does (device addresses as ints; async)."""
+    """``out[pos[k]] = float32(code) * scale`` of row ``rows[k]``, rounded to ``out_dtype`` as the core does (async)."""
