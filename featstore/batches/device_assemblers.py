@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..store import FeatureSet
+from ..store.quant import group_elems
 from . import cuda
 from .assemblers import Batch, BatchSpec, finish_on_current_stream
 
@@ -58,11 +59,11 @@ class HeldCodes:
     (float32, ``(N, vectors per row)``); :func:`dequantise_held` makes a batch of it."""
 
     def __init__(self, fs: FeatureSet, device: torch.device):
-        n = len(fs)
-        self.codes = fs.to_torch().reshape(n, -1).view(torch.uint8).to(device)
+        n, vectors = len(fs), fs.row_bytes // group_elems(fs.row_shape) if fs.row_bytes else 0
+        self.codes = fs.to_torch().reshape(n, fs.row_bytes).view(torch.uint8).to(device)
         scales = fs.scales
         assert scales is not None
-        self.scales = scales.reshape(n, -1).to(device)
+        self.scales = scales.reshape(n, vectors).to(device)
 
     @property
     def nbytes(self) -> int:

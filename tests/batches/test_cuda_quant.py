@@ -229,3 +229,12 @@ def test_the_device_cache_kernel_matches_its_torch_fallback_on_finite_codes(tmp_
         by_torch = dev.dequantise_held(fs, held, plan, dtype, stream, kernel=False)
         torch.cuda.synchronize()
         assert same_bits(by_kernel, by_torch) and same_bits(by_kernel, fs.gather(idx, dtype=dtype))
+
+
+def test_an_empty_quantised_set_is_held_empty(tmp_path):
+    store = FeatureStore.create(tmp_path)
+    with store.create_feature_set("enc/e", 0, (2, 8), "float16", {}, quant="int8"):
+        pass
+    fs = store.refresh()["enc/e"]
+    held = dev.HeldCodes(fs, torch.device("cpu"))
+    assert held.codes.shape == (0, 16) and held.scales.shape == (0, 2) and held.nbytes == held_bytes(fs) == 0
