@@ -70,7 +70,8 @@ step attributes "${T_ATTR:-30}" "$PY" -c "$ATTRS"
 step probe "${T_PROBE:-60}" "$PY" "$REPO/benchmarks/gpu_register_probe.py" --out "$OUT" --mib "${PROBE_MIB:-1024}"
 step tests "${T_TESTS:-120}" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" \
     "$REPO/tests/batches/test_cuda.py" "$REPO/tests/batches/test_cuda_device.py" \
-    "$REPO/tests/batches/test_gpu_policy.py" "$REPO/tests/batches/test_gpu_check.py"
+    "$REPO/tests/batches/test_gpu_policy.py" "$REPO/tests/batches/test_gpu_check.py" \
+    "$REPO/tests/batches/test_cuda_quant.py"
 # shellcheck disable=SC2086  # CHECK_ARGS is a list of arguments
 step gpu_check "${T_CHECK:-300}" "$PY" "$REPO/benchmarks/gpu_check.py" --no-install --out "$OUT/gpu_check" ${CHECK_ARGS:---repeats 3}
 

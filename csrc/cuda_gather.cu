@@ -4,37 +4,11 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "cuda_gather.h"
 
 namespace featstore::cuda {
 namespace {
-
-void check(cudaError_t err, const char* call) {
-    if (err == cudaSuccess) return;
-    cudaGetLastError();  // do not leave the error for the next call to find
-    throw Error(std::string(call) + " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
-}
-
-// Makes `device` current for one call and restores the caller's device afterwards, so a gather on
-// cuda:1 does not leave the calling thread (and torch's next allocation) on GPU 1.
-class DeviceGuard {
-   public:
-    explicit DeviceGuard(int device) {
-        if (cudaGetDevice(&previous_) != cudaSuccess) {
-            cudaGetLastError();
-            previous_ = -1;
-        }
-        check(cudaSetDevice(device), "cudaSetDevice");
-    }
-    ~DeviceGuard() {
-        if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
-    }
-    DeviceGuard(const DeviceGuard&) = delete;
-    DeviceGuard& operator=(const DeviceGuard&) = delete;
-
-   private:
-    int previous_ = -1;
-};
 
 // Grid-stride over (row k, vector v) pairs: consecutive threads move consecutive vectors of a row,
 // then of the next row (rows arrive sorted, so host reads walk forward through the file).
@@ -63,12 +37,7 @@ void launch(std::uintptr_t src, std::int64_t n_rows, std::int64_t row_bytes, std
             cudaStream_t stream) {
     const std::int64_t vecs = row_bytes / static_cast<std::int64_t>(sizeof(V));
     const std::int64_t total = n * vecs;
-    constexpr int threads = 256;
-    int sms = 0;
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    const std::int64_t wanted = (total + threads - 1) / threads;
-    const int blocks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(wanted, sms * 8LL)));
-    gather_kernel<V><<<blocks, threads, 0, stream>>>(
+    gather_kernel<V><<<grid_blocks(total, device), kThreads, 0, stream>>>(
         reinterpret_cast<const V*>(src), n_rows, vecs, reinterpret_cast<const std::int64_t*>(rows),
         reinterpret_cast<const std::int64_t*>(pos), n, reinterpret_cast<V*>(out), reinterpret_cast<int*>(bad));
     check(cudaGetLastError(), "gather kernel launch");

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "cuda_dequant.h"
 #include "cuda_gather.h"
 
 namespace py = pybind11;
@@ -48,4 +49,24 @@ out[pos[k]] = src[rows[k]] for k < n (rows of row_bytes bytes), launched asynchr
 All pointers are device addresses as ints: src (registered host memory's device pointer, or device
 memory), rows/pos (int64 device arrays; pos=0 means identity), out, bad (int32 flag set to 1 when
 the kernel skipped an out-of-range row or position; 0 for none). Validate on the host first.)doc");
+    m.def(
+        "dequant_gather",
+        [](std::uintptr_t src, std::int64_t n_rows, std::int64_t row_elems, std::int64_t group_elems,
+           std::uintptr_t scales, std::uintptr_t rows, std::uintptr_t pos, std::int64_t n, std::uintptr_t out,
+           const std::string& scheme, const std::string& out_dtype, std::uintptr_t bad, int device,
+           std::uintptr_t stream) {
+            fc::dequant_gather_rows(src, n_rows, row_elems, group_elems, scales, rows, pos, n, out, featstore::quant_scheme_of(scheme),
+                                    featstore::out_dtype_of(out_dtype), bad, device, stream);
+        },
+        py::arg("src"), py::arg("n_rows"), py::arg("row_elems"), py::arg("group_elems"), py::arg("scales"),
+        py::arg("rows"), py::arg("pos"), py::arg("n"), py::arg("out"), py::arg("scheme"), py::arg("out_dtype"),
+        py::arg("bad"), py::arg("device"), py::arg("stream"),
+        R"doc(
+out[pos[k]] = dequantise(src[rows[k]]) for k < n, launched asynchronously on `stream`.
+
+src: n_rows rows of row_elems one-byte codes (scheme 'int8' or 'float8_e4m3'); scales: the float32
+scales, one per group_elems consecutive codes (group g of row r at byte (r*row_elems/group_elems+g)*4);
+out: n rows of row_elems elements of out_dtype ('float16', 'bfloat16', 'float32'). Each code decodes
+as float32(code)*scale, rounded to nearest even: bit for bit what featstore._core.dequant_gather gives.
+Pointers as in gather (device addresses as ints; pos=0 means identity; bad as there).)doc");
 }

@@ -4,11 +4,28 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 namespace featstore {
 
 enum class QuantScheme { kInt8 = 0, kFloat8E4M3 = 1 };
 enum class OutDtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// The names Python passes ("int8", "float8_e4m3"; "float32", "float16", "bfloat16"); std::invalid_argument
+// (Python's ValueError) for any other. Shared by featstore._core and featstore._cuda.
+inline QuantScheme quant_scheme_of(const std::string& scheme) {
+    if (scheme == "int8") return QuantScheme::kInt8;
+    if (scheme == "float8_e4m3") return QuantScheme::kFloat8E4M3;
+    throw std::invalid_argument("scheme must be 'int8' or 'float8_e4m3', got '" + scheme + "'");
+}
+
+inline OutDtype out_dtype_of(const std::string& dtype) {
+    if (dtype == "float32") return OutDtype::kFloat32;
+    if (dtype == "float16") return OutDtype::kFloat16;
+    if (dtype == "bfloat16") return OutDtype::kBFloat16;
+    throw std::invalid_argument("out_dtype must be 'float16', 'bfloat16' or 'float32', got '" + dtype + "'");
+}
 
 // Row r of src holds row_elems one-byte codes (int8, or float8 e4m3fn bits) in groups of
 // group_elems consecutive elements; each group has one float32 scale, group g of row r at

@@ -81,19 +81,6 @@ void gather(py::handle src, std::int64_t row_bytes, py::handle indices, py::hand
                            threads);
 }
 
-featstore::QuantScheme quant_scheme(const std::string& scheme) {
-    if (scheme == "int8") return featstore::QuantScheme::kInt8;
-    if (scheme == "float8_e4m3") return featstore::QuantScheme::kFloat8E4M3;
-    throw py::value_error("scheme must be 'int8' or 'float8_e4m3', got '" + scheme + "'");
-}
-
-featstore::OutDtype out_dtype_of(const std::string& dtype) {
-    if (dtype == "float32") return featstore::OutDtype::kFloat32;
-    if (dtype == "float16") return featstore::OutDtype::kFloat16;
-    if (dtype == "bfloat16") return featstore::OutDtype::kBFloat16;
-    throw py::value_error("out_dtype must be 'float16', 'bfloat16' or 'float32', got '" + dtype + "'");
-}
-
 void dequant_gather(py::handle src, py::handle scales, std::int64_t row_elems, std::int64_t group_elems,
                     py::handle indices, py::handle out, const std::string& scheme, const std::string& out_dtype,
                     int threads) {
@@ -101,8 +88,8 @@ void dequant_gather(py::handle src, py::handle scales, std::int64_t row_elems, s
     if (group_elems <= 0 || row_elems % group_elems)
         throw py::value_error("group_elems must divide row_elems, got " + std::to_string(group_elems));
     if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
-    const auto sch = quant_scheme(scheme);
-    const auto od = out_dtype_of(out_dtype);
+    const auto sch = featstore::quant_scheme_of(scheme);
+    const auto od = featstore::out_dtype_of(out_dtype);
     auto idx = check_index_array(indices);
     ByteView s(src, "src", false);
     ByteView sc(scales, "scales", false);

@@ -28,3 +28,21 @@ def gather(
     stream: int,
 ) -> None:
     """``out[pos[k]] = src[rows[k]]`` for k < n on ``stream`` (device addresses as ints; async)."""
+
+def dequant_gather(
+    src: int,
+    n_rows: int,
+    row_elems: int,
+    group_elems: int,
+    scales: int,
+    rows: int,
+    pos: int,
+    n: int,
+    out: int,
+    scheme: str,
+    out_dtype: str,
+    bad: int,
+    device: int,
+    stream: int,
+) -> None:
+    """``out[pos[k]] = float32(code) * scale`` of row ``rows[k]``, rounded to ``out_dtype`` as the core does (async)."""

@@ -43,8 +43,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._dtypes import TORCH_DTYPES, dtype_name
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
+from ..store.quant import LOGICAL_DTYPES, group_elems
 
 if TYPE_CHECKING:
     from ..store import FeatureSet
@@ -111,6 +113,12 @@ def register_mode(device: torch.device | int, mod: ModuleType | None = None) -> 
 
 def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def registered_bytes(fs: FeatureSet) -> int:
+    """Bytes of ``fs``'s file that its registration pins: the feature rows, and for a quantised set
+    everything from its codes to the end of its scales (the labels between them too)."""
+    return fs.record.layout.data_bytes if fs.quant is not None else fs.nbytes
 
 
 def _address(fs: FeatureSet) -> int:
@@ -212,21 +220,21 @@ class HostRegistry:
     def _register(self, fs: FeatureSet, key: int, device: int) -> _Registration:
         mod = self.mod
         mode = "read-only" if mod.read_only_register_supported(device) else "copy"
-        start = fs.header.data_start
+        start, nbytes = fs.header.data_start, registered_bytes(fs)
         try:
-            mapping, base = map_for_cuda(str(fs.path), start + fs.nbytes, mode)
+            mapping, base = map_for_cuda(str(fs.path), start + nbytes, mode)
         except (OSError, ValueError) as exc:
             raise CudaUnavailableError(
                 f"feature set {fs.key!r} ({fs.path}): could not map it for CUDA ({exc})"
             ) from None
         address, read_only = base + start, mode == "read-only"
         try:
-            fresh = self._call(fs, "register", mod.host_register, address, fs.nbytes, read_only, device)
+            fresh = self._call(fs, "register", mod.host_register, address, nbytes, read_only, device)
             if not fresh:
                 # The driver still holds this address from a mapping that is gone (we hold every mapping
                 # we registered open, so it is not one of ours): drop the stale pages, register these.
                 self._call(fs, "unregister a stale registration at", mod.host_unregister, address)
-                if not self._call(fs, "register", mod.host_register, address, fs.nbytes, read_only, device):
+                if not self._call(fs, "register", mod.host_register, address, nbytes, read_only, device):
                     raise CudaUnavailableError(
                         f"feature set {fs.key!r}: its pages at {address:#x} stay registered by someone else; "
                         "use cache='pinned'"
@@ -234,7 +242,7 @@ class HostRegistry:
         except BaseException:
             mapping.close()
             raise
-        entry = _Registration(fs.mapped_file, mapping, address, fs.nbytes, mode, stale=not fresh)
+        entry = _Registration(fs.mapped_file, mapping, address, nbytes, mode, stale=not fresh)
         entry.finalizer = weakref.finalize(fs, self._release, key)
         self._entries[key] = entry
         return entry
@@ -295,9 +303,13 @@ def launch_gather(
     fs: FeatureSet, src: int, plan: torch.Tensor, out: torch.Tensor, stream: torch.cuda.Stream, bad: int = 0
 ) -> None:
     """Enqueue the kernel on ``stream``: ``out[plan[1, k]] = fs[plan[0, k]]``. ``plan`` is a validated
-    (2, n) int64 device tensor from sorted_plan, ``src`` the device pointer of ``fs``'s bytes."""
+    (2, n) int64 device tensor from sorted_plan, ``src`` the device pointer of ``fs``'s bytes. A
+    quantised set's rows are dequantised to ``out``'s dtype, with the scales registered after its codes."""
     n = plan.shape[1]
     if n == 0 or fs.row_bytes == 0:
+        return
+    if fs.quant is not None:
+        launch_dequant(fs, src, src + fs.record.layout.scales_begin, plan, out, stream, bad)
         return
     REGISTRY.mod.gather(
         src,
@@ -313,13 +325,61 @@ def launch_gather(
     )
 
 
-def gather(fs: FeatureSet, index, device: str | torch.device = "cuda") -> torch.Tensor:
+def launch_dequant(
+    fs: FeatureSet, codes: int, scales: int, plan: torch.Tensor, out: torch.Tensor, stream: torch.cuda.Stream, bad=0
+) -> None:
+    """Enqueue the dequantising kernel on ``stream``: ``out[plan[1, k]]`` = row ``plan[0, k]`` of the
+    quantised set ``fs``, decoded from its codes at device address ``codes`` and its float32 scales at
+    ``scales`` (registered file pages or device memory), rounded to ``out``'s dtype (float16,
+    bfloat16 or float32) bit for bit as ``fs.gather`` does on the CPU."""
+    assert fs.quant is not None
+    n = plan.shape[1]
+    if n == 0 or fs.row_bytes == 0:
+        return
+    REGISTRY.mod.dequant_gather(
+        codes,
+        len(fs),
+        fs.row_bytes,
+        group_elems(fs.row_shape),
+        scales,
+        plan[0].data_ptr(),
+        plan[1].data_ptr(),
+        n,
+        out.data_ptr(),
+        fs.quant.scheme,
+        dtype_name(out.dtype),
+        bad,
+        out.device.index,
+        stream.cuda_stream,
+    )
+
+
+def out_dtype(fs: FeatureSet, dtype=None) -> torch.dtype:
+    """What a CUDA gather of ``fs`` returns for ``dtype``: the set's dtype by default; a quantised set
+    dequantises to float16, bfloat16 or float32 (ValueError for another, or for a raw set's other dtype)."""
+    want = fs.dtype if dtype is None else TORCH_DTYPES[dtype_name(dtype)]
+    if fs.quant is not None and dtype_name(want) not in LOGICAL_DTYPES:
+        raise ValueError(
+            f"feature set {fs.key!r} is quantised; gathers return float16, bfloat16 or float32, not {want}"
+        )
+    if fs.quant is None and want != fs.dtype:
+        raise ValueError(
+            f"feature set {fs.key!r} holds {fs.dtype} rows and the CUDA gather copies them raw; "
+            f"leave dtype unset and convert the result (.to({want}))"
+        )
+    return want
+
+
+def gather(fs: FeatureSet, index, device: str | torch.device = "cuda", dtype=None) -> torch.Tensor:
     """Rows ``index`` (numpy-style) of ``fs`` as a new tensor on ``device``, gathered by the CUDA
-    kernel straight from the set's registered file pages, on the current CUDA stream.
+    kernel straight from the set's registered file pages, on the current CUDA stream. A quantised
+    set is dequantised in the kernel, to ``dtype`` (float16, bfloat16 or float32; default its logical
+    dtype), bit for bit as ``fs.gather``.
 
     Indices are checked on the host before anything is launched (IndexError names the bad one).
     Raises CudaUnavailableError when there is no GPU or featstore._cuda is not built.
     """
+    want = out_dtype(fs, dtype)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise CudaUnavailableError(
@@ -332,9 +392,7 @@ def gather(fs: FeatureSet, index, device: str | torch.device = "cuda") -> torch.
     device = torch.device("cuda", _device_index(device))
     rows, lead = normalize_rows(index, len(fs))
     fs.check_committed(rows)
-    if fs.quant is not None:  # no dequantising CUDA kernel yet: the CPU core dequantises, then one copy
-        return fs.gather(rows).to(device).view(*lead, *fs.row_shape)
-    out = torch.empty((len(rows), *fs.row_shape), dtype=fs.dtype, device=device)
+    out = torch.empty((len(rows), *fs.row_shape), dtype=want, device=device)
     if len(rows) and fs.row_bytes:
         src = REGISTRY.device_pointer(fs, device.index)
         stream = torch.cuda.current_stream(device)

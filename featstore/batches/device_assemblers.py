@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..store import FeatureSet
+from ..store.quant import group_elems
 from . import cuda
 from .assemblers import Batch, BatchSpec, finish_on_current_stream
 
@@ -53,13 +54,49 @@ class _SideStreamAssembler:
         return finish_on_current_stream(item, self.device)
 
 
-_device_copies: dict[tuple[int, str], tuple[weakref.ref[FeatureSet], weakref.ref[torch.Tensor]]] = {}
+class HeldCodes:
+    """A quantised set on the device as stored: ``codes`` (uint8, ``(N, row_bytes)``) and ``scales``
+    (float32, ``(N, vectors per row)``); :func:`dequantise_held` makes a batch of it."""
+
+    def __init__(self, fs: FeatureSet, device: torch.device):
+        n, vectors = len(fs), fs.row_bytes // group_elems(fs.row_shape) if fs.row_bytes else 0
+        self.codes = fs.to_torch().reshape(n, fs.row_bytes).view(torch.uint8).to(device)
+        scales = fs.scales
+        assert scales is not None
+        self.scales = scales.reshape(n, vectors).to(device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+
+def dequantise_held(
+    fs: FeatureSet, held: HeldCodes, plan: torch.Tensor, dtype: torch.dtype, stream, kernel: bool
+) -> torch.Tensor:
+    """Rows ``plan[0]`` of the quantised set ``fs`` held as ``held``, dequantised to ``dtype`` on the
+    device: by the CUDA kernel (``kernel``: featstore._cuda usable), bit for bit as the CPU gather;
+    else by a torch expression that is bit-exact for every finite value (float32(code) * scale, one
+    rounding to ``dtype``) but may give a NaN code other NaN bits. ``plan``: (2, n), ``plan[1]`` = arange."""
+    n = plan.shape[1]
+    out = torch.empty((n, *fs.row_shape), dtype=dtype, device=held.codes.device)
+    if kernel:
+        cuda.launch_dequant(fs, held.codes.data_ptr(), held.scales.data_ptr(), plan, out, stream)
+        return out
+    codes = torch.index_select(held.codes, 0, plan[0]).view(fs.storage_dtype).to(torch.float32)
+    picked = torch.index_select(held.scales, 0, plan[0])
+    values = codes.view(n, picked.shape[1], -1) * picked.unsqueeze(-1)
+    return out.copy_(values.view(out.shape))
+
+
+Held = torch.Tensor | HeldCodes
+_device_copies: dict[tuple[int, str], tuple[weakref.ref[FeatureSet], weakref.ref[Held]]] = {}
 _copies_lock = threading.RLock()  # the weakref callback may run (collection) while held
 
 
-def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
+def device_copy(fs: FeatureSet, device: torch.device) -> Held:
     """``fs`` on ``device``, shared by every loader that holds it (e.g. a probe's training and
-    evaluation loaders): copied once, freed when the last holder drops it."""
+    evaluation loaders): copied once, freed when the last holder drops it. A quantised set is held
+    as its codes and scales (:class:`HeldCodes`)."""
     key = (id(fs), str(device))
     with _copies_lock:
         refs = _device_copies.get(key)
@@ -67,9 +104,9 @@ def device_copy(fs: FeatureSet, device: torch.device) -> torch.Tensor:
             cached = refs[1]()  # one strong reference: a second call could find it collected
             if cached is not None:
                 return cached
-        tensor = (fs.to_torch() if fs.quant is None else fs[:]).to(device)  # a quantised set dequantised
-        _device_copies[key] = (weakref.ref(fs), weakref.ref(tensor, lambda ref: _forget(key, ref)))
-        return tensor
+        held: Held = fs.to_torch().to(device) if fs.quant is None else HeldCodes(fs, device)
+        _device_copies[key] = (weakref.ref(fs), weakref.ref(held, lambda ref: _forget(key, ref)))
+        return held
 
 
 def _forget(key: tuple[int, str], ref: weakref.ref) -> None:
@@ -81,18 +118,27 @@ def _forget(key: tuple[int, str], ref: weakref.ref) -> None:
 
 
 class DeviceCacheAssembler(_SideStreamAssembler):
-    """Holds every set on the GPU (copied once, reused across epochs and loaders); a batch is an index_select."""
+    """Holds every set on the GPU (copied once, reused across epochs and loaders); a batch is an
+    index_select, or for a quantised set a dequantisation of its held codes (:func:`dequantise_held`)."""
 
     def __init__(self, spec: BatchSpec):
         self.cache = {key: device_copy(fs, spec.device) for key, fs in spec.sets.items()}
         super().__init__(spec)
-        for tensor in self.cache.values():
-            self.keep_for_side_stream(tensor)
+        self.kernel = any(fs.quant is not None for fs in spec.sets.values()) and cuda.uva_support(spec.device)[0]
+        for held in self.cache.values():
+            for tensor in (held.codes, held.scales) if isinstance(held, HeldCodes) else (held,):
+                self.keep_for_side_stream(tensor)
 
     def assemble(self, idx: np.ndarray):
         with torch.cuda.stream(self.stream):
-            rows = self.upload(idx)
-            feats = {k: torch.index_select(t, 0, rows) for k, t in self.cache.items()}
+            plan = self.upload(np.stack([idx, np.arange(len(idx), dtype=np.int64)]))
+            rows, feats = plan[0], {}
+            for key, held in self.cache.items():
+                if isinstance(held, HeldCodes):
+                    fs = self.spec.sets[key]
+                    feats[key] = dequantise_held(fs, held, plan, fs.dtype, self.stream, self.kernel)
+                else:
+                    feats[key] = torch.index_select(held, 0, rows)
             labels = torch.index_select(self.labels, 0, rows) if self.labels is not None else None
             return self.done(feats, labels, idx)
 

@@ -7,6 +7,9 @@
   path works and the sets take at most half of the machine's RAM (registration pins their pages),
   else "pinned".
 
+A quantised set takes every path: the device cache holds its codes and scales (``held_bytes``, what
+"auto" sizes it by) and dequantises each batch on the GPU; the kernel path dequantises in the kernel.
+
 ``choose_path`` is a pure function of its arguments (sizes, free memory, what is available), so
 what auto picks is tested without a GPU; ``loader_path`` gathers those facts for a BatchLoader.
 """
@@ -20,6 +23,7 @@ import torch
 
 from ..errors import CudaUnavailableError
 from ..store.memory import physical_ram
+from ..store.quant import group_elems
 
 CACHE_MODES = ("auto", "device", "uva", "pinned")
 DEFAULT_DEVICE_SHARE = 0.5
@@ -107,6 +111,15 @@ def choose_path(
     return PathChoice("pinned", f"{too_big}, and the CUDA kernel path is unavailable ({uva_why}); pinned staging")
 
 
+def held_bytes(fs) -> int:
+    """Bytes the device cache holds for ``fs`` (and that a registration pins, with the labels): its rows,
+    or for a quantised set its one-byte codes and its float32 scales, one per vector, not the dequantised
+    rows (docs/compact-storage.md)."""
+    if getattr(fs, "quant", None) is None or not fs.row_bytes:
+        return fs.nbytes
+    return fs.nbytes + 4 * len(fs) * (fs.row_bytes // group_elems(fs.row_shape))
+
+
 def device_share(share: float | None) -> float:
     """The device-cache share: ``share`` if given, else $FEATSTORE_DEVICE_CACHE_SHARE, else 0.5."""
     if share is None:
@@ -126,7 +139,9 @@ def loader_path(
     cache: str, device: torch.device, set_bytes: int, share: float | None, sets=()
 ) -> tuple[PathChoice, dict]:
     """Gather the facts for ``choose_path`` on this machine (``sets``: the loader's feature sets, whose own
-    registrations are not counted as pinned by others); returns the choice and the facts (for info)."""
+    registrations are not counted as pinned by others); returns the choice and the facts (for info).
+    ``set_bytes`` counts each set's ``nbytes``; a quantised set's scales are added here (:func:`held_bytes`)."""
+    set_bytes += sum(held_bytes(fs) - fs.nbytes for fs in sets)  # a quantised set's scales are held too
     facts: dict = {"cache": cache, "set_bytes": set_bytes}
     cuda_ok = device.type == "cuda" and torch.cuda.is_available()
     free, uva_ok, uva_why, pinned, copies = 0, False, "not a CUDA device", 0, False
@@ -134,8 +149,6 @@ def loader_path(
         from .cuda import REGISTRY, register_mode, uva_support
 
         uva_ok, uva_why = uva_support(device)
-        if uva_ok and any(getattr(fs, "quant", None) is not None for fs in sets):
-            uva_ok, uva_why = False, "the kernel path copies raw rows and a set is quantised"
         pinned = REGISTRY.pinned_bytes(exclude=sets) if uva_ok else 0
         facts["pinned_bytes"] = pinned
         if uva_ok:

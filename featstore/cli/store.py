@@ -5,6 +5,7 @@ first: ``featstore COMMAND STORE ...``."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,22 @@ def note_skipped(command: str, store, keys=None) -> None:
         )
 
 
+def _stored(rec) -> dict[str, Any]:
+    """What a set stores: ``stored_bytes`` (its codes or rows, and its scales), and ``quant`` (scheme,
+    logical dtype, the logical rows' bytes) or None."""
+    from ..store.header import itemsize
+
+    layout = rec.layout
+    stored = layout.features_bytes + layout.scales_bytes
+    if rec.quant is None:
+        return {"stored_bytes": stored, "quant": None}
+    logical = math.prod(rec.shape) * itemsize(rec.quant.dtype)
+    return {
+        "stored_bytes": stored,
+        "quant": {"scheme": rec.quant.scheme, "dtype": rec.quant.dtype, "logical_bytes": logical},
+    }
+
+
 def _cmd_info(args) -> int:
     store = open_store(args.store)
     rows: list[dict[str, Any]] = []
@@ -107,6 +124,7 @@ def _cmd_info(args) -> int:
                 "labels": rec.has_labels,
                 "metadata": rec.metadata,
                 "problem": str(store.problems[key]) if key in store.problems else None,
+                **_stored(rec),
             }
         )
     if args.json:
@@ -117,6 +135,12 @@ def _cmd_info(args) -> int:
         state = "complete" if r["complete"] else f"{r['rows_committed']}/{r['shape'][0]} rows committed"
         problem = f"  PROBLEM: {r['problem']}" if r["problem"] else ""
         print(f"  {r['key']:32} {tuple(r['shape'])!s:>20} {r['dtype']:>9}  {state}{problem}")
+        if r["quant"] is not None:
+            q = r["quant"]
+            print(
+                f"  {'':32} quantised: {q['scheme']} codes + float32 scales of {q['dtype']} rows, "
+                f"{r['stored_bytes'] / 1e6:.2f} MB stored ({q['dtype']} rows: {q['logical_bytes'] / 1e6:.2f} MB)"
+            )
         provenance = ", ".join(
             f"{k}={r['metadata'][k]}"
             for k in ("encoder", "model", "revision", "layer", "pooling")

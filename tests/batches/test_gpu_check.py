@@ -72,6 +72,7 @@ def simulated_gpu(monkeypatch):
 
     monkeypatch.setattr(gpu_check, "ensure_gpu_and_module", lambda no_install: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setitem(sys.modules, "gpu_check_quant", None)  # its real stage needs a real GPU: "not available"
     wrong: set[str] = set()
 
     def one_batch(fs, idx, path):
@@ -115,14 +116,31 @@ def test_an_inexact_path_exits_1(tmp_path, simulated_gpu, monkeypatch):
 
 
 def test_the_quant_stage_is_optional(monkeypatch):
-    monkeypatch.delitem(sys.modules, "gpu_check_quant", raising=False)
-    if (ROOT / "benchmarks" / "gpu_check_quant.py").exists():
-        pytest.skip("benchmarks/gpu_check_quant.py exists here")
+    monkeypatch.setitem(sys.modules, "gpu_check_quant", None)  # as if benchmarks/gpu_check_quant.py were absent
     assert gpu_check.stage_quant({})["status"] == "not available"
     fake = types.ModuleType("gpu_check_quant")
     fake.run_stage = lambda: {"exact": True}
     monkeypatch.setitem(sys.modules, "gpu_check_quant", fake)
     assert gpu_check.stage_quant({}) == {"exact": True}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_the_quant_stage_skips_without_a_gpu_and_reports_in_the_stage_shape(tmp_path):
+    import gpu_check_quant
+
+    result = gpu_check.stage_quant({})
+    assert result["status"] == "skipped" and "no CUDA GPU" in result["note"]
+    stages = [("quant", gpu_check.stage_quant)]
+    out = gpu_check.run_stages(stages, {}, {}, tmp_path, "q")
+    assert out["stages"]["quant"]["status"] == "skipped" and "no CUDA GPU" in out["stages"]["quant"]["note"]
+    checks = [{"check": "every code", "scheme": "int8", "dtype": "float16", "exact": True}] * 3
+    speed = {"uva_int8_over_float16": 1.8, "device_int8_over_float16": 0.9}
+    ok = gpu_check_quant.summarise(checks, speed)
+    assert ok["status"] == "ok" and ok["note"] == (
+        "3/3 exact; uva int8->f16 1.80x the f16 kernel, device cache int8 0.90x f16 index_select"
+    )
+    bad = gpu_check_quant.summarise([*checks, {**checks[0], "exact": False}], None)
+    assert bad["status"] == "inexact" and bad["failures"] == [{**checks[0], "exact": False}] and bad["exact"] == 3
 
 
 def test_without_datasets_the_cuda_code_tests_and_check_import_and_run(tmp_path):

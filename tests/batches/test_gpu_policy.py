@@ -109,15 +109,6 @@ def test_loader_without_cuda(fs):
             fs.batches(8, device="cuda", cache=mode)
 
 
-@pytest.fixture()
-def fake_gpu(monkeypatch):
-    """torch reports one CUDA device with ``free`` bytes free; nothing is launched (paths are only chosen)."""
-    free = {"bytes": 0}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10 * free["bytes"]))
-    return free
-
-
 def test_loader_auto_reports_what_it_picked_and_why(fs, fake_gpu, monkeypatch):
     monkeypatch.setattr(fcuda, "module", lambda: None)  # as in a build without nvcc
     fake_gpu["bytes"] = 1 * MB

@@ -42,6 +42,30 @@ def test_demo_refuses_a_foreign_folder(tmp_path, capsys):
     assert (tmp_path / "precious.txt").exists()
 
 
+def test_info_says_when_a_set_is_quantised(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from featstore import FeatureStore
+
+    store = FeatureStore.create(tmp_path / "s")
+    x = torch.randn((10, 3, 8)).half()
+    with store.create_feature_set("enc/q", 10, (3, 8), "float16", {}, quant="float8_e4m3") as w:
+        w.write(0, x)
+    make_store(tmp_path / "r", key="enc/raw", n_rows=10, row_shape=(8,))
+    assert main(["info", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "quantised: float8_e4m3 codes + float32 scales of float16 rows, 0.00 MB stored" in out
+    assert main(["info", str(tmp_path / "s"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["dtype"] == "float8_e4m3" and row["stored_bytes"] == 10 * 24 + 10 * 3 * 4  # codes + scales
+    assert row["quant"] == {"scheme": "float8_e4m3", "dtype": "float16", "logical_bytes": 10 * 24 * 2}
+    assert main(["info", str(tmp_path / "r"), "--json"]) == 0
+    (raw,) = json.loads(capsys.readouterr().out)
+    assert raw["quant"] is None and raw["stored_bytes"] == 10 * 8 * 2
+
+
 @pytest.mark.damages_store
 def test_info_verify_export_import(tmp_path, capsys):
     make_store(tmp_path / "s", key="enc/l1", n_rows=20, row_shape=(4,))
