@@ -5,9 +5,9 @@
 // even when the batch wants them at positions far apart, so block-ordered batches (runs of
 // hundreds of rows) cost a few large requests, and random batches one request per row.
 // Two engines keep `queue_depth` requests in flight: io_uring (uring.h), where the kernel allows
-// a ring, submits them all from the calling thread; else the I/O thread pool, a thread blocked in
-// preadv per request. $FEATSTORE_IO picks one: "auto" (default: io_uring where it works),
-// "io_uring", "threads". io_engine() says which runs and why.
+// a ring, submits them all from the calling thread; the I/O thread pool has a thread blocked in
+// preadv per request. $FEATSTORE_IO picks: "auto" (default: io_uring for a file opened with
+// O_DIRECT, the pool otherwise), "io_uring", "threads". io_engine() says which runs and why.
 #include "direct_read.h"
 
 #include <algorithm>
@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -230,7 +231,10 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
         k = e;
     }
 
-    if (queue_depth > 1 && runs.size() > 1 && engine_asked() != "threads") {
+    const std::string asked = queue_depth > 1 && runs.size() > 1 ? engine_asked() : "threads";
+    // auto: io_uring for O_DIRECT reads (truly asynchronous in the kernel), the thread pool for reads
+    // through the page cache, which a ring hands to kernel workers (measured 25% slower, docs/performance.md)
+    if (asked == "io_uring" || (asked == "auto" && (::fcntl(fd, F_GETFL) & O_DIRECT))) {
         std::string why;
         if (Uring* ring = thread_ring(kRingEntries, &why)) {
             read_runs_uring(*ring, fd, offset, row_bytes, picks.data(), runs, out,
@@ -238,7 +242,7 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
             for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
             return;
         }
-        if (engine_asked() == "io_uring") throw std::runtime_error("$FEATSTORE_IO=io_uring, but " + why);
+        if (asked == "io_uring") throw std::runtime_error("$FEATSTORE_IO=io_uring, but " + why);
     }
     std::mutex mu;
     std::exception_ptr failure;
@@ -263,10 +267,12 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
 }
 
 std::string io_engine() {
-    if (engine_asked() == "threads") return "threads ($FEATSTORE_IO=threads)";
+    const std::string asked = engine_asked();
+    if (asked == "threads") return "threads ($FEATSTORE_IO=threads)";
     std::string why;
-    if (thread_ring(kRingEntries, &why) != nullptr) return "io_uring";
-    return "threads (" + why + ")";
+    if (thread_ring(kRingEntries, &why) == nullptr) return "threads (" + why + ")";
+    if (asked == "io_uring") return "io_uring ($FEATSTORE_IO=io_uring)";
+    return "auto: io_uring for O_DIRECT reads, threads for reads through the page cache";
 }
 
 }  // namespace featstore

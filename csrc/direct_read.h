@@ -35,8 +35,9 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
                int queue_depth, std::size_t max_request_bytes, const std::string& path,
                const std::int64_t* pos = nullptr);
 
-// The engine read_rows uses for several requests in flight on this thread: "io_uring", or
-// "threads (why)" when $FEATSTORE_IO=threads or the kernel refuses a ring. Throws
+// The engine read_rows uses for several requests in flight on this thread: "auto: ..." (io_uring
+// for O_DIRECT files, the thread pool for the others), "io_uring (...)", or "threads (why)" when
+// $FEATSTORE_IO=threads or the kernel refuses a ring. Throws
 // std::invalid_argument for a $FEATSTORE_IO other than auto, io_uring or threads.
 std::string io_engine();
 

@@ -217,8 +217,9 @@ I/O thread pool: see io_engine; 1 = on the calling thread); a row asked for twic
 raises EOFError naming `path`; a failed read raises OSError(errno, strerror, path).)doc");
 
     m.def("io_engine", &featstore::io_engine,
-          "How read_rows keeps several requests in flight on this thread: 'io_uring', or 'threads (why)' "
-          "where $FEATSTORE_IO=threads or the kernel refuses a ring. ValueError for a bad $FEATSTORE_IO.");
+          "How read_rows keeps several requests in flight on this thread: 'auto: ...' (io_uring for O_DIRECT "
+          "files, the I/O threads for the others), 'io_uring (...)', or 'threads (why)' where "
+          "$FEATSTORE_IO=threads or the kernel refuses a ring. ValueError for a bad $FEATSTORE_IO.");
 
     m.def(
         "set_num_threads",

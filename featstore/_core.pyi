@@ -65,7 +65,7 @@ def read_rows(
     """Read row ``indices[i]`` of the file open as ``fd`` into row i (or ``pos[i]``) of ``out`` with preadv (EOFError if short)."""
 
 def io_engine() -> str:
-    """How read_rows keeps requests in flight: 'io_uring', or 'threads (why)'."""
+    """How read_rows keeps requests in flight: 'auto: ...', 'io_uring (...)' or 'threads (why)'."""
 
 def set_num_threads(n: int) -> None:
     """Set the size of the persistent gather thread pool (>= 1; else ValueError)."""
