@@ -21,13 +21,16 @@ On each, the same split (featstore's, by image, 70/15/15, seed 0) for everyone:
               best C on validation, scored on test;
   attentive   (demo patch grids) featstore ``attentive`` vs ``linear`` on the flattened grid, trained together.
 
-Repetitions interleaved; medians reported. Torch and BLAS use the default threads on both sides.
+Repetitions interleaved; medians reported. Torch and BLAS use the default threads on both sides, or
+``--threads N`` on both. ``--heads ridge,attentive`` leaves logistic out (a few minutes on the demo store).
 
     .venv/bin/python benchmarks/bench_probes.py              # the issue's sizes
     .venv/bin/python benchmarks/bench_probes.py --quick      # 8000 rows, 1 repetition (smoke run)
     .venv/bin/featstore demo --out /tmp/d && .venv/bin/python benchmarks/bench_probes.py --only-demo --demo-dir /tmp/d
+    .venv/bin/python benchmarks/bench_probes.py --only-demo --demo-dir /tmp/d --heads ridge,attentive  # no logistic
 
-Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick, ``probes-demo.*`` with --only-demo).
+Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick, ``probes-demo.*`` with --only-demo;
+a run without every head adds them to the name: ``probes-demo-attentive-ridge.*``).
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         "sk_read_s": read_s,  # reading the store into scikit-learn's float64 arrays: outside its clock
     }
     times: dict[str, list[float]] = {k: [] for k in ("fs_ridge", "sk_ridge", "fs_logistic", "sk_logistic")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     sk_alphas: dict = {}
     fs_ridge_out: list[dict] = []
     for rep in range(max(reps, logistic_reps)):
@@ -196,8 +200,10 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         if rep % 2:
             jobs.reverse()  # interleaved, in turn first
         for label, job in jobs:
+            c0 = time.process_time()  # CPU seconds of this process: steadier than wall time on a shared machine
             t, out = timed(job)
             times[label].append(t)
+            cpu[label].append(time.process_time() - c0)
             if label == "fs_ridge":
                 fs_ridge_out[:] = [out]
             res[label + "_acc"] = (
@@ -208,6 +214,8 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
     for label, ts in times.items():
         res[label + "_s"] = statistics.median(ts) if ts else None
         res[label + "_all_s"] = ts
+        res[label + "_cpu_s"] = statistics.median(cpu[label]) if cpu[label] else None
+        res[label + "_all_cpu_s"] = cpu[label]
     val_s, sk_val = timed(lambda: sk_ridge_val(data))
     common = sorted(set(res["fs_ridge_acc"]) & {f"{k}:{v}" for k, v in sk_val})
     sk_val_acc = {f"{k}:{v}": a for (k, v), a in sk_val.items()}
@@ -224,6 +232,7 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         fs_acc, sk_acc = res[f"fs_{head}_acc"], res[f"sk_{head}_acc"]
         common = sorted(set(fs_acc) & set(sk_acc))
         res[f"{head}_speedup"] = res[f"sk_{head}_s"] / res[f"fs_{head}_s"]
+        res[f"{head}_cpu_speedup"] = res[f"sk_{head}_cpu_s"] / res[f"fs_{head}_cpu_s"]
         res[f"{head}_max_acc_gap"] = max(abs(fs_acc[k] - sk_acc[k]) for k in common)
         res[f"{head}_mean_acc"] = {
             "featstore": statistics.mean(fs_acc[k] for k in common),
@@ -308,6 +317,12 @@ def main() -> None:
         help="comma-separated, of ridge, logistic, attentive: what to run (ridge,attentive on the demo store takes a "
         "few minutes; logistic alone ~26 min)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit torch and every BLAS pool (threadpoolctl) to N threads, both sides (steadier on a shared machine)",
+    )
     p.add_argument("--demo-logistic-keys", default="*", help="comma-separated globs: the demo sets logistic runs on")
     a = p.parse_args()
     if a.quick:
@@ -317,12 +332,22 @@ def main() -> None:
         p.error(f"--heads {a.heads!r}: give ridge plus any of logistic, attentive (ridge is the comparison's base)")
     if "logistic" not in heads:
         a.logistic_reps = 0
+    out_limits = None  # the BLAS pools' threads under --threads
+    if a.threads:
+        import scipy.linalg  # noqa: F401  (loaded first: threadpoolctl limits only the BLAS pools already loaded)
+        import sklearn.linear_model  # noqa: F401
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        torch.set_num_threads(a.threads)
+        threadpool_limits(a.threads)  # NumPy's and SciPy's OpenBLAS, for featstore and scikit-learn alike
+        out_limits = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
     root = Path(tempfile.mkdtemp(prefix="bench-probes-"))
     out: dict = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": out_limits,
         "cpu_busy_before": cpu_busy_share(2.0),  # other work's share of the CPUs just before the run
         "alphas": len(DEFAULT_ALPHAS),
         "cs": len(DEFAULT_CS),
@@ -361,18 +386,25 @@ def main() -> None:
     print(report(out))
 
 
+def cpu_cell(r: dict, side: str, head: str) -> str:
+    v = r.get(f"{side}_{head}_cpu_s")
+    return "-" if v is None else f"{v:.2f}"
+
+
 def report(out: dict) -> str:
     lines = [
         "# featstore ridge / logistic vs scikit-learn; attentive vs flat linear (issue 14)",
         "",
         f"`{out['command']}` on {out['when']}. Machine: {out['machine'].get('cpu', '?')}, "
-        f"{out['machine'].get('cpus', '?')} CPUs; CPU busy share (other work) "
+        f"{out['machine'].get('cpus', '?')} CPUs, {out.get('torch_threads', '?')} torch / BLAS threads; CPU busy share "
+        "(other work) "
         f"{100 * out.get('cpu_busy_before', float('nan')):.0f}% before the run, "
         f"{100 * out.get('cpu_busy_after', float('nan')):.0f}% after it (the machine is shared: timings are noisy; "
         "medians of interleaved repetitions, ratios from the same run).",
         "",
         f"ridge: {out['alphas']} strengths; logistic: {out['cs']} C values. featstore's times include reading the "
-        "store and scoring validation and test; scikit-learn's start with the arrays in memory.",
+        "store and scoring validation and test; scikit-learn's start with the arrays in memory. CPU s: the process's CPU "
+        "time (all threads), which other work on a shared machine inflates less than wall time.",
         "",
     ]
     rows = []
@@ -391,6 +423,9 @@ def report(out: dict) -> str:
                     f"{r[f'fs_{head}_s']:.2f}",
                     f"{r[f'sk_{head}_s']:.2f}",
                     f"{r[f'{head}_speedup']:.2f}x",
+                    cpu_cell(r, "fs", head),
+                    cpu_cell(r, "sk", head),
+                    f"{r[f'{head}_cpu_speedup']:.2f}x" if f"{head}_cpu_speedup" in r else "-",
                     f"{r[f'{head}_mean_acc']['featstore']:.4f}",
                     f"{r[f'{head}_mean_acc']['sklearn']:.4f}",
                     f"{100 * r[f'{head}_max_acc_gap']:.2f}",
@@ -404,6 +439,9 @@ def report(out: dict) -> str:
             "featstore s",
             "sklearn s",
             "speed-up",
+            "featstore CPU s",
+            "sklearn CPU s",
+            "CPU speed-up",
             "featstore acc (mean)",
             "sklearn acc (mean)",
             "max gap (points)",

@@ -1,10 +1,11 @@
 """Closed-form ridge probes over a grid of strengths: one streaming float64 pass accumulates XᵀX and XᵀY
-of every (feature set, view), then one eigendecomposition per view gives the solution for every strength
-(scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. A view wider than the train rows are
-many (a flattened patch grid) takes the dual form instead: the pass keeps the rows (n x d, less than the
-d x d of XᵀX) and one eigendecomposition of the n x n Gram matrix X Xᵀ gives every strength, as
-scikit-learn does when n_features > n_samples. Classification is one-hot in {-1, 1}
-as ``RidgeClassifier`` does; the ``binary`` task fits one single-output ridge per relation.
+of every (feature set, view), then one factorisation per view gives the solution for every strength
+(:func:`shifted_solves`: a tridiagonalisation on the CPU, as fast as half an eigendecomposition; else
+scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. A view wider than the train rows are
+many (a flattened patch grid) takes the dual form instead: the pass keeps the rows (n x d, less than
+the d x d of XᵀX) and the n x n Gram matrix X Xᵀ is factorised, as scikit-learn does when
+n_features > n_samples. Classification is one-hot in {-1, 1} as ``RidgeClassifier`` does; the
+``binary`` task fits one single-output ridge per relation.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def shifted_solves(k: torch.Tensor, r: torch.Tensor, alphas: torch.Tensor, tridi
     Only K's lower triangle is read."""
     if tridiagonal is not False and k.device.type == "cpu" and len(k) > 1:
         try:
-            from scipy.linalg import lapack
+            from scipy.linalg import lapack  # type: ignore[import-untyped]
         except ImportError:  # SciPy is optional: the eigendecomposition serves
             lapack = None
         if lapack is not None:
