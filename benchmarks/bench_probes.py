@@ -21,13 +21,16 @@ On each, the same split (featstore's, by image, 70/15/15, seed 0) for everyone:
               best C on validation, scored on test;
   attentive   (demo patch grids) featstore ``attentive`` vs ``linear`` on the flattened grid, trained together.
 
-Repetitions interleaved; medians reported. Torch and BLAS use the default threads on both sides.
+Repetitions interleaved; medians reported. Torch and BLAS use the default threads on both sides, or
+``--threads N`` on both. ``--heads ridge,attentive`` leaves logistic out (a few minutes on the demo store).
 
     .venv/bin/python benchmarks/bench_probes.py              # the issue's sizes
     .venv/bin/python benchmarks/bench_probes.py --quick      # 8000 rows, 1 repetition (smoke run)
     .venv/bin/featstore demo --out /tmp/d && .venv/bin/python benchmarks/bench_probes.py --only-demo --demo-dir /tmp/d
+    .venv/bin/python benchmarks/bench_probes.py --only-demo --demo-dir /tmp/d --heads ridge,attentive  # no logistic
 
-Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick, ``probes-demo.*`` with --only-demo).
+Writes benchmarks/results/probes.{json,md} (``probes-quick.*`` with --quick, ``probes-demo.*`` with --only-demo;
+a run without every head adds them to the name: ``probes-demo-attentive-ridge.*``).
 """
 
 from __future__ import annotations
@@ -108,6 +111,31 @@ def sk_ridge(data, chosen: dict):
     return accs
 
 
+def sk_ridge_val(data):
+    """scikit-learn's ridge with featstore's selection rule: ``Ridge(solver="svd")`` fit on train with one
+    target column per (strength, class) (its SVD solver takes a strength per target: one SVD per view), the
+    first strength best on validation, its test accuracy. Targets coded as RidgeClassifier codes them."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import LabelBinarizer
+
+    a = np.asarray(DEFAULT_ALPHAS)
+    accs = {}
+    for kv, (xt, yt, xv, yv, xs, ys) in data.items():
+        lb = LabelBinarizer(pos_label=1, neg_label=-1).fit(yt)
+        y = lb.transform(yt).astype(np.float64)
+        k = y.shape[1]
+        model = Ridge(alpha=np.repeat(a, k), solver="svd").fit(xt, np.tile(y, (1, len(a))))
+
+        def decide(x):
+            out = model.predict(x).reshape(len(x), len(a), k)
+            idx = (out[..., 0] > 0).astype(int) if k == 1 else out.argmax(2)
+            return lb.classes_[idx]  # (rows, alphas)
+
+        best = int(np.argmax((decide(xv) == yv[:, None]).mean(0)))
+        accs[kv] = float((decide(xs)[:, best] == ys).mean())
+    return accs
+
+
 def sk_logistic(data):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -137,7 +165,7 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
     import fnmatch
 
     first = train_probes(store, ds, "*", task, heads="ridge")
-    data = arrays(store, first["split"])
+    read_s, data = timed(lambda: arrays(store, first["split"]))
     ldata = {kv: v for kv, v in data.items() if any(fnmatch.fnmatchcase(kv[0], p) for p in logistic_keys)}
     split_file = Path(tempfile.mkdtemp()) / "split.json"
     split_file.write_text(json.dumps(first["split"]))
@@ -148,8 +176,10 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         "logistic_views": len(ldata),
         "logistic_keys": list(logistic_keys),
         "rows": first["settings"]["rows"],
+        "sk_read_s": read_s,  # reading the store into scikit-learn's float64 arrays: outside its clock
     }
     times: dict[str, list[float]] = {k: [] for k in ("fs_ridge", "sk_ridge", "fs_logistic", "sk_logistic")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     sk_alphas: dict = {}
     fs_ridge_out: list[dict] = []
     for rep in range(max(reps, logistic_reps)):
@@ -170,8 +200,10 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
         if rep % 2:
             jobs.reverse()  # interleaved, in turn first
         for label, job in jobs:
+            c0 = time.process_time()  # CPU seconds of this process: steadier than wall time on a shared machine
             t, out = timed(job)
             times[label].append(t)
+            cpu[label].append(time.process_time() - c0)
             if label == "fs_ridge":
                 fs_ridge_out[:] = [out]
             res[label + "_acc"] = (
@@ -182,12 +214,25 @@ def compare(name: str, store, ds, task: str, reps: int, logistic_reps: int, logi
     for label, ts in times.items():
         res[label + "_s"] = statistics.median(ts) if ts else None
         res[label + "_all_s"] = ts
+        res[label + "_cpu_s"] = statistics.median(cpu[label]) if cpu[label] else None
+        res[label + "_all_cpu_s"] = cpu[label]
+    val_s, sk_val = timed(lambda: sk_ridge_val(data))
+    common = sorted(set(res["fs_ridge_acc"]) & {f"{k}:{v}" for k, v in sk_val})
+    sk_val_acc = {f"{k}:{v}": a for (k, v), a in sk_val.items()}
+    res["sk_ridge_val"] = {
+        "seconds": val_s,
+        "acc": sk_val_acc,
+        "mean_acc": statistics.mean(sk_val_acc[k] for k in common),
+        "max_acc_gap": max(abs(res["fs_ridge_acc"][k] - sk_val_acc[k]) for k in common),
+        "mean_acc_featstore": statistics.mean(res["fs_ridge_acc"][k] for k in common),
+    }
     res["ridge_strengths"] = strength_choices(fs_ridge_out[0], res, sk_alphas)
     res["ridge_same_strength_max_gap"] = max(abs(r["fs_acc_at_sk_alpha"] - r["sk_acc"]) for r in res["ridge_strengths"])
     for head in ("ridge", "logistic") if logistic_reps else ("ridge",):
         fs_acc, sk_acc = res[f"fs_{head}_acc"], res[f"sk_{head}_acc"]
         common = sorted(set(fs_acc) & set(sk_acc))
         res[f"{head}_speedup"] = res[f"sk_{head}_s"] / res[f"fs_{head}_s"]
+        res[f"{head}_cpu_speedup"] = res[f"sk_{head}_cpu_s"] / res[f"fs_{head}_cpu_s"]
         res[f"{head}_max_acc_gap"] = max(abs(fs_acc[k] - sk_acc[k]) for k in common)
         res[f"{head}_mean_acc"] = {
             "featstore": statistics.mean(fs_acc[k] for k in common),
@@ -266,16 +311,43 @@ def main() -> None:
     p.add_argument("--no-demo", action="store_true")
     p.add_argument("--only-demo", action="store_true", help="skip the synthetic store")
     p.add_argument("--demo-dir", default=None, help="an existing `featstore demo --encoders dinov2` folder to reuse")
+    p.add_argument(
+        "--heads",
+        default="ridge,logistic,attentive",
+        help="comma-separated, of ridge, logistic, attentive: what to run (ridge,attentive on the demo store takes a "
+        "few minutes; logistic alone ~26 min)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit torch and every BLAS pool (threadpoolctl) to N threads, both sides (steadier on a shared machine)",
+    )
     p.add_argument("--demo-logistic-keys", default="*", help="comma-separated globs: the demo sets logistic runs on")
     a = p.parse_args()
     if a.quick:
         a.rows, a.reps, a.logistic_reps = 8000, 1, 1
+    heads = {h for h in a.heads.split(",") if h}
+    if heads - {"ridge", "logistic", "attentive"} or "ridge" not in heads:
+        p.error(f"--heads {a.heads!r}: give ridge plus any of logistic, attentive (ridge is the comparison's base)")
+    if "logistic" not in heads:
+        a.logistic_reps = 0
+    out_limits = None  # the BLAS pools' threads under --threads
+    if a.threads:
+        import scipy.linalg  # noqa: F401  (loaded first: threadpoolctl limits only the BLAS pools already loaded)
+        import sklearn.linear_model  # noqa: F401
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        torch.set_num_threads(a.threads)
+        threadpool_limits(a.threads)  # NumPy's and SciPy's OpenBLAS, for featstore and scikit-learn alike
+        out_limits = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
     root = Path(tempfile.mkdtemp(prefix="bench-probes-"))
     out: dict = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": out_limits,
         "cpu_busy_before": cpu_busy_share(2.0),  # other work's share of the CPUs just before the run
         "alphas": len(DEFAULT_ALPHAS),
         "cs": len(DEFAULT_CS),
@@ -283,7 +355,10 @@ def main() -> None:
     if not a.only_demo:
         store, ds, task = synthetic(root, a.rows, a.dim, a.sets)
         out["synthetic"] = compare(f"synthetic {a.sets} x {a.rows} x {a.dim}", store, ds, task, a.reps, a.logistic_reps)
-        print(json.dumps({k: v for k, v in out["synthetic"].items() if not k.endswith("_acc")}, indent=1), flush=True)
+        print(
+            json.dumps({k: v for k, v in out["synthetic"].items() if not k.endswith(("_acc", "_val"))}, indent=1),
+            flush=True,
+        )
     if not a.no_demo:
         if a.demo_dir:
             d = Path(a.demo_dir)
@@ -295,15 +370,25 @@ def main() -> None:
         out["demo"] = compare(
             f"demo ({', '.join(encs)}; 4000 rows)", dstore, dds, dtask, a.reps, a.logistic_reps, lkeys
         )
-        out["attentive"] = attentive(dstore, dds)
-        print(json.dumps({k: v for k, v in out["demo"].items() if not k.endswith("_acc")}, indent=1), flush=True)
-        print(json.dumps(out["attentive"], indent=1), flush=True)
+        print(
+            json.dumps({k: v for k, v in out["demo"].items() if not k.endswith(("_acc", "_val"))}, indent=1), flush=True
+        )
+        if "attentive" in heads:
+            out["attentive"] = attentive(dstore, dds)
+            print(json.dumps(out["attentive"], indent=1), flush=True)
     out["cpu_busy_after"] = cpu_busy_share(2.0)
     name = "probes-quick" if a.quick else "probes-demo" if a.only_demo else "probes"
+    if heads != {"ridge", "logistic", "attentive"}:
+        name += "-" + "-".join(sorted(heads))  # a partial run does not overwrite the full one
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / f"{name}.md").write_text(report(out) + "\n")
     print(report(out))
+
+
+def cpu_cell(r: dict, side: str, head: str) -> str:
+    v = r.get(f"{side}_{head}_cpu_s")
+    return "-" if v is None else f"{v:.2f}"
 
 
 def report(out: dict) -> str:
@@ -311,13 +396,15 @@ def report(out: dict) -> str:
         "# featstore ridge / logistic vs scikit-learn; attentive vs flat linear (issue 14)",
         "",
         f"`{out['command']}` on {out['when']}. Machine: {out['machine'].get('cpu', '?')}, "
-        f"{out['machine'].get('cpus', '?')} CPUs; CPU busy share (other work) "
+        f"{out['machine'].get('cpus', '?')} CPUs, {out.get('torch_threads', '?')} torch / BLAS threads; CPU busy share "
+        "(other work) "
         f"{100 * out.get('cpu_busy_before', float('nan')):.0f}% before the run, "
         f"{100 * out.get('cpu_busy_after', float('nan')):.0f}% after it (the machine is shared: timings are noisy; "
         "medians of interleaved repetitions, ratios from the same run).",
         "",
         f"ridge: {out['alphas']} strengths; logistic: {out['cs']} C values. featstore's times include reading the "
-        "store and scoring validation and test; scikit-learn's start with the arrays in memory.",
+        "store and scoring validation and test; scikit-learn's start with the arrays in memory. CPU s: the process's CPU "
+        "time (all threads), which other work on a shared machine inflates less than wall time.",
         "",
     ]
     rows = []
@@ -336,6 +423,9 @@ def report(out: dict) -> str:
                     f"{r[f'fs_{head}_s']:.2f}",
                     f"{r[f'sk_{head}_s']:.2f}",
                     f"{r[f'{head}_speedup']:.2f}x",
+                    cpu_cell(r, "fs", head),
+                    cpu_cell(r, "sk", head),
+                    f"{r[f'{head}_cpu_speedup']:.2f}x" if f"{head}_cpu_speedup" in r else "-",
                     f"{r[f'{head}_mean_acc']['featstore']:.4f}",
                     f"{r[f'{head}_mean_acc']['sklearn']:.4f}",
                     f"{100 * r[f'{head}_max_acc_gap']:.2f}",
@@ -349,12 +439,27 @@ def report(out: dict) -> str:
             "featstore s",
             "sklearn s",
             "speed-up",
+            "featstore CPU s",
+            "sklearn CPU s",
+            "CPU speed-up",
             "featstore acc (mean)",
             "sklearn acc (mean)",
             "max gap (points)",
         ],
         rows,
     )
+    for sec in ("synthetic", "demo"):
+        if sec not in out or "sk_ridge_val" not in out[sec]:
+            continue
+        r, v = out[sec], out[sec]["sk_ridge_val"]
+        lines += [
+            "",
+            f"{r['store']}: reading the store into scikit-learn's float64 arrays took {r['sk_read_s']:.2f} s (outside "
+            f"its clock). With featstore's selection rule (each strength fit on train, the first best on validation: "
+            f"`Ridge(solver='svd')` with a strength per target column, {v['seconds']:.1f} s, untimed above) "
+            f"scikit-learn's mean test accuracy is {v['mean_acc']:.4f} against featstore's {v['mean_acc_featstore']:.4f}; "
+            f"max per-view gap {100 * v['max_acc_gap']:.2f} points.",
+        ]
     for sec in ("synthetic", "demo"):
         if sec not in out or "ridge_strengths" not in out[sec]:
             continue

@@ -1,10 +1,11 @@
 """Closed-form ridge probes over a grid of strengths: one streaming float64 pass accumulates XᵀX and XᵀY
-of every (feature set, view), then one eigendecomposition per view gives the solution for every strength
-(scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. A view wider than the train rows are
-many (a flattened patch grid) takes the dual form instead: the pass keeps the rows (n x d, less than the
-d x d of XᵀX) and one eigendecomposition of the n x n Gram matrix X Xᵀ gives every strength, as
-scikit-learn does when n_features > n_samples. Classification is one-hot in {-1, 1}
-as ``RidgeClassifier`` does; the ``binary`` task fits one single-output ridge per relation.
+of every (feature set, view), then one factorisation per view gives the solution for every strength
+(:func:`shifted_solves`: a tridiagonalisation on the CPU, as fast as half an eigendecomposition; else
+scikit-learn's ``RidgeCV`` eigen mode), each scored on validation. A view wider than the train rows are
+many (a flattened patch grid) takes the dual form instead: the pass keeps the rows (n x d, less than
+the d x d of XᵀX) and the n x n Gram matrix X Xᵀ is factorised, as scikit-learn does when
+n_features > n_samples. Classification is one-hot in {-1, 1} as ``RidgeClassifier`` does; the
+``binary`` task fits one single-output ridge per relation.
 """
 
 from __future__ import annotations
@@ -39,30 +40,83 @@ def decide(scores: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RidgePath:
-    """The ridge solution of one view for every strength, W(alpha) = B diag(1 / (eigvals + alpha)) proj and
-    b = mean_y - mean_x W. Primal: centred XᵀX = V diag(eigvals) Vᵀ, B = V, ``proj`` = Vᵀ XcᵀYc. Dual: centred
-    Xc Xcᵀ = U diag(eigvals) Uᵀ, B = Xcᵀ U (dim x n), ``proj`` = Uᵀ Yc; both give the same W."""
+    """The ridge solution of one view for every strength of ``alphas``: weights (n_alphas, dim, k) and
+    intercepts b = mean_y - mean_x W (n_alphas, k), in float64, from one factorisation (:func:`shifted_solves`)."""
 
     mean_x: torch.Tensor
     mean_y: torch.Tensor
-    eigvals: torch.Tensor
-    eigvecs: torch.Tensor
-    proj: torch.Tensor
+    alphas: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def intercepts(self) -> torch.Tensor:
+        return self.mean_y - torch.einsum("d,adk->ak", self.mean_x, self.weights)
 
     def coef(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weights (dim, k), intercept (k,)) for one strength, in float64."""
-        w = self.eigvecs @ (self.proj / (self.eigvals + alpha).unsqueeze(1))
-        return w, self.mean_y - self.mean_x @ w
+        """(weights (dim, k), intercept (k,)) for one strength of the path, in float64."""
+        hit = (self.alphas == float(alpha)).nonzero()
+        if not len(hit):
+            raise KeyError(f"strength {alpha} is not one of this path's {len(self.alphas)} strengths")
+        i = int(hit[0, 0])
+        return self.weights[i], self.intercepts[i]
 
-    def predict(self, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-        """Outputs (n_alphas, rows, k) of every strength on rows ``x`` (rows, dim)."""
-        p = (x.double() - self.mean_x) @ self.eigvecs  # (rows, dim)
-        scaled = self.proj.unsqueeze(0) / (self.eigvals.unsqueeze(0) + alphas.unsqueeze(1)).unsqueeze(2)
-        return torch.einsum("nd,adk->ank", p, scaled) + self.mean_y
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (n_alphas, rows, k) of every strength on rows ``x`` (rows, dim): one matmul."""
+        a, d, k = self.weights.shape
+        flat = self.weights.permute(1, 0, 2).reshape(d, a * k)
+        out = (x.double() @ flat).view(len(x), a, k).permute(1, 0, 2)
+        return out + self.intercepts.unsqueeze(1)
+
+
+def shifted_solves(k: torch.Tensor, r: torch.Tensor, alphas: torch.Tensor, tridiagonal: bool | None = None):
+    """(K + alpha I)⁻¹ R (n_alphas, p, q) for every strength, K (p, p) symmetric positive semi-definite, in
+    float64. On the CPU with SciPy (``tridiagonal`` None or True): one Householder tridiagonalisation
+    K = Q T Qᵀ (LAPACK ``dsytrd``, about half an eigendecomposition's time) and one tridiagonal solve per
+    strength; else (or ``tridiagonal=False``) one eigendecomposition K = V diag(l) Vᵀ, as scikit-learn does.
+    Only K's lower triangle is read."""
+    if tridiagonal is not False and k.device.type == "cpu" and len(k) > 1:
+        try:
+            from scipy.linalg import lapack  # type: ignore[import-untyped]
+        except ImportError:  # SciPy is optional: the eigendecomposition serves
+            lapack = None
+        if lapack is not None:
+            out = _tridiagonal_solves(lapack, k.numpy(), r.numpy(), alphas.numpy())
+            if out is not None:
+                return torch.from_numpy(out)
+    lam, v = torch.linalg.eigh(k, UPLO="L")
+    proj = v.T @ r
+    scaled = proj.unsqueeze(0) / (lam.clamp_min(0).unsqueeze(0) + alphas.unsqueeze(1)).unsqueeze(2)
+    return torch.einsum("pm,amq->apq", v, scaled)
+
+
+def _tridiagonal_solves(lapack, k: np.ndarray, r: np.ndarray, alphas: np.ndarray) -> np.ndarray | None:
+    """(K + alpha I)⁻¹ R by dsytrd + dgtsv; None where LAPACK reports a failure (the caller falls back)."""
+    p, q = r.shape
+    c, diag, off, tau, info = lapack.dsytrd(k, lower=1)
+    if info:
+        return None
+
+    def apply_q(b: np.ndarray, trans: str) -> np.ndarray:
+        # sytrd's reflectors (lower) are a QR factorisation's, one row down: Q = diag(1, Q_qr)
+        out = b.copy()
+        sub, _, inf = lapack.dormqr("L", trans, c[1:, :-1], tau, b[1:], lwork=max(1, 64 * b.shape[1]))
+        out[1:] = sub
+        return out if not inf else np.full_like(b, np.nan)
+
+    qr = apply_q(np.ascontiguousarray(r), "T")
+    sol = np.empty((p, len(alphas), q))
+    for i, a in enumerate(alphas):
+        *_, x, inf = lapack.dgtsv(off, diag + a, off, qr)
+        if inf:
+            return None
+        sol[:, i] = x
+    out = apply_q(sol.reshape(p, len(alphas) * q), "N").reshape(p, len(alphas), q).transpose(1, 0, 2)
+    return np.ascontiguousarray(out) if np.isfinite(out).all() else None
 
 
 class Rows:
-    """The dual form's accumulator: the streamed rows of one view and their targets, in float64."""
+    """The dual form's accumulator: the streamed rows of one view (float32, as the views give them) and their
+    targets (float64)."""
 
     def __init__(self, dim: int, k: int, device: torch.device):
         self.dim, self.k, self.device = dim, k, device
@@ -70,29 +124,45 @@ class Rows:
         self.ys: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.xs.append(x.double())
+        self.xs.append(x.float())
         self.ys.append(y.double())
 
-    def solve(self) -> RidgePath:
-        """One eigendecomposition of the centred Gram matrix Xc Xcᵀ (n x n; the intercept is not penalised)."""
+    def solve(self, alphas: torch.Tensor, tridiagonal: bool | None = None) -> RidgePath:
+        """The solutions W = Xcᵀ (Xc Xcᵀ + alpha I)⁻¹ Yc from the centred Gram matrix (n x n; the intercept
+        is not penalised), as scikit-learn solves a view wider than its rows are many."""
         f64 = torch.float64
-        x = torch.cat(self.xs) if self.xs else torch.zeros(0, self.dim, dtype=f64, device=self.device)
-        y = torch.cat(self.ys) if self.ys else torch.zeros(0, self.k, dtype=f64, device=self.device)
-        self.xs, self.ys = [x], [y]  # one block each: solve() again gives the same path
-        if not len(x):  # no rows (a relation absent from train): the zero solution, as Gram gives
-            d, k, dev = self.dim, self.k, self.device
-            return RidgePath(
-                torch.zeros(d, dtype=f64, device=dev),
-                torch.zeros(k, dtype=f64, device=dev),
-                torch.zeros(1, dtype=f64, device=dev),
-                torch.zeros(d, 1, dtype=f64, device=dev),
-                torch.zeros(1, k, dtype=f64, device=dev),
-            )
+        a = alphas.to(f64)
+        if not self.xs:  # no rows (a relation absent from train): the zero solution, as Gram gives
+            zeros = torch.zeros(len(a), self.dim, self.k, dtype=f64, device=self.device)
+            return RidgePath(torch.zeros(self.dim, dtype=f64, device=self.device), zeros[0, 0], a, zeros)
+        x = torch.cat(self.xs).double()
+        y = torch.cat(self.ys)
         mx, my = x.mean(0), y.mean(0)
-        x = x - mx
-        gram = x @ x.T
-        lam, u = torch.linalg.eigh((gram + gram.T) / 2)
-        return RidgePath(mx, my, lam.clamp_min(0), x.T @ u, u.T @ (y - my))
+        x -= mx
+        sol = shifted_solves(_gram_matrix(x), y - my, a, tridiagonal)  # (alphas, n, k)
+        w = _matmul(x.T, sol.permute(1, 0, 2).reshape(len(x), -1))  # Xcᵀ S: (dim, alphas * k)
+        return RidgePath(mx, my, a, w.view(self.dim, len(a), self.k).permute(1, 0, 2).contiguous())
+
+
+def _gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    """X Xᵀ of float64 rows; only its lower triangle is meant (all that :func:`shifted_solves` reads): BLAS
+    ``dsyrk`` (one triangle, half a matmul's work) on the CPU with SciPy, else a matmul."""
+    if x.device.type == "cpu" and len(x) > 1:
+        try:
+            from scipy.linalg import blas
+        except ImportError:
+            blas = None
+        if blas is not None:  # xᵀ of C-ordered rows is Fortran-ordered: BLAS reads it without a copy
+            return torch.from_numpy(blas.dsyrk(1.0, x.numpy().T, trans=1, lower=1))
+    return x @ x.T
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in float64: through NumPy on the CPU (its OpenBLAS runs float64 about twice as fast as torch's
+    kernels here; measured in docs/probes.md), else torch."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(a.numpy() @ b.numpy()))
+    return a @ b
 
 
 class Gram:
@@ -113,14 +183,15 @@ class Gram:
         self.xx.addmm_(x.T, x)
         self.xy.addmm_(x.T, y)
 
-    def solve(self) -> RidgePath:
-        """One eigendecomposition of the centred XᵀX (the intercept is not penalised, as in scikit-learn)."""
+    def solve(self, alphas: torch.Tensor, tridiagonal: bool | None = None) -> RidgePath:
+        """The solutions (centred XᵀX + alpha I)⁻¹ centred XᵀY (the intercept is not penalised, as in
+        scikit-learn)."""
         n = max(self.n, 1)
         mx, my = self.sx / n, self.sy / n
         c = self.xx - n * torch.outer(mx, mx)
         cy = self.xy - n * torch.outer(mx, my)
-        lam, v = torch.linalg.eigh((c + c.T) / 2)
-        return RidgePath(mx, my, lam.clamp_min(0), v, v.T @ cy)
+        a = alphas.to(torch.float64)
+        return RidgePath(mx, my, a, shifted_solves(c, cy, a, tridiagonal))
 
 
 def dual_form(dim: int, n_rows: int) -> bool:
@@ -171,9 +242,10 @@ def ridge_probes(
                         g.add(xv[sel], yy[sel])
             else:
                 gs[0].add(xv, yy)
-    paths = {kv: [g.solve() for g in gs] for kv, gs in grams.items()}
-    del grams  # the sums (or the dual form's rows) are no longer needed
     a = torch.tensor([float(v) for v in alphas], dtype=torch.float64, device=device)
+    paths = {}
+    for kv in list(grams):
+        paths[kv] = [g.solve(a) for g in grams.pop(kv)]  # the sums (or the dual form's rows) go as they are solved
     out: dict[tuple[str, str], list] = {kv: [] for kv in paths}
     for split in ("validation", "test"):
         ok: dict[tuple[str, str], list[torch.Tensor]] = {kv: [] for kv in paths}
@@ -184,10 +256,10 @@ def ridge_probes(
             for (key, view), ps in paths.items():
                 xv = view_input(x[key], view)
                 if task.binary:
-                    s = torch.stack([p.predict(xv, a)[..., 0] for p in ps], 2)  # (alphas, rows, relations)
+                    s = torch.stack([p.predict(xv)[..., 0] for p in ps], 2)  # (alphas, rows, relations)
                     pred = (s.gather(2, rel.view(1, -1, 1).expand(len(a), -1, 1)).squeeze(2) > 0).long()
                 else:
-                    pred = decide(ps[0].predict(xv, a))
+                    pred = decide(ps[0].predict(xv))
                 ok[key, view].append((pred == tgt.view(1, -1)).cpu())
         for kv in paths:
             out[kv].append(torch.cat(ok[kv], 1).numpy())

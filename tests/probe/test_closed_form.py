@@ -6,7 +6,7 @@ import torch
 
 from featstore import FeatureStore
 from featstore.probe import train_probes
-from featstore.probe.ridge import Gram, Rows, dual_form, ridge_targets
+from featstore.probe.ridge import Gram, Rows, dual_form, ridge_targets, shifted_solves
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifierCV  # noqa: E402
@@ -47,17 +47,18 @@ def test_ridge_coefficients_equal_sklearn_for_every_strength(data):
     g = Gram(DIM, CLASSES, torch.device("cpu"))
     for lo in range(0, len(train), 128):  # streamed in batches, as the probe run reads them
         g.add(torch.as_tensor(x[train[lo : lo + 128]]).float(), y[lo : lo + 128])
-    path = g.solve()
+    path = g.solve(torch.tensor(ALPHAS, dtype=torch.float64))
     for alpha in ALPHAS:
         ref = Ridge(alpha=alpha).fit(x[train], y.numpy())
         w, b = path.coef(alpha)
         np.testing.assert_allclose(w.numpy().T, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
         np.testing.assert_allclose(b.numpy(), ref.intercept_, rtol=1e-4, atol=1e-6)
     # predictions of every strength at once equal the per-strength solution
-    a = torch.tensor(ALPHAS[:3], dtype=torch.float64)
-    pred = path.predict(torch.as_tensor(x[:5]), a)
+    pred = path.predict(torch.as_tensor(x[:5]))
     w, b = path.coef(ALPHAS[1])
     np.testing.assert_allclose(pred[1].numpy(), (torch.as_tensor(x[:5]) @ w + b).numpy(), rtol=1e-9)
+    with pytest.raises(KeyError, match="not one of"):
+        path.coef(0.123)
 
 
 def test_dual_form_coefficients_equal_sklearn_when_wider_than_rows():
@@ -72,17 +73,34 @@ def test_dual_form_coefficients_equal_sklearn_when_wider_than_rows():
     for lo in range(0, n, 32):
         for acc in (dual, primal):
             acc.add(torch.as_tensor(x[lo : lo + 32]), y[lo : lo + 32])
-    dpath, ppath = dual.solve(), primal.solve()
-    assert dpath.eigvecs.shape == (dim, n)  # the dual basis Xcᵀ U, not a dim x dim eigenbasis
+    a = torch.tensor(ALPHAS, dtype=torch.float64)
+    dpath, ppath = dual.solve(a), primal.solve(a)
+    assert dpath.weights.shape == (len(ALPHAS), dim, CLASSES)
     x64 = x.astype(np.float64)
     for alpha in ALPHAS:
         ref = Ridge(alpha=alpha).fit(x64, y.numpy())
         w, b = dpath.coef(alpha)
         np.testing.assert_allclose(w.numpy().T, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
         np.testing.assert_allclose(b.numpy(), ref.intercept_, rtol=1e-4, atol=1e-6)
-    a = torch.tensor(ALPHAS[::7], dtype=torch.float64)
     xq = torch.as_tensor(rng.standard_normal((9, dim)))
-    np.testing.assert_allclose(dpath.predict(xq, a).numpy(), ppath.predict(xq, a).numpy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dpath.predict(xq).numpy(), ppath.predict(xq).numpy(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(50, 8), (1, 3), (40, 90)])
+def test_tridiagonal_solves_equal_the_eigendecomposition(shape):
+    """LAPACK's tridiagonal route (sytrd + one tridiagonal solve per strength) gives the eigendecomposition's
+    (K + alpha I)⁻¹ R for every strength, on a full-rank and on a rank-deficient K (more columns than rows)."""
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(5)
+    x = torch.as_tensor(rng.standard_normal(shape))
+    k = x.T @ x if shape[0] >= shape[1] else x @ x.T
+    r = torch.as_tensor(rng.standard_normal((len(k), 3)))
+    a = torch.tensor(ALPHAS, dtype=torch.float64)
+    tri, eig = shifted_solves(k, r, a, tridiagonal=True), shifted_solves(k, r, a, tridiagonal=False)
+    assert tri.shape == (len(ALPHAS), len(k), 3)
+    direct = torch.linalg.solve(k.unsqueeze(0) + a.view(-1, 1, 1) * torch.eye(len(k), dtype=k.dtype), r)
+    np.testing.assert_allclose(tri.numpy(), direct.numpy(), rtol=1e-7, atol=1e-9 * float(direct.abs().max()))
+    np.testing.assert_allclose(eig.numpy(), direct.numpy(), rtol=1e-7, atol=1e-9 * float(direct.abs().max()))
 
 
 def test_dual_form_run_picks_the_strength_ridgeclassifiercv_picks(tmp_path):

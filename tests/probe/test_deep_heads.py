@@ -64,9 +64,27 @@ def test_attentive_reads_the_grid_with_few_parameters(data, monkeypatch):
     assert att["test_acc"] >= 0.85, att
     assert flat["test_acc"] >= 0.9
     assert got["linear", "mean"]["test_acc"] < 0.5  # the mean over tokens loses where the marker was
-    # queries, then the output layer over each query's pooled token and its pooled grid coordinates (row, col)
-    assert att["params"] == 4 * DIM + 4 * (DIM + 2) * 4 + 4 and att["params"] * 2 < flat["params"]
+    # 4 queries (no head reaches 10x on this tiny grid), their mix, a classifier shared by them, weights on
+    # each query's pooled (row, col), biases
+    assert att["params"] == 4 * DIM + 4 + DIM * 4 + 4 * 2 * 4 + 4 and att["params"] * 4 < flat["params"]
     assert len([r for r in out["sweep"] if r["head"] == "attentive"]) == 2
+
+
+def test_queries_follow_the_grid_size_and_keep_the_head_small():
+    """The most queries (4, 2, 1) that keep the head 10x smaller than a flat linear head: on the demo's grids
+    (7x7 x 64, 8x8 x 64, 4x4 x 96, four classes) it is; a grid too small for any head gets 4 queries."""
+    from featstore.probe.attentive import AttentiveGroup, queries_for
+
+    assert [queries_for(49, 64, 4), queries_for(64, 64, 4), queries_for(16, 96, 4)] == [4, 4, 2]
+    assert queries_for(16, 8, 4) == 4  # 1 query: 53 parameters against 516, under 10x: none can, so 4
+    for tokens, dim in ((49, 64), (64, 64), (16, 96)):
+        g = AttentiveGroup(dim, [(1e-2, 0.0)], 4, tokens)
+        flat = tokens * dim * 4 + 4
+        assert g.head_params == g.n_queries * dim + g.n_queries + dim * 4 + g.n_queries * 2 * 4 + 4
+        assert flat >= 10 * g.head_params, (tokens, dim, g.head_params)
+        g.setup(torch.device("cpu"), torch.zeros(dim), torch.ones(dim))
+        assert sum(p[0].numel() for p in g.params()) == g.head_params  # every parameter counted, per head
+        assert g.logits(torch.randn(3, tokens, dim)).shape == (3, 1, 4)
 
 
 def test_attentive_knows_where_tokens_are_without_a_position_code(tmp_path):
