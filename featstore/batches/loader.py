@@ -38,6 +38,8 @@ from .orders import (
 )
 from .prefetch import prefetched
 
+AHEAD_MAX_ROWS = 8 << 20  # orders drawn ahead up to 64 MiB (a set of 8M rows): a second order costs memory
+
 
 def _fresh_seed() -> int:
     entropy = np.random.SeedSequence().entropy
@@ -49,8 +51,8 @@ class BatchLoader:
     """Iterate over batches of one or several feature sets; one epoch per ``iter()``.
 
     Arguments: ``batch_size``; ``shuffle`` (default True) with ``seed`` (epoch ``e`` uses the
-    permutation of ``(seed, e)``, so runs repeat exactly; the next epoch's is drawn on a background
-    thread while an epoch runs, featstore.batches.orders.OrderAhead); ``drop_last``; ``device`` (None or 'cpu',
+    permutation of ``(seed, e)``, so runs repeat exactly; for up to 8M rows the next epoch's is drawn
+    on a background thread while an epoch runs, featstore.batches.orders.OrderAhead); ``drop_last``; ``device`` (None or 'cpu',
     or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
     a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
     length-N array; ``epoch`` to start from (``set_epoch`` changes it, as DistributedSampler does);
@@ -225,7 +227,7 @@ class BatchLoader:
         """``epoch_order(epoch)``, drawn ahead if the last epoch guessed it; starts drawing ``epoch + 1``'s."""
         ahead, self._next_order = self._next_order, None
         order = ahead.result() if ahead is not None and ahead.epoch == epoch else self.epoch_order(epoch)
-        if self.shuffle:
+        if self.shuffle and self.order == "random" and len(self.rows) <= AHEAD_MAX_ROWS:
             self._next_order = OrderAhead(self.epoch_order, epoch + 1)
         return order
 
@@ -239,8 +241,15 @@ class BatchLoader:
             for idx in chunks:
                 yield make.finish(make.assemble(idx))
             return
-        # direct reads in random order wait on the disk: two batches read at once (featstore.batches.prefetch)
-        concurrent = self.info["path"] == "cpu" and self.read == "direct" and self.order == "random"
+        # direct page reads in random order wait on the disk, each thread on its own io_uring: two batches
+        # are read at once (featstore.batches.prefetch). Reads through the page cache share one I/O thread
+        # pool, which serves one caller at a time, so there a second reader would only queue.
+        concurrent = (
+            self.info["path"] == "cpu"
+            and self.read == "direct"
+            and self.order == "random"
+            and all(fs.direct.page_reads and fs.direct.direct_fd() is not None for fs in self.sets.values())
+        )
         yield from prefetched(chunks, make.assemble, make.finish, self.prefetch + 1, concurrent)
 
     def _assembler(self, chunks: list[np.ndarray] | None = None):

@@ -252,7 +252,7 @@ def test_block_reads_of_a_quantised_set_dequantise_like_its_gather(tmp_path, bac
 @pytest.mark.parametrize("order", ["random", "block"])
 def test_orders_drawn_ahead_are_the_epochs_orders(tmp_path, order):
     """Each epoch is served in exactly epoch_order(epoch), whether the order was drawn ahead (consecutive
-    epochs) or not (set_epoch jumps, a fresh loader)."""
+    epochs of the random order) or not (set_epoch jumps, a fresh loader, the block order)."""
     store, _, _ = make_store(tmp_path, n_rows=300, row_shape=(4,))
     fs = FeatureStore.open(tmp_path)["enc/layer_1"]
     loader = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
