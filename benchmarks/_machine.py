@@ -27,3 +27,10 @@ def cpu_busy_share(seconds: float = 1.0) -> float:
     start = cpu_counters()
     time.sleep(seconds)
     return others_busy(start)
+
+
+def load_note(busy_before: float, busy_after: float) -> str:
+    """What the CPU-busy probes before and after a run say of the figures, for its report."""
+    if max(busy_before, busy_after) <= 0.1:
+        return "other processes included: the machine was otherwise idle"
+    return "other processes included: the machine was shared, so the figures are noisy"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import cpu_busy_share
+from _machine import cpu_busy_share, load_note
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -160,8 +160,8 @@ def report(results: dict) -> str:
         f"Date: {results['date']}; {results['rows']:,} rows of {results['row_bytes']} bytes; backend "
         f"{results['backend']}, {results['threads']} gather threads, {results['cpus']} CPUs; {results['repeats']} "
         f"repetitions. CPUs busy {results['busy_before']:.0%} before and {results['busy_after']:.0%} after "
-        "(other processes included: the machine was shared, so the figures are noisy; the ratios compare "
-        "variants of the same repetitions).",
+        f"({load_note(results['busy_before'], results['busy_after'])}; the ratios compare variants of the "
+        "same repetitions).",
         "",
         "Ratios are medians of per-repetition ratios to the bare gathers of the same repetitions: "
         "`fs.gather` (a fresh tensor a batch, as the issue measured it), `gather into 1 buffer` (the",

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_busy_share as cpu_busy
+from _machine import load_note
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -383,7 +384,7 @@ def report(results: dict) -> str:
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}; memory cgroup `{results['cgroup']}` = {results['limit_bytes'] / MIB:.0f} MiB; "
         f"{results['cpus']} CPUs, busy {results['busy_before']:.0%} before and {results.get('busy_after', 0):.0%} "
-        "after (other processes included: the machine was shared).  ",
+        f"after ({load_note(results['busy_before'], results.get('busy_after', 0))}).  ",
         "Each cell: page cache dropped for the set's files, a fresh reader process in the cgroup, random batches "
         "(block order where named) for a fixed time; medians over the repetitions.",
         "",

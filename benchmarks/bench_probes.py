@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_busy_share
+from _machine import cpu_busy_share, load_note
 from bench_gather import command_line, machine_info, md_table
 
 import featstore
@@ -396,10 +396,11 @@ def report(out: dict) -> str:
         "# featstore ridge / logistic vs scikit-learn; attentive vs flat linear (issue 14)",
         "",
         f"`{out['command']}` on {out['when']}. Machine: {out['machine'].get('cpu', '?')}, "
-        f"{out['machine'].get('cpus', '?')} CPUs, {out.get('torch_threads', '?')} torch / BLAS threads; CPU busy share "
+        f"{out['machine'].get('cores', '?')} CPUs, {out.get('torch_threads', '?')} torch / BLAS threads; CPU busy share "
         "(other work) "
         f"{100 * out.get('cpu_busy_before', float('nan')):.0f}% before the run, "
-        f"{100 * out.get('cpu_busy_after', float('nan')):.0f}% after it (the machine is shared: timings are noisy; "
+        f"{100 * out.get('cpu_busy_after', float('nan')):.0f}% after it "
+        f"({load_note(out.get('cpu_busy_before', 1.0), out.get('cpu_busy_after', 1.0))}; "
         "medians of interleaved repetitions, ratios from the same run).",
         "",
         f"ridge: {out['alphas']} strengths; logistic: {out['cs']} C values. featstore's times include reading the "
