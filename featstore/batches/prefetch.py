@@ -61,13 +61,20 @@ def prefetched(
     at once: two threads then always work ahead, whatever the caller does, so two batches' reads are
     in flight and the disk does not idle between one batch and the next."""
     state = _State(len(chunks), ahead, concurrent)
-    threads = [
-        threading.Thread(target=_produce, args=(state, chunks, assemble), name="featstore-prefetch", daemon=True)
-        for _ in range(2 if concurrent else 1)
-    ]
-    for thread in threads:
-        thread.start()
-    left = float("-inf")  # when the caller left with its last batch (before the first: long ago)
+    threads: list[threading.Thread] = []
+
+    def start_threads() -> None:  # on first need: a caller that never leaves for long never starts one
+        for _ in range(2 if concurrent else 1):
+            threads.append(
+                threading.Thread(
+                    target=_produce, args=(state, chunks, assemble), name="featstore-prefetch", daemon=True
+                )
+            )
+            threads[-1].start()
+
+    if concurrent:
+        start_threads()
+    left = time.perf_counter()  # the first batch is the caller's: nothing says yet that it trains between batches
     try:
         for k in range(len(chunks)):
             away_for = time.perf_counter() - left
@@ -94,6 +101,8 @@ def prefetched(
                 # the caller trains between batches: work while it does; else it assembles them itself
                 state.wanted = away_for > state.cost or bool(state.ready)
                 if state.wanted or concurrent:
+                    if not threads:
+                        start_threads()
                     state.cond.notify_all()
             out = finish(item)
             left = time.perf_counter()
