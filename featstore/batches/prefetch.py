@@ -5,15 +5,16 @@ A prefetch thread only pays while the caller is away (training on the last batch
 comes straight back for the next batch (a fast step, or a benchmark) would instead wait on every
 batch for the thread to be scheduled, hand it over and wake the caller: tens of microseconds a
 batch on a busy machine, more than a warm gather of 1024 rows costs. So the caller assembles a batch
-itself whenever none is ready and the thread has not started it, and it wakes the thread when it
-leaves only if it stayed away longer than a batch takes to assemble the previous time. Either way
+itself whenever none is ready and the thread has not started it, and it wakes the thread (starting
+it the first time) when it leaves only if it stayed away longer than a batch takes to assemble the
+previous time; so a loop that comes straight back never starts a thread. Either way
 the batches are assembled one at a time, in order, by whichever thread claims the next one, so
 the assembler needs no locking of its own and the epoch is the same batches in the same order.
 
 Reads from disk are the exception (``concurrent``): a batch read directly spends its time waiting
 on the disk, and the disk idles between one batch's last read and the next batch's first. There
 two threads always work ahead, so two batches are read at once (the assembler must allow that:
-the CPU assembler does, for direct reads in random order).
+the loader asks for it only for O_DIRECT page reads in random order, each thread on its own io_uring).
 """
 
 from __future__ import annotations
