@@ -162,6 +162,17 @@ def test_without_datasets_the_cuda_code_tests_and_check_import_and_run(tmp_path)
     assert "no CUDA GPU" in done.stderr and not (tmp_path / "out").exists()
 
 
+def first_run(out, env) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_first_run.sh OUT with ``env`` (a fake python on PATH), at most 60 s."""
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_first_run.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs GNU timeout")
 def test_first_run_script_times_out_a_step_and_keeps_the_others(tmp_path):
     fake = tmp_path / "bin" / "python"
@@ -177,13 +188,7 @@ def test_first_run_script_times_out_a_step_and_keeps_the_others(tmp_path):
     fake.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake), T_PROBE="1", FIRST_RUN_BUDGET_S="60")
     t0 = time.monotonic()
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_first_run.sh"), str(tmp_path / "out")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = first_run(tmp_path / "out", env)
     assert time.monotonic() - t0 < 30
     assert done.returncode == 1, done.stdout + done.stderr
     steps = [line.split("\t") for line in (tmp_path / "out" / "steps.tsv").read_text().splitlines()[1:]]
@@ -201,13 +206,7 @@ def test_first_run_script_stops_starting_steps_when_its_budget_is_spent(tmp_path
     fake.write_text("#!/bin/sh\nsleep 3\n")
     fake.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake), FIRST_RUN_BUDGET_S="6")
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_first_run.sh"), str(tmp_path / "out")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = first_run(tmp_path / "out", env)
     assert done.returncode == 1
     text = (tmp_path / "out" / "steps.tsv").read_text()
     assert "gpu_check\tnot run (budget spent)" in text
