@@ -93,11 +93,20 @@ def ensure_process_group(device: str | torch.device | None = "cpu") -> Ranks:
 _owned: list[bool] = []  # set when featstore initialised the group, so shutdown() destroys only its own
 
 
-def shutdown() -> None:
-    """Destroy the process group if :func:`ensure_process_group` created it (the command line calls this)."""
+def shutdown(wait_for_ranks: bool = False) -> None:
+    """Destroy the process group if :func:`ensure_process_group` created it (the command line calls this).
+
+    ``wait_for_ranks`` (a command that succeeded): a barrier first, so no rank tears down its
+    connections while another still uses them (gloo then aborts the other rank at exit); a barrier
+    that fails (a rank is gone) is ignored, the group is destroyed either way."""
     import torch.distributed as dist
 
     if _owned and dist.is_available() and dist.is_initialized():
+        if wait_for_ranks:
+            try:
+                dist.barrier()
+            except Exception:  # a rank that is gone: nothing left to wait for
+                pass
         dist.destroy_process_group()
     _owned.clear()
 

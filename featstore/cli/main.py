@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {message}", file=sys.stderr)
         return status
 
+    finished = False
     try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
+        finished = status == 0
         return status
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"error: {error_line(exc)}", EXIT_FAILED)
     finally:
-        shutdown()  # the torch.distributed process group, if a command started one under torchrun
+        shutdown(wait_for_ranks=finished)  # the torch.distributed process group, if a command started one
 
 
 if __name__ == "__main__":
