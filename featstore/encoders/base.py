@@ -115,7 +115,7 @@ class Encoder:
 
     def load_processor(self) -> Any:
         """Load and return the image processor: ``processor(images=[...], return_tensors="pt")``."""
-        raise NotImplementedError(
+        raise NotImplementedError(  # abstract: every encoder plugin implements it
             f"{type(self).__name__} must implement load_processor(), an abstract method of Encoder"
         )
 
