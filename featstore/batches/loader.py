@@ -51,7 +51,7 @@ class BatchLoader:
     """Iterate over batches of one or several feature sets; one epoch per ``iter()``.
 
     Arguments: ``batch_size``; ``shuffle`` (default True) with ``seed`` (epoch ``e`` uses the
-    permutation of ``(seed, e)``, so runs repeat exactly; for up to 8M rows the next epoch's is drawn
+    permutation of ``(seed, e)``, so runs repeat exactly; for up to 8M rows the next epoch's order is drawn
     on a background thread while an epoch runs, featstore.batches.orders.OrderAhead); ``drop_last``; ``device`` (None or 'cpu',
     or a CUDA device); ``prefetch`` batches gathered ahead (0: no thread); ``rows`` to restrict to
     a subset (e.g. a train split); ``labels``: True (the first set's stored labels), False, or a
@@ -227,7 +227,7 @@ class BatchLoader:
         """``epoch_order(epoch)``, drawn ahead if the last epoch guessed it; starts drawing ``epoch + 1``'s."""
         ahead, self._next_order = self._next_order, None
         order = ahead.result() if ahead is not None and ahead.epoch == epoch else self.epoch_order(epoch)
-        if self.shuffle and self.order == "random" and len(self.rows) <= AHEAD_MAX_ROWS:
+        if self.shuffle and len(self.rows) <= AHEAD_MAX_ROWS:  # a random or a block order
             self._next_order = OrderAhead(self.epoch_order, epoch + 1)
         return order
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from featstore import FeatureStore
 from featstore.batches.block_reader import BlockCache
-from featstore.batches.orders import OrderAhead, block_order, block_rows_for, block_share
+from featstore.batches.orders import OrderAhead, _sorted_within, block_order, block_rows_for, block_share
 
 torch.set_num_threads(1)
 
@@ -252,7 +252,7 @@ def test_block_reads_of_a_quantised_set_dequantise_like_its_gather(tmp_path, bac
 @pytest.mark.parametrize("order", ["random", "block"])
 def test_orders_drawn_ahead_are_the_epochs_orders(tmp_path, order):
     """Each epoch is served in exactly epoch_order(epoch), whether the order was drawn ahead (consecutive
-    epochs of the random order) or not (set_epoch jumps, a fresh loader, the block order)."""
+    epochs) or not (set_epoch jumps, a fresh loader)."""
     store, _, _ = make_store(tmp_path, n_rows=300, row_shape=(4,))
     fs = FeatureStore.open(tmp_path)["enc/layer_1"]
     loader = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
@@ -262,6 +262,7 @@ def test_orders_drawn_ahead_are_the_epochs_orders(tmp_path, order):
             loader.set_epoch(epoch)
         served = np.concatenate([b.indices.numpy() for b in loader])
         assert np.array_equal(served, fresh.epoch_order(epoch)), epoch
+        assert loader._next_order is not None and loader._next_order.epoch == loader.epoch  # drawing ahead
     assert loader.epoch == 4
 
 
@@ -273,3 +274,13 @@ def test_an_order_that_fails_to_draw_raises_when_taken():
     with pytest.raises(RuntimeError, match="no order for epoch 3"):
         ahead.result()
     assert np.array_equal(OrderAhead(lambda e: np.arange(e), 4).result(), np.arange(4))
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8), levels=st.integers(1, 1000), seed=st.integers(0, 99))
+def test_sorting_within_windows_is_lexsort_ties_included(sizes, levels, seed):
+    """The block order's per-window sort gives exactly np.lexsort((key, window)); few key levels force ties."""
+    key = np.random.default_rng(seed).integers(0, levels, sum(sizes)).astype(np.float64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    window = np.repeat(np.arange(len(sizes)), sizes)
+    assert np.array_equal(_sorted_within(key, starts), np.lexsort((key, window)))
