@@ -277,7 +277,9 @@ def main() -> int:
                         }
                     )
                     results["fio"][name] = median_ceilings(results["fio_reps"][name])
-                for reader in [r for r in readers if args.readers in r]:
+                chosen = [r for r in readers if args.readers in r]
+                turn = rep % max(1, len(chosen))  # a reader's place in the rotation moves each repetition, so
+                for reader in chosen[turn:] + chosen[:turn]:  # what follows fio (or a slow peer) varies
                     if temp == "cold":
                         drop_cache([fs.path, pt])
                     else:

@@ -36,36 +36,35 @@ def block_rows_for(row_bytes: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> in
 
 
 def block_order(rows: np.ndarray, seed: int, epoch: int, block_rows: int, window_blocks: int) -> np.ndarray:
-    """The block order of ``rows`` for ``(seed, epoch)``: the same on every rank, each row once."""
+    """The block order of ``rows`` for ``(seed, epoch)``: the same on every rank, each row once.
+
+    Built a window at a time, so drawing it takes the order's own memory and one window's more (a
+    loader draws the next epoch's while this one's batches are in flight)."""
     if block_rows < 1 or window_blocks < 1:
         raise ValueError(f"block_rows and window_blocks must be >= 1, got {block_rows} and {window_blocks}")
-    base = np.sort(rows)
+    rows = np.asarray(rows)
+    base = rows if len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all()) else np.sort(rows)
     n = len(base)
-    if n == 0:
-        return base
     rng = np.random.default_rng([seed, epoch, _BLOCK_STREAM])
     n_blocks = -(-n // block_rows)
-    starts = rng.permutation(n_blocks) * block_rows
-    lengths = np.minimum(block_rows, n - starts)
-    before = np.cumsum(lengths) - lengths  # where each block begins in the sequence
-    seq = np.arange(n) - np.repeat(before, lengths) + np.repeat(starts, lengths)
-    key = rng.random(n)
-    window_starts = np.append(before[::window_blocks], n)  # whole blocks a window (the short one too)
-    return np.ascontiguousarray(base[seq[_sorted_within(key, window_starts)]])
-
-
-def _sorted_within(key: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The positions of ``key`` sorted by key within each piece ``starts[i]:starts[i + 1]``, the pieces in
-    order: what ``np.lexsort((key, piece))`` gives, about 20x faster (one small sort a piece, no two-key
-    sort of the whole). A piece whose keys tie is sorted stably, so the order is lexsort's, the same
-    on every machine whatever sorting kernel numpy picks there."""
-    out = np.empty(len(key), dtype=np.int64)
-    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-        piece = np.argsort(key[a:b])
-        if b - a > 1 and not bool((np.diff(key[a:b][piece]) > 0).all()):
-            piece = np.argsort(key[a:b], kind="stable")
-        out[a:b] = piece + a
+    starts = (rng.permutation(n_blocks) * block_rows).tolist()
+    out = np.empty(n, dtype=base.dtype)
+    at = 0
+    for w in range(0, n_blocks, window_blocks):  # whole blocks a window (the short last block too)
+        seq = np.concatenate([np.arange(s, min(n, s + block_rows)) for s in starts[w : w + window_blocks]])
+        key = rng.random(len(seq))  # the same stream as one draw of n keys, a window's worth at a time
+        out[at : at + len(seq)] = base[seq[sorted_positions(key)]]
+        at += len(seq)
     return out
+
+
+def sorted_positions(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key, kind="stable")``, faster: numpy's default sort, kept where no two keys tie (then
+    it is the stable order, whatever sorting kernel numpy picks on this machine, so every rank agrees)."""
+    order = np.argsort(key)
+    if len(key) > 1 and not bool((np.diff(key[order]) > 0).all()):
+        order = np.argsort(key, kind="stable")
+    return order
 
 
 def block_share(order: np.ndarray, rank: int, world_size: int, drop_last: bool = False) -> np.ndarray:

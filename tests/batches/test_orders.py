@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from featstore import FeatureStore
 from featstore.batches.block_reader import BlockCache
-from featstore.batches.orders import OrderAhead, _sorted_within, block_order, block_rows_for, block_share
+from featstore.batches.orders import OrderAhead, block_order, block_rows_for, block_share, sorted_positions
 
 torch.set_num_threads(1)
 
@@ -277,10 +277,33 @@ def test_an_order_that_fails_to_draw_raises_when_taken():
 
 
 @settings(max_examples=100, deadline=None)
-@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8), levels=st.integers(1, 1000), seed=st.integers(0, 99))
-def test_sorting_within_windows_is_lexsort_ties_included(sizes, levels, seed):
-    """The block order's per-window sort gives exactly np.lexsort((key, window)); few key levels force ties."""
-    key = np.random.default_rng(seed).integers(0, levels, sum(sizes)).astype(np.float64)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    window = np.repeat(np.arange(len(sizes)), sizes)
-    assert np.array_equal(_sorted_within(key, starts), np.lexsort((key, window)))
+@given(n=st.integers(0, 300), levels=st.integers(1, 1000), seed=st.integers(0, 99))
+def test_sorted_positions_are_the_stable_argsort_ties_included(n, levels, seed):
+    """The block order's window sort is exactly the stable argsort; few key levels force ties."""
+    key = np.random.default_rng(seed).integers(0, levels, n).astype(np.float64)
+    assert np.array_equal(sorted_positions(key), np.argsort(key, kind="stable"))
+
+
+def _lexsort_block_order(rows, seed, epoch, block_rows, window_blocks):
+    """The block order as first written (whole-array arithmetic and a two-key lexsort): the reference."""
+    base = np.sort(rows)
+    n = len(base)
+    rng = np.random.default_rng([seed, epoch, 0xB10C])
+    n_blocks = -(-n // block_rows)
+    starts = rng.permutation(n_blocks) * block_rows
+    lengths = np.minimum(block_rows, n - starts)
+    before = np.cumsum(lengths) - lengths
+    seq = np.arange(n) - np.repeat(before, lengths) + np.repeat(starts, lengths)
+    window = np.repeat(np.arange(n_blocks) // window_blocks, lengths)
+    return base[seq[np.lexsort((rng.random(n), window))]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 2000), block_rows=st.integers(1, 80), window=st.integers(1, 6), seed=st.integers(0, 2**32))
+def test_block_order_is_unchanged_from_the_lexsort_construction(n, block_rows, window, seed):
+    """A window-at-a-time order is the very order the first version drew, subsets of rows included: a
+    seed gives the same epochs as before."""
+    rows = np.random.default_rng(seed).choice(3 * n + 1, n, replace=False)
+    assert np.array_equal(
+        block_order(rows, seed, 2, block_rows, window), _lexsort_block_order(rows, seed, 2, block_rows, window)
+    )
