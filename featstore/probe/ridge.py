@@ -70,19 +70,16 @@ class RidgePath:
 
 def shifted_solves(k: torch.Tensor, r: torch.Tensor, alphas: torch.Tensor, tridiagonal: bool | None = None):
     """(K + alpha I)⁻¹ R (n_alphas, p, q) for every strength, K (p, p) symmetric positive semi-definite, in
-    float64. On the CPU with SciPy (``tridiagonal`` None or True): one Householder tridiagonalisation
-    K = Q T Qᵀ (LAPACK ``dsytrd``, about half an eigendecomposition's time) and one tridiagonal solve per
-    strength; else (or ``tridiagonal=False``) one eigendecomposition K = V diag(l) Vᵀ, as scikit-learn does.
-    Only K's lower triangle is read."""
+    float64. On the CPU (``tridiagonal`` None or True): one Householder tridiagonalisation K = Q T Qᵀ
+    (LAPACK ``dsytrd`` through SciPy, about half an eigendecomposition's time) and one tridiagonal solve
+    per strength; else (a GPU, ``tridiagonal=False``, or LAPACK reporting a failure) one
+    eigendecomposition K = V diag(l) Vᵀ, as scikit-learn does. Only K's lower triangle is read."""
     if tridiagonal is not False and k.device.type == "cpu" and len(k) > 1:
-        try:
-            from scipy.linalg import lapack  # type: ignore[import-untyped]
-        except ImportError:  # SciPy is optional: the eigendecomposition serves
-            lapack = None
-        if lapack is not None:
-            out = _tridiagonal_solves(lapack, k.numpy(), r.numpy(), alphas.numpy())
-            if out is not None:
-                return torch.from_numpy(out)
+        from scipy.linalg import lapack  # type: ignore[import-untyped]
+
+        out = _tridiagonal_solves(lapack, k.numpy(), r.numpy(), alphas.numpy())
+        if out is not None:
+            return torch.from_numpy(out)
     lam, v = torch.linalg.eigh(k, UPLO="L")
     proj = v.T @ r
     scaled = proj.unsqueeze(0) / (lam.clamp_min(0).unsqueeze(0) + alphas.unsqueeze(1)).unsqueeze(2)
@@ -146,14 +143,12 @@ class Rows:
 
 def _gram_matrix(x: torch.Tensor) -> torch.Tensor:
     """X Xᵀ of float64 rows; only its lower triangle is meant (all that :func:`shifted_solves` reads): BLAS
-    ``dsyrk`` (one triangle, half a matmul's work) on the CPU with SciPy, else a matmul."""
+    ``dsyrk`` through SciPy (one triangle, half a matmul's work) on the CPU, else a matmul."""
     if x.device.type == "cpu" and len(x) > 1:
-        try:
-            from scipy.linalg import blas
-        except ImportError:
-            blas = None
-        if blas is not None:  # xᵀ of C-ordered rows is Fortran-ordered: BLAS reads it without a copy
-            return torch.from_numpy(blas.dsyrk(1.0, x.numpy().T, trans=1, lower=1))
+        from scipy.linalg import blas
+
+        # xᵀ of C-ordered rows is Fortran-ordered: BLAS reads it without a copy
+        return torch.from_numpy(blas.dsyrk(1.0, x.numpy().T, trans=1, lower=1))
     return x @ x.T
 
 

@@ -90,7 +90,6 @@ def test_dual_form_coefficients_equal_sklearn_when_wider_than_rows():
 def test_tridiagonal_solves_equal_the_eigendecomposition(shape):
     """LAPACK's tridiagonal route (sytrd + one tridiagonal solve per strength) gives the eigendecomposition's
     (K + alpha I)⁻¹ R for every strength, on a full-rank and on a rank-deficient K (more columns than rows)."""
-    pytest.importorskip("scipy")
     rng = np.random.default_rng(5)
     x = torch.as_tensor(rng.standard_normal(shape))
     k = x.T @ x if shape[0] >= shape[1] else x @ x.T
