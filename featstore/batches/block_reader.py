@@ -12,6 +12,7 @@ that needs more blocks than that (another order, a huge batch) is read row by ro
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -25,6 +26,7 @@ from .. import _backend
 from .._dtypes import byte_view
 from ..store import FeatureSet
 from ..store.direct import MIN_PIECE_BYTES, PAGE, aligned_buffer
+from . import threads
 
 Read = Callable[[np.ndarray, torch.Tensor], None]
 BLOCK_REQUEST_BYTES = 1 << 20  # a block is read as several requests in flight
@@ -177,8 +179,7 @@ class BlockReadAhead:
         self.ok = bool(len(chunks)) and int(np.cumsum(alive).max()) <= n_slots
         self.state = _Ahead(self.cache, plan, last, sorted(first, key=first.__getitem__))
         if self.ok:
-            thread = threading.Thread(target=self.state.run, name="featstore-read-ahead", daemon=True)
-            thread.start()
+            threads.start(self.state.run, "featstore-read-ahead", stop=functools.partial(_stop, self.state))
             weakref.finalize(self, _stop, self.state)
 
     def read(self, idx: np.ndarray, out: torch.Tensor) -> None:
@@ -189,10 +190,12 @@ class BlockReadAhead:
             return
         blocks = s.plan[k]
         with s.cond:
-            while s.error is None and not all(b in s.loaded for b in blocks.tolist()):
+            while s.error is None and not s.stop and not all(b in s.loaded for b in blocks.tolist()):
                 s.cond.wait(0.1)
             if s.error is not None:
                 raise s.error
+            if s.stop:
+                raise RuntimeError(f"the block read-ahead of {self.fs.path} was stopped (the interpreter is exiting)")
             slot_of = np.array([s.loaded[b] for b in blocks.tolist()], dtype=np.int64)
         self.cache.gather(idx, idx // self.block_rows, blocks, slot_of, out)
         with s.cond:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import threads
+
 ORDERS = ("random", "block")
 DEFAULT_BLOCK_BYTES = 4 << 20
 DEFAULT_WINDOW_BLOCKS = 4
@@ -93,7 +95,7 @@ class OrderAhead:
         self._done = threading.Event()
         self._order: np.ndarray | None = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, args=(draw,), name="featstore-order", daemon=True).start()
+        threads.start(self._run, "featstore-order", stop=_nothing, args=(draw,))  # a draw ends on its own
 
     def _run(self, draw: Callable[[int], np.ndarray]) -> None:
         try:
@@ -114,3 +116,7 @@ class OrderAhead:
             raise self._error
         assert self._order is not None
         return self._order
+
+
+def _nothing() -> None:
+    pass

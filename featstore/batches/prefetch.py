@@ -19,10 +19,13 @@ the loader asks for it only for O_DIRECT page reads in random order, each thread
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+from . import threads as background
 
 Item = TypeVar("Item")
 Out = TypeVar("Out")
@@ -62,16 +65,12 @@ def prefetched(
     at once: two threads then always work ahead, whatever the caller does, so two batches' reads are
     in flight and the disk does not idle between one batch and the next."""
     state = _State(len(chunks), ahead, concurrent)
-    threads: list[threading.Thread] = []
+    running: list[threading.Thread] = []
 
     def start_threads() -> None:  # on first need: a caller that never leaves for long never starts one
         for _ in range(2 if concurrent else 1):
-            threads.append(
-                threading.Thread(
-                    target=_produce, args=(state, chunks, assemble), name="featstore-prefetch", daemon=True
-                )
-            )
-            threads[-1].start()
+            stop = functools.partial(_halt, state)
+            running.append(background.start(_produce, "featstore-prefetch", stop, (state, chunks, assemble)))
 
     if concurrent:
         start_threads()
@@ -102,18 +101,23 @@ def prefetched(
                 # the caller trains between batches: work while it does; else it assembles them itself
                 state.wanted = away_for > state.cost or bool(state.ready)
                 if state.wanted or concurrent:
-                    if not threads:
+                    if not running:
                         start_threads()
                     state.cond.notify_all()
             out = finish(item)
             left = time.perf_counter()
             yield out
     finally:
-        with state.cond:
-            state.stop = True
-            state.cond.notify_all()
-        for thread in threads:
+        _halt(state)
+        for thread in running:
             thread.join()
+
+
+def _halt(state: _State) -> None:
+    """Make the prefetch threads of ``state`` return once their current batch is assembled."""
+    with state.cond:
+        state.stop = True
+        state.cond.notify_all()
 
 
 def _produce(state: _State, chunks: list, assemble: Callable[[Any], Any]) -> None:
