@@ -4,7 +4,7 @@ the block order read directly, through a small cache of whole blocks.
 The block cache is the loader's own page reader (FFCV's ``os_cache=False``): a batch of the block
 order falls in one window of a few blocks (two at a window's edge), so the cache reads each block
 once, whole, in large sequential requests, and the batch is gathered from memory. When the loader
-hands it the epoch's batches, a thread reads the blocks ahead, in the order the batches first need
+hands it the epoch's batches, two threads read the blocks ahead, in the order the batches first need
 them, while earlier batches are gathered. It holds
 ``2 * window_blocks + 2`` blocks (32-40 MiB at the defaults), whatever the size of the set; a batch
 that needs more blocks than that (another order, a huge batch) is read row by row instead.
@@ -30,7 +30,11 @@ from . import threads
 
 Read = Callable[[np.ndarray, torch.Tensor], None]
 BLOCK_REQUEST_BYTES = 1 << 20  # a block is read as several requests in flight
-READ_AHEAD_BLOCKS = 4  # blocks the read-ahead reads at once, when that many slots are free: 16 MiB in flight
+# The read-ahead: READ_AHEAD_THREADS threads, each reading up to READ_AHEAD_BLOCKS blocks (as slots free
+# up) in one call, so while one waits for its reads to finish and for slots, the other's are in flight.
+# Measured (patch-grid int8 block cells, 4 paired runs): 2 x 2 read 14% more rows/s than 1 x 4.
+READ_AHEAD_BLOCKS = 2
+READ_AHEAD_THREADS = 2
 
 
 class BlockCache:
@@ -56,6 +60,7 @@ class BlockCache:
         self.slots: OrderedDict[int, int] = OrderedDict()  # block -> slot, oldest use first
         self.row0 = np.zeros(n_slots, dtype=np.int64)  # where the first row of each slot's block sits in the arena
         self.blocks_read = 0
+        self._books = threading.Lock()
 
     def read(self, idx: np.ndarray, out: torch.Tensor) -> None:
         blocks = idx // self.block_rows
@@ -115,9 +120,10 @@ class BlockCache:
                 np.concatenate(rows), self.arena, max_request_bytes=BLOCK_REQUEST_BYTES, pos=np.concatenate(pos)
             )
             self.row0[slots] = np.asarray(slots, dtype=np.int64) * self.slot_bytes
-        for b, s in zip(blocks, slots, strict=True):
-            self.slots[b] = s
-        self.blocks_read += len(blocks)
+        with self._books:  # two read-ahead threads load blocks at once
+            for b, s in zip(blocks, slots, strict=True):
+                self.slots[b] = s
+            self.blocks_read += len(blocks)
 
 
 class _Ahead:
@@ -130,23 +136,26 @@ class _Ahead:
         self.loaded: dict[int, int] = {}  # block -> slot
         self.free = list(range(cache.n_slots))[::-1]
         self.k = 0  # the batch being served
+        self.next_block = 0  # the first block of the sequence no read-ahead thread has claimed
         self.stop = False
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        """Read the next blocks no reader has claimed, as slots free up, until every block is read."""
         try:
-            sequence, i = self.sequence, 0
-            while i < len(sequence):
+            sequence = self.sequence
+            while True:
                 with self.cond:
-                    while not self.free and not self.stop:
+                    while not self.free and not self.stop and self.next_block < len(sequence):
                         self.cond.wait(0.1)
-                    if self.stop:
+                    if self.stop or self.next_block >= len(sequence):
                         return
+                    i = self.next_block
                     take = min(len(self.free), READ_AHEAD_BLOCKS, len(sequence) - i)
                     slots = [self.free.pop() for _ in range(take)]
+                    self.next_block = i + take
                 blocks = sequence[i : i + take]
                 self.cache.load_into(blocks, slots)
-                i += take
                 with self.cond:
                     self.loaded.update(zip(blocks, slots, strict=True))
                     self.cond.notify_all()
@@ -179,7 +188,8 @@ class BlockReadAhead:
         self.ok = bool(len(chunks)) and int(np.cumsum(alive).max()) <= n_slots
         self.state = _Ahead(self.cache, plan, last, sorted(first, key=first.__getitem__))
         if self.ok:
-            threads.start(self.state.run, "featstore-read-ahead", stop=functools.partial(_stop, self.state))
+            for _ in range(READ_AHEAD_THREADS):
+                threads.start(self.state.run, "featstore-read-ahead", stop=functools.partial(_stop, self.state))
             weakref.finalize(self, _stop, self.state)
 
     def read(self, idx: np.ndarray, out: torch.Tensor) -> None:
