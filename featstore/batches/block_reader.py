@@ -205,7 +205,10 @@ class BlockReadAhead:
             if s.error is not None:
                 raise s.error
             if s.stop:
-                raise RuntimeError(f"the block read-ahead of {self.fs.path} was stopped (the interpreter is exiting)")
+                raise RuntimeError(
+                    f"the block read-ahead of {self.fs.path} was stopped (featstore.batches.threads.stop_all, "
+                    "which runs at exit); start a new epoch to read on"
+                )
             slot_of = np.array([s.loaded[b] for b in blocks.tolist()], dtype=np.int64)
         self.cache.gather(idx, idx // self.block_rows, blocks, slot_of, out)
         with s.cond:
