@@ -6,8 +6,8 @@
 3. extract several layers of each with cls, mean and patch pooling into a store (``featstore extract``);
 4. train probes on every feature set (``featstore probe``; linear heads unless ``heads`` says more), print
    the table, write JSON, CSV, split and plot. Ridge and attentive heads are opt-in
-   (``featstore demo --head linear,ridge,attentive``): with them the job took 69.7 s on the 2-core VM
-   (shared), linear heads alone 37.1 s (idle), and the default demo is to stay near a minute
+   (``featstore demo --head linear,ridge,attentive``): with them the job took 67.1 s on the idle 2-core VM
+   (2026-12-02), linear heads alone 47.9 s, and the default demo is to stay near a minute
    (docs/performance.md).
 """
 
