@@ -27,7 +27,8 @@ What it does:
   sequential 1 MiB reads at queue depth 16;
 * with ``--warm``, each featstore cell once more with the set's files read into the page cache first
   (not dropped): the memory-bound case;
-* reports rows/s, GB/s (10^9 bytes of rows delivered per second), the reader's peak private memory
+* reports rows/s, GB/s (10^9 bytes of rows delivered per second), the CPU it kept busy (``cpu_s``
+  in the JSON: user + system seconds of every thread), the reader's peak private memory
   (RssAnon) and whether the kernel OOM-killed it, medians over ``--repeats``, with the ratios the
   issue sets as targets.
 
@@ -122,6 +123,7 @@ def worker(spec: dict) -> dict:
 
         source = (pread_loop(idx) for idx in batches)
     rows, peak = 0, 0
+    cpu0 = os.times()
     t0 = time.perf_counter()
     for x in source:
         rows += x.shape[0]
@@ -129,7 +131,9 @@ def worker(spec: dict) -> dict:
         if time.perf_counter() - t0 >= spec["seconds"]:
             break
     seconds = time.perf_counter() - t0
-    return {"rows": rows, "seconds": seconds, "private_bytes": peak - base_anon, **info}
+    cpu1 = os.times()
+    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system  # every thread of the reader
+    return {"rows": rows, "seconds": seconds, "cpu_s": cpu, "private_bytes": peak - base_anon, **info}
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -340,7 +344,8 @@ def main() -> int:
 def _fmt_cell(cell: dict) -> str:
     if "error" in cell:
         return cell["error"][-120:]
-    return f"{cell['rows'] / cell['seconds']:,.0f} rows/s, private {cell['private_bytes'] / MIB:.0f} MiB"
+    cpu = f", CPU {cell['cpu_s'] / cell['seconds']:.2f} cores" if "cpu_s" in cell else ""
+    return f"{cell['rows'] / cell['seconds']:,.0f} rows/s, private {cell['private_bytes'] / MIB:.0f} MiB{cpu}"
 
 
 def median_ceilings(ceilings: list[dict]) -> dict:
