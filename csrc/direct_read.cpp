@@ -8,12 +8,16 @@
 // a ring, submits them all from the calling thread; the I/O thread pool has a thread blocked in
 // preadv per request. $FEATSTORE_IO picks: "auto" (default: io_uring for a file opened with
 // O_DIRECT, the pool otherwise), "io_uring", "threads". io_engine() says which runs and why.
+// With a bounce buffer (O_DIRECT reads of rows that are not whole pages), each request reads the
+// pages around its run into a free slot of the buffer and its rows are copied out as it completes,
+// so the queue stays full for the whole call in a few MiB (docs/performance.md).
 #include "direct_read.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -55,12 +59,22 @@ struct Run {
                          " bytes at offset " + std::to_string(at) + "; the file ends before its rows (truncated?)");
 }
 
+constexpr std::uint64_t kPage = 4096;  // O_DIRECT alignment of a bounce read's offset, length and slot
+
+std::uint64_t page_floor(std::uint64_t x) { return x / kPage * kPage; }
+std::uint64_t page_ceil(std::uint64_t x) { return (x + kPage - 1) / kPage * kPage; }
+
 // One run's request: its iovecs (one per stretch of rows adjacent in out too) and how far it got.
+// A bounce request reads the whole pages around the run into one slot instead; it is done once the
+// run's bytes are in (the file's last page may be partial) and is never resumed part-way, since the
+// rest of a short O_DIRECT read would start unaligned: a short one means the file was cut short.
 struct Request {
     std::vector<iovec> iov;
     std::size_t first = 0;  // iovecs before this are filled
     std::size_t done = 0, want = 0;
-    std::uint64_t start = 0;  // file offset of the run's first byte
+    std::uint64_t start = 0;  // file offset of the request's first byte
+    std::size_t run = 0, slot = 0;
+    bool resumable = true;
 
     Request(std::uint64_t offset, std::size_t row_bytes, const Pick* picks, const Run& run, std::uint8_t* out) {
         iov.reserve(run.end - run.begin);
@@ -73,6 +87,13 @@ struct Request {
         }
         want = (run.end - run.begin) * row_bytes;
         start = offset + picks[run.begin].row * row_bytes;
+    }
+
+    // A bounce request of run `r` (file bytes [begin, begin + bytes)) into `slot` at `base`.
+    Request(std::uint64_t begin, std::size_t bytes, std::size_t r, std::size_t s, std::uint8_t* base)
+        : start(page_floor(begin)), run(r), slot(s), resumable(false) {
+        want = static_cast<std::size_t>(begin - start) + bytes;
+        iov.push_back({base, static_cast<std::size_t>(page_ceil(begin + bytes) - start)});
     }
 
     // Accounts for `got` more bytes read (a partial read moves the iovecs on); true when all are in.
@@ -112,14 +133,17 @@ void read_run(int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* p
 
 constexpr unsigned kRingEntries = 128;  // a thread's ring: at most this many requests in flight on io_uring
 
-// Every run through the calling thread's io_uring, up to `depth` requests in flight. A partial
-// read is resubmitted from where it stopped; on an error the requests in flight are drained
-// before it is thrown (their iovecs point into this frame and the caller's buffer).
-void read_runs_uring(Uring& ring, int fd, std::uint64_t offset, std::size_t row_bytes, const Pick* picks,
-                     const std::vector<Run>& runs, std::uint8_t* out, std::size_t depth, const std::string& path) {
+// `count` requests through the calling thread's io_uring, up to `depth` in flight: make(r) builds
+// request r (in order, when a slot in flight is free), finish(q) runs once all of q's bytes are in.
+// A partial read is resubmitted from where it stopped (a bounce request's is a short read); on an
+// error the requests in flight are drained before it is thrown (their iovecs point into this frame
+// and the caller's buffers).
+template <class Make, class Finish>
+void uring_requests(Uring& ring, int fd, std::size_t count, std::size_t depth, const std::string& path, Make make,
+                    Finish finish) {
     depth = std::min<std::size_t>(depth, ring.capacity());
     std::vector<Request> reqs;
-    reqs.reserve(runs.size());
+    reqs.reserve(count);
     std::size_t next = 0, in_flight = 0, finished = 0;
     std::exception_ptr failure;
     auto push = [&](std::size_t r) {
@@ -128,9 +152,16 @@ void read_runs_uring(Uring& ring, int fd, std::uint64_t offset, std::size_t row_
             throw std::logic_error("io_uring submission queue full with " + std::to_string(in_flight) + " in flight");
         ++in_flight;
     };
-    while (finished < runs.size()) {
-        while (!failure && next < runs.size() && in_flight < depth) {
-            reqs.emplace_back(offset, row_bytes, picks, runs[next], out);
+    auto fail_short = [&](const Request& q) {
+        try {
+            throw_short(path, q.at(), q.done, q.want);
+        } catch (...) {
+            failure = std::current_exception();
+        }
+    };
+    while (finished < count) {
+        while (!failure && next < count && in_flight < depth) {
+            reqs.push_back(make(next));
             push(next++);
         }
         if (failure && in_flight == 0) break;
@@ -146,21 +177,61 @@ void read_runs_uring(Uring& ring, int fd, std::uint64_t offset, std::size_t row_
                 failure = std::make_exception_ptr(SystemError(-res, std::strerror(-res), path));
                 ++finished;
             } else if (res == 0) {
-                try {
-                    throw_short(path, q.at(), q.done, q.want);
-                } catch (...) {
-                    failure = std::current_exception();
-                }
+                fail_short(q);
                 ++finished;
             } else if (q.advance(static_cast<std::size_t>(res))) {
+                finish(q);
                 ++finished;
-            } else {
+            } else if (q.resumable) {
                 push(r);
+            } else {
+                fail_short(q);
+                ++finished;
             }
         });
     }
     if (failure) std::rethrow_exception(failure);
 }
+
+// One bounce request read with pread into its slot; fewer bytes than its run needs is a short read.
+void pread_request(int fd, Request& q, const std::string& path) {
+    for (;;) {
+        const ssize_t got = ::preadv(fd, q.rest(), static_cast<int>(q.rest_count()), static_cast<off_t>(q.at()));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) throw SystemError(errno, std::strerror(errno), path);
+        if (got == 0 || !q.advance(static_cast<std::size_t>(got))) throw_short(path, q.at(), q.done, q.want);
+        return;
+    }
+}
+
+// The bounce buffer's slots: free ones handed out and taken back (by the I/O pool's threads, or on
+// the io_uring path by the one calling thread). Last in, first out: a call touches no more slots
+// than it keeps in flight.
+class SlotPool {
+public:
+    explicit SlotPool(std::size_t n) {
+        for (std::size_t s = n; s-- > 0;) free_.push_back(s);
+    }
+    std::size_t take() {  // waits for one: the I/O pool may run more threads than there are slots
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return !free_.empty(); });
+        const std::size_t s = free_.back();
+        free_.pop_back();
+        return s;
+    }
+    void give(std::size_t s) {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            free_.push_back(s);
+        }
+        cv_.notify_one();
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<std::size_t> free_;
+};
 
 // Which engine $FEATSTORE_IO asks for: "auto" (or unset), "io_uring" or "threads".
 std::string engine_asked() {
@@ -183,7 +254,10 @@ void check_positions(const std::int64_t* pos, std::size_t n, std::size_t out_row
 
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
-               int queue_depth, std::size_t max_request_bytes, const std::string& path, const std::int64_t* pos) {
+               int queue_depth, std::size_t max_request_bytes, const std::string& path, const std::int64_t* pos,
+               std::uint8_t* bounce, std::size_t bounce_bytes) {
+    if (bounce != nullptr && reinterpret_cast<std::uintptr_t>(bounce) % kPage != 0)
+        throw std::invalid_argument("bounce must start on a " + std::to_string(kPage) + "-byte boundary");
     if (row_bytes == 0) throw std::invalid_argument("row_bytes must be positive, got 0");
     if (queue_depth < 1) throw std::invalid_argument("queue_depth must be >= 1, got " + std::to_string(queue_depth));
     std::size_t need, rows_bytes;
@@ -231,15 +305,47 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
         k = e;
     }
 
-    const std::string asked = queue_depth > 1 && runs.size() > 1 ? engine_asked() : "threads";
+    const auto copy_repeats = [&] {
+        for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+    };
+    // bounce: one slot holds the pages around the longest run; as many slots in flight as fit
+    std::size_t slot_bytes = 0, depth = static_cast<std::size_t>(queue_depth);
+    if (bounce != nullptr) {
+        for (const Run& r : runs) {
+            const std::uint64_t begin = offset + picks[r.begin].row * row_bytes;
+            slot_bytes = std::max<std::size_t>(slot_bytes, page_ceil(begin + (r.end - r.begin) * row_bytes) -
+                                                               page_floor(begin));
+        }
+        if (bounce_bytes < slot_bytes)
+            throw std::invalid_argument("bounce has " + std::to_string(bounce_bytes) + " bytes but a request needs " +
+                                        std::to_string(slot_bytes));
+        depth = std::min(depth, bounce_bytes / slot_bytes);
+    }
+    SlotPool slots(bounce != nullptr ? depth : 0);
+    const auto run_begin = [&](std::size_t r) { return offset + picks[runs[r].begin].row * row_bytes; };
+    const auto bounce_request = [&](std::size_t r, std::size_t s) {
+        return Request(run_begin(r), (runs[r].end - runs[r].begin) * row_bytes, r, s, bounce + s * slot_bytes);
+    };
+    auto make = [&](std::size_t r) {  // a bounce slot is always free: at most depth requests are in flight
+        return bounce == nullptr ? Request(offset, row_bytes, picks.data(), runs[r], out)
+                                 : bounce_request(r, slots.take());
+    };
+    auto finish = [&](const Request& q) {  // a bounce request's rows out of its slot, the slot free again
+        if (bounce == nullptr) return;
+        const std::uint8_t* src = bounce + q.slot * slot_bytes + (run_begin(q.run) - page_floor(run_begin(q.run)));
+        for (std::size_t k = runs[q.run].begin; k < runs[q.run].end; ++k, src += row_bytes)
+            std::memcpy(out + picks[k].pos * row_bytes, src, row_bytes);
+        slots.give(q.slot);
+    };
+
+    const std::string asked = depth > 1 && runs.size() > 1 ? engine_asked() : "threads";
     // auto: io_uring for O_DIRECT reads (truly asynchronous in the kernel), the thread pool for reads
     // through the page cache, which a ring hands to kernel workers (measured 25% slower, docs/performance.md)
     if (asked == "io_uring" || (asked == "auto" && (::fcntl(fd, F_GETFL) & O_DIRECT))) {
         std::string why;
         if (Uring* ring = thread_ring(kRingEntries, &why)) {
-            read_runs_uring(*ring, fd, offset, row_bytes, picks.data(), runs, out,
-                            static_cast<std::size_t>(queue_depth), path);
-            for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+            uring_requests(*ring, fd, runs.size(), depth, path, make, finish);
+            copy_repeats();
             return;
         }
         if (asked == "io_uring") throw std::runtime_error("$FEATSTORE_IO=io_uring, but " + why);
@@ -250,20 +356,31 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
     auto task = [&](std::size_t t) {
         if (failed.load(std::memory_order_relaxed)) return;
         try {
-            read_run(fd, offset, row_bytes, picks.data(), runs[t], out, path);
+            if (bounce == nullptr) {
+                read_run(fd, offset, row_bytes, picks.data(), runs[t], out, path);
+                return;
+            }
+            Request q = bounce_request(t, slots.take());
+            try {
+                pread_request(fd, q, path);
+            } catch (...) {
+                slots.give(q.slot);
+                throw;
+            }
+            finish(q);
         } catch (...) {
             std::lock_guard<std::mutex> lk(mu);
             if (!failure) failure = std::current_exception();
             failed.store(true);
         }
     };
-    if (queue_depth == 1 || runs.size() == 1) {
+    if (depth == 1 || runs.size() == 1) {
         for (std::size_t t = 0; t < runs.size(); ++t) task(t);
     } else {
-        io_pool(queue_depth)->parallel_for(runs.size(), task);
+        io_pool(queue_depth)->parallel_for(runs.size(), task);  // one pool size: bounce slots cap the reads
     }
     if (failure) std::rethrow_exception(failure);
-    for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+    copy_repeats();
 }
 
 std::string io_engine() {

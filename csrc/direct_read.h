@@ -29,11 +29,17 @@ public:
 // pos (nullable): row indices[i] goes to out row pos[i] instead of row i, so one call can fill
 // scattered slots of a buffer (the block read-ahead reads several blocks at once that way); every
 // pos must lie in [0, out_bytes / row_bytes) (IndexError otherwise), and should be distinct.
+// bounce (nullable; 4096-byte aligned, bounce_bytes long): for fd opened with O_DIRECT and rows
+// that are not whole pages. Each request reads the whole pages around its run into a free slot of
+// bounce (one slot fits the pages of the longest run: std::invalid_argument if bounce cannot hold
+// one), and its rows are copied to out as it completes, so queue_depth requests (at most as many as
+// slots fit) stay in flight to the call's end in bounce_bytes of memory. A read ending before its
+// run's bytes (the file's last page may be partial) -> ShortReadError.
 // Thread-safe; may be called without the GIL. fd must stay open for the call.
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                int queue_depth, std::size_t max_request_bytes, const std::string& path,
-               const std::int64_t* pos = nullptr);
+               const std::int64_t* pos = nullptr, std::uint8_t* bounce = nullptr, std::size_t bounce_bytes = 0);
 
 // The engine read_rows uses for several requests in flight on this thread: "auto: ..." (io_uring
 // for O_DIRECT files, the thread pool for the others), "io_uring (...)", or "threads (why)" when

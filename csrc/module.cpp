@@ -104,7 +104,7 @@ void dequant_gather(py::handle src, py::handle scales, std::int64_t row_elems, s
 
 void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t n_rows, py::handle indices,
                py::handle out, int queue_depth, std::int64_t max_request_bytes, const py::object& path,
-               py::handle pos) {
+               py::handle pos, py::handle bounce) {
     if (row_bytes <= 0) throw py::value_error("row_bytes must be positive, got " + std::to_string(row_bytes));
     if (offset < 0) throw py::value_error("offset must be >= 0, got " + std::to_string(offset));
     if (n_rows < 0) throw py::value_error("n_rows must be >= 0, got " + std::to_string(n_rows));
@@ -125,10 +125,13 @@ void read_rows(int fd, std::int64_t offset, std::int64_t row_bytes, std::int64_t
                                   std::to_string(n));
         pp = static_cast<const std::int64_t*>(where.data());
     }
+    std::unique_ptr<ByteView> b;
+    if (!bounce.is_none()) b = std::make_unique<ByteView>(bounce, "bounce", true);
     py::gil_scoped_release nogil;
     featstore::read_rows(fd, static_cast<std::uint64_t>(offset), static_cast<std::size_t>(row_bytes),
                          static_cast<std::size_t>(n_rows), ip, n, o.data(), o.size(), queue_depth,
-                         static_cast<std::size_t>(max_request_bytes), raw, pp);
+                         static_cast<std::size_t>(max_request_bytes), raw, pp, b ? b->data() : nullptr,
+                         b ? b->size() : 0);
 }
 
 }  // namespace
@@ -205,7 +208,7 @@ Checks and threads as gather (IndexError before any byte moves; the GIL is relea
 
     m.def("read_rows", &read_rows, py::arg("fd"), py::arg("offset"), py::arg("row_bytes"), py::arg("n_rows"),
           py::arg("indices"), py::arg("out"), py::arg("queue_depth") = 32, py::arg("max_request_bytes") = 1 << 20,
-          py::arg("path") = "", py::arg("pos") = py::none(), R"doc(
+          py::arg("path") = "", py::arg("pos") = py::none(), py::arg("bounce") = py::none(), R"doc(
 Read row indices[i] of the file open as fd into out[i*row_bytes:(i+1)*row_bytes] with pread/preadv
 (into out row pos[i] instead when pos, an int64 array as long as indices, is given).
 
@@ -213,7 +216,11 @@ The rows are the n_rows rows of row_bytes bytes from byte offset of the file. in
 checked as gather checks them, and every index before any read (IndexError). The picks are read in
 file order, rows adjacent in the file by one preadv (at most max_request_bytes each), with up to
 queue_depth requests in flight (io_uring from the calling thread where the kernel allows it, else the
-I/O thread pool: see io_engine; 1 = on the calling thread); a row asked for twice is read once. The GIL is released. A file shorter than its rows, or one cut while it is read,
+I/O thread pool: see io_engine; 1 = on the calling thread); a row asked for twice is read once.
+bounce (a writable, 4096-byte aligned buffer; fd opened with O_DIRECT): each request reads the whole
+pages around its run into a free slot of bounce and its rows are copied out as it completes, so the
+queue stays full to the end of the call (at most as many requests in flight as slots fit; ValueError
+if not one does). The GIL is released. A file shorter than its rows, or one cut while it is read,
 raises EOFError naming `path`; a failed read raises OSError(errno, strerror, path).)doc");
 
     m.def("io_engine", &featstore::io_engine,

@@ -61,8 +61,9 @@ def read_rows(
     max_request_bytes: int = 1048576,
     path: str | bytes | os.PathLike[str] | os.PathLike[bytes] = "",
     pos: npt.NDArray[np.int64] | None = None,
+    bounce: Buffer | None = None,
 ) -> None:
-    """Read row ``indices[i]`` of the file open as ``fd`` into row i (or ``pos[i]``) of ``out`` with preadv (EOFError if short)."""
+    """Read row ``indices[i]`` of ``fd`` into row i (or ``pos[i]``) of ``out`` (EOFError if short; O_DIRECT pages via ``bounce``)."""
 
 def io_engine() -> str:
     """How read_rows keeps requests in flight: 'auto: ...', 'io_uring (...)' or 'threads (why)'."""

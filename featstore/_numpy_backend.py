@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = ["MappedFile", "dequant_gather", "gather", "get_num_threads", "read_rows", "set_num_threads"]
 
+_PAGE = 4096  # O_DIRECT alignment of a bounce read (csrc/direct_read.cpp's kPage)
 _ADVICE = {
     "normal": mmap.MADV_NORMAL,
     "random": mmap.MADV_RANDOM,
@@ -247,11 +248,13 @@ def read_rows(
     max_request_bytes: int = 1 << 20,
     path: str | bytes | os.PathLike = "",
     pos=None,
+    bounce=None,
 ) -> None:
     """Read row indices[i] of the file open as fd into out row i, or row pos[i] (see featstore._core.read_rows).
 
     Single-threaded here (``queue_depth`` is checked, not used): one ``os.preadv`` per run of rows
-    adjacent in the file, each into its rows of ``out``.
+    adjacent in the file, each into its rows of ``out``, or (``bounce`` given) into the whole pages
+    around the run at the start of ``bounce``, then copied out.
     """
     for name, v, low in (("row_bytes", row_bytes, 1), ("offset", offset, 0), ("n_rows", n_rows, 0)):
         if v < low:
@@ -262,6 +265,9 @@ def read_rows(
         raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
     _check_index_array(indices)
     o = _byte_view(out, "out", True)
+    slot = None if bounce is None else _byte_view(bounce, "bounce", True)
+    if slot is not None and slot.ctypes.data % _PAGE:
+        raise ValueError(f"bounce must start on a {_PAGE}-byte boundary")
     n = len(indices)
     out_rows = o.size // row_bytes
     if pos is None:
@@ -296,15 +302,37 @@ def read_rows(
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(uniq_rows)]])
     rows2d = o[: out_rows * row_bytes].reshape(out_rows, row_bytes)
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        for s in range(a, b, max_rows):
-            e = min(b, s + max_rows)
-            _read_run(fd, offset + int(uniq_rows[s]) * row_bytes, [rows2d[p] for p in uniq_pos[s:e].tolist()], name)
+    runs = [(s, min(b, s + max_rows)) for a, b in zip(starts.tolist(), ends.tolist()) for s in range(a, b, max_rows)]
+    if slot is not None:
+        spans = [_page_span(offset + int(uniq_rows[s]) * row_bytes, (e - s) * row_bytes) for s, e in runs]
+        need = max((length for _, length, _ in spans), default=0)
+        if len(slot) < need:
+            raise ValueError(f"bounce has {len(slot)} bytes but a request needs {need}")
+    for k, (s, e) in enumerate(runs):
+        at = offset + int(uniq_rows[s]) * row_bytes
+        if slot is None:
+            _read_run(fd, at, [rows2d[p] for p in uniq_pos[s:e].tolist()], name)
+            continue
+        start, length, lead = spans[k]
+        want = lead + (e - s) * row_bytes
+        got = os.preadv(fd, [slot[:length].data], start)
+        if got < want:
+            raise EOFError(
+                f"short read from {name}: got {got} of {want} bytes at offset {start}; "
+                "the file ends before its rows (truncated?)"
+            )
+        rows2d[uniq_pos[s:e]] = slot[lead:want].reshape(e - s, row_bytes)
     repeat = ~first
     if repeat.any():
         # each repeat copies from the first position that asked for its row
         src_pos = where[order[np.flatnonzero(first)[np.cumsum(first) - 1]]]
         rows2d[where[order[repeat]]] = rows2d[src_pos[repeat]]
+
+
+def _page_span(begin: int, nbytes: int) -> tuple[int, int, int]:
+    """(first byte, length, begin's offset in it) of the whole pages around file bytes [begin, begin + nbytes)."""
+    start = begin // _PAGE * _PAGE
+    return start, -(-(begin + nbytes) // _PAGE) * _PAGE - start, begin - start
 
 
 def _read_run(fd: int, at: int, buffers: list, name: str) -> None:

@@ -1,14 +1,14 @@
 """The direct read path of a feature set: rows read from its file with preadv, not through the mapping.
 
 Many reads are in flight at once (the compiled core's I/O thread pool; ``FEATSTORE_QUEUE_DEPTH``,
-default 32), rows adjacent in the file are read by one request, and every byte goes straight into
-the caller's buffer: no page of the file is mapped, so a file cut short by someone else gives a
-:class:`~featstore.errors.CorruptFileError` naming it, never a SIGBUS.
+default 32), rows adjacent in the file are read by one request, straight into the caller's buffer
+(rows of 64 KiB and more: with O_DIRECT, through a small aligned bounce buffer). No page of the file
+is mapped, so a file cut short by someone else gives a :class:`~featstore.errors.CorruptFileError`
+naming it, never a SIGBUS.
 """
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import threading
@@ -30,8 +30,9 @@ PAGE = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of
 #: than the row), then copied out: no page cache to fill and reclaim, which under a memory cgroup costs
 #: more than the extra bytes (docs/performance.md)
 PAGE_READ_MIN_ROW_BYTES = 64 << 10
-PAGE_READ_ARENA_BYTES = 16 << 20  # a thread's buffer for page reads: a batch's rows go through it in chunks
-MIN_PIECE_BYTES = 64  # the copy out of the pages moves pieces of gcd(row_bytes, PAGE) bytes: at least this
+#: a thread's bounce buffer for page reads: as many requests in flight as their pages fit (touched only as used)
+PAGE_READ_ARENA_BYTES = 16 << 20
+MIN_PIECE_BYTES = 64  # the block read-ahead copies rows out of its pages in pieces of gcd(row_bytes, PAGE) bytes
 
 
 def aligned_buffer(nbytes: int) -> np.ndarray:
@@ -67,7 +68,7 @@ class DirectReader:
         self._direct_fd: int | bool | None = False  # False: not tried yet; None: O_DIRECT refused here
         self._lock = threading.Lock()
         self._arenas = threading.local()  # each thread's page-aligned buffer for page reads, reused
-        self.page_reads = row_bytes >= PAGE_READ_MIN_ROW_BYTES and math.gcd(row_bytes, PAGE) >= MIN_PIECE_BYTES
+        self.page_reads = row_bytes >= PAGE_READ_MIN_ROW_BYTES
 
     def fileno(self) -> int:
         """The open file descriptor (opened on first use)."""
@@ -142,23 +143,13 @@ class DirectReader:
                 self._short(f"short read from {self.path} at offset {begin} (truncated?)")
         return landed
 
-    def read_pages(self, rows: np.ndarray, out, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
-        """Read ``rows`` with O_DIRECT (needs :meth:`direct_fd`): the whole pages around each row into
-        this thread's aligned buffer, all in flight together, then the rows copied into ``out`` in
-        pieces of ``gcd(row_bytes, PAGE)`` bytes (every row's offset within its page is a multiple)."""
+    def _bounce(self, depth: int, max_request_bytes: int) -> tuple[np.ndarray, int]:
+        """This thread's aligned bounce buffer for page reads (:data:`PAGE_READ_ARENA_BYTES`, at least one
+        row's pages) and the request size that lets ``depth`` slots fit in it (the core sizes a slot by
+        the longest run), one row at least."""
         rb = self.row_bytes
-        slot = -(-rb // PAGE) * PAGE + PAGE  # whole pages around any row
-        per_chunk = max(1, PAGE_READ_ARENA_BYTES // slot)  # rows read together: the buffer stays small
-        arena = self._arena(min(len(rows), per_chunk) * slot)
-        unit = math.gcd(rb, PAGE)
-        out_bytes = np.frombuffer(out, dtype=np.uint8)
-        for a in range(0, len(rows), per_chunk):
-            chunk = rows[a : a + per_chunk]
-            begins = (self.data_start + chunk * rb).tolist()
-            at = range(0, len(chunk) * slot, slot)
-            landed = self.read_spans([(b, b + rb) for b in begins], arena, at, max_request_bytes)
-            pieces = (np.asarray(landed, dtype=np.int64) // unit)[:, None] + np.arange(rb // unit, dtype=np.int64)
-            _backend.gather(arena, unit, pieces.reshape(-1), out_bytes[a * rb : (a + len(chunk)) * rb])
+        arena = self._arena(max(PAGE_READ_ARENA_BYTES, -(-rb // PAGE) * PAGE + PAGE))
+        return arena, max(rb, min(max_request_bytes, len(arena) // depth - 2 * PAGE))
 
     def _arena(self, nbytes: int) -> np.ndarray:
         arena = getattr(self._arenas, "buffer", None)
@@ -183,22 +174,29 @@ class DirectReader:
         """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes; row
         ``rows[i]`` into out row ``pos[i]`` when ``pos`` is given), ``depth`` requests in flight (default
         :func:`queue_depth`) of at most ``max_request_bytes``. Rows of at least
-        :data:`PAGE_READ_MIN_ROW_BYTES` are read with O_DIRECT where the filesystem allows it (:meth:`read_pages`)."""
-        if self.page_reads and pos is None and depth is None and len(rows) and self.direct_fd() is not None:
-            self.read_pages(rows, out, max_request_bytes)
-            return
+        :data:`PAGE_READ_MIN_ROW_BYTES` are read with O_DIRECT where the filesystem allows it: each
+        request reads the whole pages around its rows into a free slot of this thread's aligned bounce
+        buffer, and the compiled core copies them out as it lands, so ``depth`` requests stay in flight
+        to the end of the call."""
+        depth = queue_depth() if depth is None else depth
+        fd, bounce = self.fileno(), None
+        dfd = self.direct_fd() if self.page_reads and len(rows) else None
+        if dfd is not None:  # O_DIRECT: each request's pages into a slot of the bounce buffer, then copied out
+            fd = dfd
+            bounce, max_request_bytes = self._bounce(depth, max_request_bytes)
         try:
             _backend.read_rows(
-                self.fileno(),
+                fd,
                 self.data_start,
                 self.row_bytes,
                 self.n_rows,
                 rows,
                 out,
-                queue_depth() if depth is None else depth,
+                depth,
                 max_request_bytes,
                 str(self.path),
                 pos,
+                bounce,
             )
         except EOFError as exc:
             self._short(str(exc))
