@@ -18,7 +18,8 @@ What it does:
   (``posix_fadvise(DONTNEED)``), then runs the reader in a fresh process that joins the cgroup once
   torch is imported (cgroup v1 leaves what it held before charged where it was, so the limit binds
   what the reading takes: page cache, batch buffers, private memory) and reads random batches for
-  ``--seconds`` (at least one batch);
+  ``--seconds`` (at least one batch); a compact set's repetition runs right beside its float16
+  twin's (in turn first), so their paired ratio is free of the disk's drift between minutes;
 * readers: featstore ``fs.batches`` with ``read`` auto / direct / mmap in random and block order;
   numpy memmap fancy indexing; safetensors ``safe_open(...).get_tensor`` + ``index_select``;
   ``torch.load(mmap=True)`` + ``index_select``; a Python ``os.preadv`` loop, one row at a time;
@@ -258,70 +259,18 @@ def main() -> int:
             for name, (key, shape, bs) in shapes.items():
                 sets[f"{name} {dtype}"] = (f"../{dtype}:{key}", shape, bs)
         store = featstore.FeatureStore.open(work / "store")
-        cells = [(name, temp) for name in sets for temp in (("cold", "warm") if args.warm else ("cold",))]
-        for name, temp in cells:
-            key, _, bs = sets[name]
-            root = work / "store"
-            if key.startswith("../"):
-                sub, key = key[3:].split(":")
-                root = work / sub
-            fs = featstore.FeatureStore.open(root)[key]
-            pt = work / f"{key.replace('/', '_')}.pt"
-            if temp == "cold":
-                # the disk's rate drifts from minute to minute (a shared virtual disk): the ceilings are
-                # measured in every repetition, beside the readers, and the report takes their medians
-                results["fio_reps"][name] = []
-            readers = FEATSTORE + (PEERS if name.endswith("f16") and temp == "cold" else [])
-            for rep in range(args.repeats):
+        temps = ("cold", "warm") if args.warm else ("cold",)
+        # each compact set runs beside its float16 twin in every repetition (in turn first), so the
+        # disk's drift from minute to minute cancels in their ratio (compact_ratios pairs them)
+        for shape in shapes:
+            twins = [name for name in sets if name.rsplit(" ", 1)[0] == shape]
+            for temp in temps:
                 if temp == "cold":
-                    results["fio_reps"][name].append(
-                        {
-                            "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
-                            "sequential": fio(fs.path, "read", MIB, 16, 3),
-                        }
-                    )
-                    results["fio"][name] = median_ceilings(results["fio_reps"][name])
-                chosen = [r for r in readers if args.readers in r]
-                turn = rep % max(1, len(chosen))  # a reader's place in the rotation moves each repetition, so
-                for reader in chosen[turn:] + chosen[:turn]:  # what follows fio (or a slow peer) varies
-                    if temp == "cold":
-                        drop_cache([fs.path, pt])
-                    else:
-                        with open(fs.path, "rb") as f:  # into the page cache (charged outside the cgroup)
-                            while f.read(64 * MIB):
-                                pass
-                    spec = {
-                        "root": str(root),
-                        "key": key,
-                        "pt": str(pt),
-                        "batch": bs,
-                        "reader": reader,
-                        "rep": rep,
-                        "seconds": args.seconds,
-                        "cgroup_procs": str(group / "cgroup.procs"),
-                    }
-                    t0 = time.time()
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--worker", json.dumps(spec)],
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                    )
-                    cell = {
-                        "set": name if temp == "cold" else f"{name} warm",
-                        "temp": temp,
-                        "reader": reader,
-                        "rep": rep,
-                    }
-                    cell.update(row_bytes=fs.row_bytes, bytes=fs.nbytes)
-                    if out.returncode == 0:
-                        cell.update(json.loads(out.stdout.strip().splitlines()[-1]))
-                    else:
-                        killed = out.returncode == -9
-                        cell["error"] = "OOM-killed" if killed else out.stderr.strip()[-400:]
-                    cell["wall_s"] = time.time() - t0
-                    results["cells"].append(cell)
-                    print(f"{name:22} {temp:4} {reader:40} rep {rep}: {_fmt_cell(cell)}", flush=True)
+                    # the ceilings are measured in every repetition, beside the readers; the report takes medians
+                    results["fio_reps"].update({name: [] for name in twins})
+                for rep in range(args.repeats):
+                    for name in twins if rep % 2 == 0 else twins[::-1]:
+                        run_cells(args, work, sets[name], name, temp, rep, group, results)
         results["busy_after"] = cpu_busy()
         results["runtime_s"] = time.time() - started
     finally:
@@ -339,6 +288,70 @@ def main() -> int:
     (RESULTS / f"{stem}.md").write_text(report(results))
     print(report(results))
     return 0
+
+
+def run_cells(args, work: Path, spec_set: tuple, name: str, temp: str, rep: int, group: Path, results: dict) -> None:
+    """One repetition of set ``name``: fio's ceilings (cold), then every chosen reader in a fresh process
+    in the cgroup, the page cache dropped (cold) or filled (warm) before each; cells go into ``results``."""
+    import featstore
+
+    key, _, bs = spec_set
+    root = work / "store"
+    if key.startswith("../"):
+        sub, key = key[3:].split(":")
+        root = work / sub
+    fs = featstore.FeatureStore.open(root)[key]
+    pt = work / f"{key.replace('/', '_')}.pt"
+    readers = FEATSTORE + (PEERS if name.endswith("f16") and temp == "cold" else [])
+    if temp == "cold":
+        results["fio_reps"][name].append(
+            {
+                "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
+                "sequential": fio(fs.path, "read", MIB, 16, 3),
+            }
+        )
+        results["fio"][name] = median_ceilings(results["fio_reps"][name])
+    chosen = [r for r in readers if args.readers in r]
+    turn = rep % max(1, len(chosen))  # a reader's place in the rotation moves each repetition, so
+    for reader in chosen[turn:] + chosen[:turn]:  # what follows fio (or a slow peer) varies
+        if temp == "cold":
+            drop_cache([fs.path, pt])
+        else:
+            with open(fs.path, "rb") as f:  # into the page cache (charged outside the cgroup)
+                while f.read(64 * MIB):
+                    pass
+        spec = {
+            "root": str(root),
+            "key": key,
+            "pt": str(pt),
+            "batch": bs,
+            "reader": reader,
+            "rep": rep,
+            "seconds": args.seconds,
+            "cgroup_procs": str(group / "cgroup.procs"),
+        }
+        t0 = time.time()
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        cell = {
+            "set": name if temp == "cold" else f"{name} warm",
+            "temp": temp,
+            "reader": reader,
+            "rep": rep,
+        }
+        cell.update(row_bytes=fs.row_bytes, bytes=fs.nbytes)
+        if out.returncode == 0:
+            cell.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        else:
+            killed = out.returncode == -9
+            cell["error"] = "OOM-killed" if killed else out.stderr.strip()[-400:]
+        cell["wall_s"] = time.time() - t0
+        results["cells"].append(cell)
+        print(f"{name:22} {temp:4} {reader:40} rep {rep}: {_fmt_cell(cell)}", flush=True)
 
 
 def _fmt_cell(cell: dict) -> str:
@@ -438,14 +451,16 @@ def report(results: dict) -> str:
                 f"{r / memmap if memmap else 0:.1f} |" + (f" ({m['failed']} failed)" if m["failed"] else "")
             )
         lines.append("")
-    lines += compact_ratios(med)
+    lines += compact_ratios(med, results["cells"])
     return "\n".join(lines) + "\n"
 
 
-def compact_ratios(med: dict) -> list[str]:
+def compact_ratios(med: dict, cells: list[dict]) -> list[str]:
     """The int8 (float8) / float16 rows/s of each featstore reader, per set and page-cache state: the
-    issue's target is 1.8x in every bandwidth-bound cell (the 768-d cold random cell is IOPS-bound:
-    a row of either dtype is one 4 KiB page read, so it cannot gain there)."""
+    ratio of the medians, and the median of the ratios of the two cells of each repetition (run side by
+    side, so the disk's drift cancels). The issue's target is 1.8x in every bandwidth-bound cell (the
+    768-d cold random cell is IOPS-bound: a row of either dtype is one 4 KiB page read, so it cannot gain there)."""
+    by_rep = {(c["set"], c["reader"], c["rep"]): c["rows"] / c["seconds"] for c in cells if "error" not in c}
     rows = []
     for (name, reader), m in med.items():
         if " f16" not in name or not reader.startswith("featstore") or "rows_s" not in m:
@@ -453,15 +468,25 @@ def compact_ratios(med: dict) -> list[str]:
         for (other, reader2), m2 in med.items():
             twin = other.replace(" int8", " f16").replace(" float8_e4m3", " f16") == name
             if reader2 == reader and other != name and twin and "rows_s" in m2:
-                ratio = m2["rows_s"] / m["rows_s"]
-                rows.append(f"| {name} | {other} | {reader} | {m['rows_s']:,.0f} | {m2['rows_s']:,.0f} | {ratio:.2f} |")
+                paired = [
+                    by_rep[other, reader, r] / f16
+                    for (n, rd, r), f16 in by_rep.items()
+                    if n == name and rd == reader and (other, reader, r) in by_rep
+                ]
+                pair = f"{statistics.median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f})" if paired else ""
+                rows.append(
+                    f"| {name} | {other} | {reader} | {m['rows_s']:,.0f} | {m2['rows_s']:,.0f} | "
+                    f"{m2['rows_s'] / m['rows_s']:.2f} | {pair} |"
+                )
     if not rows:
         return []
     return [
         "## Compact sets against float16",
         "",
-        "| float16 set | compact set | reader | f16 rows/s | compact rows/s | ratio |",
-        "|---|---|---|---|---|---|",
+        "Paired: the median (and range) of compact / float16 over the repetitions, each pair read side by side.",
+        "",
+        "| float16 set | compact set | reader | f16 rows/s | compact rows/s | ratio of medians | paired ratio |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
