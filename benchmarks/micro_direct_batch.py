@@ -7,7 +7,8 @@ One set of 98,688-byte rows (the size of a 257 x 384 int8 patch grid), 0.5 GB, r
 fio random 100 KiB reads at queue depth 32 (io_uring, 4 KiB-aligned offsets); ``fs.direct.read`` of
 random rows at the same queue depth from one thread, asking for 64, 256 or 1024 rows a call; and the
 same 1024-row calls' pages read by the core into distinct places, with no bounce slot and no copy
-out ("pages only"): the ceiling of featstore's own work. A call's last requests finish with fewer
+out ("pages only"): the ceiling of featstore's own work; and two threads at once reading 64 or 256
+rows a call, as the loader's two prefetch threads do. A call's last requests finish with fewer
 and fewer in flight, so small calls leave the disk idle part of the time: the figure the issue's
 patch-grid int8 cells (batches of 64 rows) pay. The disk drifts by 2x within minutes here, so the
 cells are short and each ratio is the median of the per-repetition ratios.
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +41,7 @@ import featstore  # noqa: E402
 
 ROW_SHAPE = (257, 192)  # float16: 98,688 bytes a row
 CALL_ROWS = (64, 256, 1024)
+TWO_READER_ROWS = (64, 256)  # does a bigger call help once two threads read at once?
 
 
 def fio_gbps(path: Path, seconds: int = 3) -> float:
@@ -60,6 +63,22 @@ def direct_gbps(fs, call_rows: int, seconds: float, read=None) -> float:
         read(np.sort(rng.choice(len(fs), call_rows, replace=False)).astype(np.int64))
         rows_read += call_rows
     return rows_read * fs.row_bytes / (time.perf_counter() - t0) / 1e9
+
+
+def two_readers_gbps(fs, call_rows: int, seconds: float) -> float:
+    """Two threads at once, each with its own calls of ``call_rows`` rows, as the loader's two prefetch
+    threads read random patch-grid batches."""
+    rates = [0.0, 0.0]
+
+    def one(i: int) -> None:
+        rates[i] = direct_gbps(fs, call_rows, seconds)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(rates)
 
 
 def pages_only(fs, call_rows: int):
@@ -105,6 +124,8 @@ def main() -> int:
             cells[f"featstore {c} rows a call"] = functools.partial(direct_gbps, fs, c, args.seconds)
         pages = pages_only(fs, CALL_ROWS[-1])
         cells[f"pages only, {CALL_ROWS[-1]} rows"] = lambda: direct_gbps(fs, CALL_ROWS[-1], args.seconds, pages)
+        for c in TWO_READER_ROWS:
+            cells[f"2 threads, {c} rows a call"] = functools.partial(two_readers_gbps, fs, c, args.seconds)
         runs: dict[str, list[float]] = {name: [] for name in cells}
         for rep in range(args.repeats):
             for name in list(cells)[:: 1 if rep % 2 == 0 else -1]:

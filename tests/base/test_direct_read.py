@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featstore import _backend as B
+from featstore.store.direct import aligned_buffer
 
 torch.set_num_threads(1)
 SENTINEL = 0xA5
@@ -167,8 +168,8 @@ BOUNCE_ROWS = 40
 
 @pytest.fixture(scope="module")
 def direct_rowfile(tmp_path_factory):
-    """A file of random bytes opened twice, with and without O_DIRECT (skipped where the filesystem
-    refuses it). Its length is not a whole number of pages, so the last row ends in a partial page."""
+    """A file of random bytes opened with O_DIRECT (skipped where the filesystem refuses it). Its
+    length is not a whole number of pages, so the last row ends in a partial page."""
     path = tmp_path_factory.mktemp("bounce") / "rows.bin"
     data = np.random.default_rng(11).integers(0, 256, 37 + BOUNCE_ROWS * 12_300 + 11, dtype=np.uint8)
     path.write_bytes(data.tobytes())
@@ -176,16 +177,8 @@ def direct_rowfile(tmp_path_factory):
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     except OSError as exc:
         pytest.skip(f"O_DIRECT is not supported on {path.parent}: {exc}")
-    fd = os.open(path, os.O_RDONLY)
-    yield path, fd, dfd
-    os.close(fd)
+    yield path, dfd
     os.close(dfd)
-
-
-def page_buffer(nbytes: int) -> np.ndarray:
-    import mmap
-
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -206,9 +199,9 @@ def test_bounce_reads_return_the_mapped_bytes(
     """Through bounce slots (O_DIRECT, whole pages around each run, copied out as each lands): the same
     bytes as the mapped gather, for random, adjacent and repeated rows, with or without pos, however
     few slots the buffer holds, on both I/O engines."""
-    path, fd, dfd = direct_rowfile
+    path, dfd = direct_rowfile
     monkeypatch.setenv("FEATSTORE_IO", engine)
-    n_rows = (len_file(path) - offset) // row_bytes
+    n_rows = (os.stat(path).st_size - offset) // row_bytes
     idx = np.array([i % n_rows for i in idx], dtype=np.int64)
     mapped = memoryview(B.MappedFile(str(path)))[offset : offset + n_rows * row_bytes]
     want = np.full(len(idx) * row_bytes, SENTINEL, dtype=np.uint8)
@@ -216,32 +209,28 @@ def test_bounce_reads_return_the_mapped_bytes(
     pos = np.random.default_rng(len(idx)).permutation(len(idx)).astype(np.int64) if scatter else None
     if scatter:
         want = want.reshape(-1, row_bytes)[np.argsort(pos)].reshape(-1)
-    slot = -(-(min(max_request, 1 << 20) // row_bytes or 1) * row_bytes // 4096) * 4096 + 8192  # any run's pages
-    bounce = page_buffer(slots * slot)
+    run_bytes = max(1, max_request // row_bytes) * row_bytes  # the longest run a request may read
+    bounce = aligned_buffer(slots * (-(-run_bytes // 4096) + 1) * 4096)  # `slots` of its pages (+1 if unaligned)
     got = np.full(len(idx) * row_bytes, SENTINEL, dtype=np.uint8)
     B.read_rows(dfd, offset, row_bytes, n_rows, idx, got, depth, max_request, str(path), pos, bounce)
     np.testing.assert_array_equal(got, want)
 
 
-def len_file(path) -> int:
-    return os.stat(path).st_size
-
-
 def test_bounce_errors(backend, direct_rowfile, tmp_path):
     """A bounce buffer too small for one request, or not page-aligned, is a ValueError before any read;
     a file shorter than its rows is an EOFError naming it."""
-    path, _, dfd = direct_rowfile
+    path, dfd = direct_rowfile
     idx = np.array([0, 1, 2], dtype=np.int64)
     out = np.empty(3 * 5000, dtype=np.uint8)
     with pytest.raises(ValueError, match="bounce has 4096 bytes but a request needs 8192"):
-        B.read_rows(dfd, 37, 5000, 10, np.array([0], dtype=np.int64), out, 4, 1, str(path), None, page_buffer(4096))
+        B.read_rows(dfd, 37, 5000, 10, np.array([0], dtype=np.int64), out, 4, 1, str(path), None, aligned_buffer(4096))
     with pytest.raises(ValueError, match="bounce must start on a 4096-byte boundary"):
-        B.read_rows(dfd, 37, 5000, 10, idx, out, 4, 1, str(path), None, page_buffer(3 * 4096)[1:])
+        B.read_rows(dfd, 37, 5000, 10, idx, out, 4, 1, str(path), None, aligned_buffer(3 * 4096)[1:])
     short = tmp_path / "short.bin"
     short.write_bytes(bytes(3 * 5000))
     sfd = os.open(short, os.O_RDONLY | os.O_DIRECT)
     try:
         with pytest.raises(EOFError, match=rf"{short} is 15000 bytes, but its 4 rows of 5000 bytes"):
-            B.read_rows(sfd, 0, 5000, 4, idx, out, 4, 1 << 20, str(short), None, page_buffer(1 << 20))
+            B.read_rows(sfd, 0, 5000, 4, idx, out, 4, 1 << 20, str(short), None, aligned_buffer(1 << 20))
     finally:
         os.close(sfd)
