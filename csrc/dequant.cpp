@@ -218,6 +218,16 @@ void dequant_rows_to(OutDtype o, const std::uint8_t* src, const std::uint8_t* sc
 
 }  // namespace
 
+void dequant_row(const std::uint8_t* codes, const std::uint8_t* scales, std::size_t row_elems,
+                 std::size_t group_elems, std::uint8_t* out, QuantScheme scheme, OutDtype out_dtype) {
+    static constexpr std::int64_t kFirst = 0;  // row 0 of a one-row source
+    if (scheme == QuantScheme::kInt8)
+        dequant_rows_to<QuantScheme::kInt8>(out_dtype, codes, scales, 1, row_elems, group_elems, &kFirst, 0, 1, out);
+    else
+        dequant_rows_to<QuantScheme::kFloat8E4M3>(out_dtype, codes, scales, 1, row_elems, group_elems, &kFirst, 0, 1,
+                                                  out);
+}
+
 std::uint16_t float_to_half_bits(float f) { return half_bits(f); }
 std::uint16_t float_to_bfloat16_bits(float f) { return bfloat16_bits(f); }
 

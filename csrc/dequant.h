@@ -39,6 +39,15 @@ void dequant_gather_rows(const std::uint8_t* src, std::size_t src_bytes, const s
                          const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                          QuantScheme scheme, OutDtype out_dtype, int threads);
 
+// Decodes one row: row_elems codes at `codes`, its row_elems / group_elems float32 scales at `scales`
+// (unaligned is fine), into `out` (row_elems elements of out_dtype), exactly as dequant_gather_rows
+// decodes a row. No checks: the caller has validated the sizes (direct_read.cpp decodes rows as they land).
+void dequant_row(const std::uint8_t* codes, const std::uint8_t* scales, std::size_t row_elems,
+                 std::size_t group_elems, std::uint8_t* out, QuantScheme scheme, OutDtype out_dtype);
+
+// Bytes of one element of out_dtype.
+inline std::size_t out_item_bytes(OutDtype o) { return o == OutDtype::kFloat32 ? 4 : 2; }
+
 // float32 -> float16 / bfloat16 bits, round to nearest even (NaN stays NaN).
 std::uint16_t float_to_half_bits(float f);
 std::uint16_t float_to_bfloat16_bits(float f);

@@ -9,8 +9,9 @@
 // preadv per request. $FEATSTORE_IO picks: "auto" (default: io_uring for a file opened with
 // O_DIRECT, the pool otherwise), "io_uring", "threads". io_engine() says which runs and why.
 // With a bounce buffer (O_DIRECT reads of rows that are not whole pages), each request reads the
-// pages around its run into a free slot of the buffer and its rows are copied out as it completes,
-// so the queue stays full for the whole call in a few MiB (docs/performance.md).
+// pages around its run into a free slot of the buffer and its rows are copied out (or, for a quantised
+// set's codes, decoded) as it completes, so the queue stays full for the whole call in a few MiB
+// (docs/performance.md).
 #include "direct_read.h"
 
 #include <algorithm>
@@ -255,19 +256,32 @@ void check_positions(const std::int64_t* pos, std::size_t n, std::size_t out_row
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                int queue_depth, std::size_t max_request_bytes, const std::string& path, const std::int64_t* pos,
-               std::uint8_t* bounce, std::size_t bounce_bytes) {
+               std::uint8_t* bounce, std::size_t bounce_bytes, const RowDecode* decode) {
     if (bounce != nullptr && reinterpret_cast<std::uintptr_t>(bounce) % kPage != 0)
         throw std::invalid_argument("bounce must start on a " + std::to_string(kPage) + "-byte boundary");
     if (row_bytes == 0) throw std::invalid_argument("row_bytes must be positive, got 0");
     if (queue_depth < 1) throw std::invalid_argument("queue_depth must be >= 1, got " + std::to_string(queue_depth));
+    if (decode != nullptr && bounce == nullptr) throw std::invalid_argument("decoding rows as they land needs bounce");
+    if (decode != nullptr && (decode->group_elems == 0 || row_bytes % decode->group_elems))
+        throw std::invalid_argument("group_elems must divide row_bytes " + std::to_string(row_bytes));
+    // out's rows: the rows read, or their decoded values
+    const std::size_t out_row_bytes = decode != nullptr ? row_bytes * out_item_bytes(decode->out_dtype) : row_bytes;
     std::size_t need, rows_bytes;
-    const std::size_t out_rows = out_bytes / row_bytes;
+    const std::size_t out_rows = out_bytes / out_row_bytes;
     if (pos != nullptr) {
         check_positions(pos, n, out_rows);
-    } else if (__builtin_mul_overflow(n, row_bytes, &need) || out_bytes < need)
+    } else if (__builtin_mul_overflow(n, out_row_bytes, &need) || out_bytes < need)
         throw std::invalid_argument("out has " + std::to_string(out_bytes) + " bytes but " + std::to_string(n) +
-                                    " indices x " + std::to_string(row_bytes) + " row_bytes need " +
-                                    (need / row_bytes == n ? std::to_string(need) : std::string("more")) + " bytes");
+                                    (decode != nullptr ? " rows of " + std::to_string(out_row_bytes) + " bytes"
+                                                       : " indices x " + std::to_string(row_bytes) + " row_bytes") +
+                                    " need " +
+                                    (need / out_row_bytes == n ? std::to_string(need) : std::string("more")) +
+                                    " bytes");
+    const std::size_t scale_row_bytes = decode != nullptr ? row_bytes / decode->group_elems * 4 : 0;
+    if (decode != nullptr && decode->scales_bytes / scale_row_bytes < (pos != nullptr ? out_rows : n))
+        throw std::invalid_argument("scales has " + std::to_string(decode->scales_bytes) + " bytes but " +
+                                    std::to_string(pos != nullptr ? out_rows : n) + " out rows need " +
+                                    std::to_string(scale_row_bytes) + " each");
     if (__builtin_mul_overflow(n_rows, row_bytes, &rows_bytes) || offset > UINT64_MAX - rows_bytes)
         throw std::invalid_argument("n_rows x row_bytes from offset " + std::to_string(offset) + " overflows");
     const bool sorted = check_row_indices(indices, n, n_rows);
@@ -306,7 +320,8 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
     }
 
     const auto copy_repeats = [&] {
-        for (const auto& [from, to] : repeats) std::memcpy(out + to * row_bytes, out + from * row_bytes, row_bytes);
+        for (const auto& [from, to] : repeats)
+            std::memcpy(out + to * out_row_bytes, out + from * out_row_bytes, out_row_bytes);
     };
     // bounce: one slot holds the pages around the longest run; as many slots in flight as fit
     std::size_t slot_bytes = 0, depth = static_cast<std::size_t>(queue_depth);
@@ -333,8 +348,14 @@ void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t 
     auto finish = [&](const Request& q) {  // a bounce request's rows out of its slot, the slot free again
         if (bounce == nullptr) return;
         const std::uint8_t* src = bounce + q.slot * slot_bytes + (run_begin(q.run) - page_floor(run_begin(q.run)));
-        for (std::size_t k = runs[q.run].begin; k < runs[q.run].end; ++k, src += row_bytes)
-            std::memcpy(out + picks[k].pos * row_bytes, src, row_bytes);
+        for (std::size_t k = runs[q.run].begin; k < runs[q.run].end; ++k, src += row_bytes) {
+            std::uint8_t* dst = out + picks[k].pos * out_row_bytes;
+            if (decode == nullptr)
+                std::memcpy(dst, src, row_bytes);
+            else
+                dequant_row(src, decode->scales + picks[k].pos * scale_row_bytes, row_bytes, decode->group_elems, dst,
+                            decode->scheme, decode->out_dtype);
+        }
         slots.give(q.slot);
     };
 

@@ -7,7 +7,20 @@
 #include <stdexcept>
 #include <string>
 
+#include "dequant.h"
+
 namespace featstore {
+
+// Rows of one-byte codes decoded as they land (read_rows with a bounce buffer): out row p receives
+// the codes decoded with the float32 scales at scales + p * (row_bytes / group_elems) * 4, as
+// dequant_gather_rows decodes them, so out rows are row_bytes * out_item_bytes(out_dtype) bytes.
+struct RowDecode {
+    QuantScheme scheme;
+    OutDtype out_dtype;
+    std::size_t group_elems;
+    const std::uint8_t* scales;  // one row of scales per out row
+    std::size_t scales_bytes;
+};
 
 // The file ended before a row did: it is shorter than its rows (truncated, perhaps while being
 // read). module.cpp maps it to Python's EOFError; the message names the file.
@@ -35,11 +48,16 @@ public:
 // one), and its rows are copied to out as it completes, so queue_depth requests (at most as many as
 // slots fit) stay in flight to the call's end in bounce_bytes of memory. A read ending before its
 // run's bytes (the file's last page may be partial) -> ShortReadError.
+// decode (nullable; needs bounce): the rows are codes, decoded into out as they land instead of copied
+// (see RowDecode), so a quantised batch costs one pass over its bytes and the queue stays full while
+// the CPU decodes; out (and pos) then count rows of row_bytes * out_item_bytes bytes, and scales must
+// hold a row of scales for every out row (std::invalid_argument otherwise).
 // Thread-safe; may be called without the GIL. fd must stay open for the call.
 void read_rows(int fd, std::uint64_t offset, std::size_t row_bytes, std::size_t n_rows,
                const std::int64_t* indices, std::size_t n, std::uint8_t* out, std::size_t out_bytes,
                int queue_depth, std::size_t max_request_bytes, const std::string& path,
-               const std::int64_t* pos = nullptr, std::uint8_t* bounce = nullptr, std::size_t bounce_bytes = 0);
+               const std::int64_t* pos = nullptr, std::uint8_t* bounce = nullptr, std::size_t bounce_bytes = 0,
+               const RowDecode* decode = nullptr);
 
 // The engine read_rows uses for several requests in flight on this thread: "auto: ..." (io_uring
 // for O_DIRECT files, the thread pool for the others), "io_uring (...)", or "threads (why)" when

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 
 _NAMES = ("core", "numpy")
 _MODULES = {"core": "featstore._core", "numpy": "featstore._numpy_backend"}
-_API = ("MappedFile", "dequant_gather", "gather", "io_engine", "read_rows", "set_num_threads", "get_num_threads")
+_API = (
+    "MappedFile",
+    "dequant_gather",
+    "gather",
+    "io_engine",
+    "permute_pcg64",
+    "read_rows",
+    "set_num_threads",
+    "get_num_threads",
+)
 
 _current = ""
 if TYPE_CHECKING:
@@ -27,12 +36,15 @@ if TYPE_CHECKING:
         gather,
         get_num_threads,
         io_engine,
+        permute_pcg64,
         read_rows,
         set_num_threads,
     )
 else:
     # Rebound by _select(); these placeholders only exist for readers.
-    MappedFile = dequant_gather = gather = io_engine = read_rows = set_num_threads = get_num_threads = None
+    MappedFile = dequant_gather = gather = io_engine = permute_pcg64 = read_rows = set_num_threads = get_num_threads = (
+        None
+    )
 
 
 def _load(name: str):

@@ -1,4 +1,5 @@
-"""featstore compiled core: copy-on-write file mappings, a multithreaded row gather, direct row reads."""
+"""featstore compiled core: copy-on-write file mappings, a multithreaded row gather, direct row reads, numpy's
+permutation drawn faster."""
 
 import os
 from typing import Literal
@@ -62,8 +63,15 @@ def read_rows(
     path: str | bytes | os.PathLike[str] | os.PathLike[bytes] = "",
     pos: npt.NDArray[np.int64] | None = None,
     bounce: Buffer | None = None,
+    scales: Buffer | None = None,
+    group_elems: int = 0,
+    scheme: Literal["int8", "float8_e4m3"] = "int8",
+    out_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
 ) -> None:
-    """Read row ``indices[i]`` of ``fd`` into row i (or ``pos[i]``) of ``out`` (EOFError if short; O_DIRECT pages via ``bounce``)."""
+    """Read row ``indices[i]`` of ``fd`` into row i (or ``pos[i]``) of ``out`` (EOFError if short; O_DIRECT pages via ``bounce``, decoded with ``scales`` as they land)."""
+
+def permute_pcg64(out: npt.NDArray[np.int64], state: int, inc: int, has_uint32: bool, uinteger: int) -> None:
+    """Fill ``out`` with numpy's ``Generator(PCG64).permutation(len(out))`` for that bit generator state, bit for bit."""
 
 def io_engine() -> str:
     """How read_rows keeps requests in flight: 'auto: ...', 'io_uring (...)' or 'threads (why)'."""

@@ -15,7 +15,17 @@ import stat
 
 import numpy as np
 
-__all__ = ["MappedFile", "dequant_gather", "gather", "get_num_threads", "read_rows", "set_num_threads"]
+from ._numpy_codecs import E4M3_VALUES, OUT_ITEM, check_codec, to_bfloat16_bits
+
+__all__ = [
+    "MappedFile",
+    "dequant_gather",
+    "gather",
+    "get_num_threads",
+    "permute_pcg64",
+    "read_rows",
+    "set_num_threads",
+]
 
 _PAGE = 4096  # O_DIRECT alignment of a bounce read (csrc/direct_read.cpp's kPage)
 _ADVICE = {
@@ -167,25 +177,24 @@ def gather(src, row_bytes: int, indices, out, threads: int = 0) -> None:
     np.take(src2d, indices, axis=0, out=out2d, mode="clip")
 
 
-def _e4m3_table() -> np.ndarray:
-    codes = np.arange(256)
-    sign = np.where(codes >> 7, -1.0, 1.0)
-    exp, man = (codes >> 3) & 15, codes & 7
-    value = np.where(exp == 0, np.ldexp(man.astype(np.float64), -9), np.ldexp(1.0 + man / 8.0, exp - 7))
-    value = np.where((exp == 15) & (man == 7), np.nan, value)
-    return (sign * value).astype(np.float32)
+_MAX_PERMUTATION = 1 << 32  # csrc/permutation.h's kMaxPermutation
 
 
-_E4M3 = _e4m3_table()
-_OUT_ITEM = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits, nearest even; NaN stays a quiet NaN (as the compiled core)."""
-    u = x.view(np.uint32)
-    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    return np.where(nan, ((u >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), rounded)
+def permute_pcg64(out, state: int, inc: int, has_uint32: bool, uinteger: int) -> None:
+    """out = numpy's Generator(PCG64 in that state).permutation(len(out)) (see featstore._core.permute_pcg64)."""
+    _check_index_array(out, "out")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if len(out) > _MAX_PERMUTATION:
+        raise ValueError(f"out may hold at most 2**32 rows, got {len(out)}")
+    bits = np.random.PCG64()
+    bits.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": int(state), "inc": int(inc)},
+        "has_uint32": int(bool(has_uint32)),
+        "uinteger": int(uinteger),
+    }
+    out[:] = np.random.Generator(bits).permutation(len(out))
 
 
 def dequant_gather(
@@ -198,16 +207,13 @@ def dequant_gather(
         raise ValueError(f"group_elems must divide row_elems, got {group_elems}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
-    if scheme not in ("int8", "float8_e4m3"):
-        raise ValueError(f"scheme must be 'int8' or 'float8_e4m3', got '{scheme}'")
-    if out_dtype not in _OUT_ITEM:
-        raise ValueError(f"out_dtype must be 'float16', 'bfloat16' or 'float32', got '{out_dtype}'")
+    check_codec(scheme, out_dtype)
     _check_index_array(indices)
     s = _byte_view(src, "src", False)
     sc = _byte_view(scales, "scales", False)
     o = _byte_view(out, "out", True)
     n = len(indices)
-    need = n * row_elems * _OUT_ITEM[out_dtype]
+    need = n * row_elems * OUT_ITEM[out_dtype]
     if o.size < need:
         raise ValueError(f"out has {o.size} bytes but {n} rows of {row_elems} elements need more")
     n_rows = s.size // row_elems
@@ -220,7 +226,7 @@ def dequant_gather(
         return
     _check_in_range(indices, n_rows)
     codes = s[: n_rows * row_elems].reshape(n_rows, groups, group_elems)[indices]
-    values = codes.view(np.int8).astype(np.float32) if scheme == "int8" else _E4M3[codes]
+    values = codes.view(np.int8).astype(np.float32) if scheme == "int8" else E4M3_VALUES[codes]
     row_scales = np.frombuffer(sc[: n_rows * groups * 4].tobytes(), dtype=np.float32).reshape(n_rows, groups, 1)
     x = (values * row_scales[indices]).reshape(-1)
     if out_dtype == "float32":
@@ -228,7 +234,7 @@ def dequant_gather(
     elif out_dtype == "float16":
         result = x.astype(np.float16).view(np.uint8)
     else:
-        result = _to_bfloat16_bits(x).view(np.uint8)
+        result = to_bfloat16_bits(x).view(np.uint8)
     o[:need] = result
 
 
@@ -249,13 +255,22 @@ def read_rows(
     path: str | bytes | os.PathLike = "",
     pos=None,
     bounce=None,
+    scales=None,
+    group_elems: int = 0,
+    scheme: str = "int8",
+    out_dtype: str = "float16",
 ) -> None:
     """Read row indices[i] of the file open as fd into out row i, or row pos[i] (see featstore._core.read_rows).
 
     Single-threaded here (``queue_depth`` is checked, not used): one ``os.preadv`` per run of rows
     adjacent in the file, each into its rows of ``out``, or (``bounce`` given) into the whole pages
-    around the run at the start of ``bounce``, then copied out.
+    around the run at the start of ``bounce``, then copied out (with ``scales``: decoded, after all
+    the rows are in).
     """
+    if scales is not None:
+        _read_decoded(fd, offset, row_bytes, n_rows, indices, out, queue_depth, max_request_bytes, path, pos, bounce,
+                      scales, group_elems, scheme, out_dtype)  # fmt: skip
+        return
     for name, v, low in (("row_bytes", row_bytes, 1), ("offset", offset, 0), ("n_rows", n_rows, 0)):
         if v < low:
             raise ValueError(f"{name} must be {'positive' if low else '>= 0'}, got {v}")
@@ -327,6 +342,39 @@ def read_rows(
         # each repeat copies from the first position that asked for its row
         src_pos = where[order[np.flatnonzero(first)[np.cumsum(first) - 1]]]
         rows2d[where[order[repeat]]] = rows2d[src_pos[repeat]]
+
+
+def _read_decoded(
+    fd, offset, row_bytes, n_rows, indices, out, queue_depth, max_request_bytes, path, pos, bounce, scales, group, scheme,
+    out_dtype,
+) -> None:  # fmt: skip
+    """read_rows with ``scales``: the codes read into a buffer of out's rows, then those rows decoded."""
+    if bounce is None:
+        raise ValueError("decoding rows as they land needs bounce")
+    if group <= 0:
+        raise ValueError(f"group_elems must be positive, got {group}")
+    if row_bytes % group:
+        raise ValueError(f"group_elems must divide row_bytes {row_bytes}")
+    item = check_codec(scheme, out_dtype)
+    o = _byte_view(out, "out", True)
+    out_row_bytes = row_bytes * item
+    _check_index_array(indices)
+    n = len(indices)
+    n_out = o.size // out_row_bytes if pos is not None else n
+    if pos is None and o.size < n * out_row_bytes:
+        raise ValueError(f"out has {o.size} bytes but {n} rows of {out_row_bytes} bytes need {n * out_row_bytes} bytes")
+    sc = _byte_view(scales, "scales", False)
+    scale_row_bytes = row_bytes // group * 4
+    if sc.size // scale_row_bytes < n_out:
+        raise ValueError(f"scales has {sc.size} bytes but {n_out} out rows need {scale_row_bytes} each")
+    if n == 0:
+        return
+    codes = np.zeros(n_out * row_bytes, dtype=np.uint8)
+    read_rows(fd, offset, row_bytes, n_rows, indices, codes, queue_depth, max_request_bytes, path, pos, bounce)
+    touched = np.unique(pos) if pos is not None else np.arange(n, dtype=np.int64)
+    decoded = np.empty(len(touched) * out_row_bytes, dtype=np.uint8)
+    dequant_gather(codes, sc, row_bytes, group, touched.astype(np.int64), decoded, scheme, out_dtype)
+    o[: n_out * out_row_bytes].reshape(n_out, out_row_bytes)[touched] = decoded.reshape(-1, out_row_bytes)
 
 
 def _page_span(begin: int, nbytes: int) -> tuple[int, int, int]:

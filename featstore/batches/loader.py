@@ -35,6 +35,7 @@ from .orders import (
     block_order,
     block_rows_for,
     block_share,
+    uniform_permutation,
 )
 from .prefetch import prefetched
 
@@ -218,8 +219,7 @@ class BatchLoader:
             return block_share(blocks, self.ranks.rank, self.ranks.world_size, self.drop_last)
         order = self.rows
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch])
-            perm = rng.permutation(len(self.rows))
+            perm = uniform_permutation(len(self.rows), self.seed, epoch)
             order = perm if self.all_rows else self.rows[perm]  # rows[perm] is perm when rows is arange
         return shard_order(order, self.ranks.rank, self.ranks.world_size, self.drop_last)
 

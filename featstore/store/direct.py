@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 
@@ -53,6 +53,16 @@ def queue_depth() -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 1024:
         raise ValueError(f"${QUEUE_DEPTH_ENV} must be an integer from 1 to 1024, got {raw!r}")
     return int(raw)
+
+
+class RowDecode(NamedTuple):
+    """How a quantised set's codes are decoded as they land (``DirectReader.read``): ``scales`` holds one
+    row of float32 scales per out row, one scale per ``group_elems`` codes."""
+
+    scales: np.ndarray
+    group_elems: int
+    scheme: str
+    out_dtype: str
 
 
 class DirectReader:
@@ -170,6 +180,7 @@ class DirectReader:
         depth: int | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         pos: np.ndarray | None = None,
+        decode: RowDecode | None = None,
     ) -> None:
         """Read ``rows`` (valid int64 row numbers) into ``out`` (a writable buffer of their bytes; row
         ``rows[i]`` into out row ``pos[i]`` when ``pos`` is given), ``depth`` requests in flight (default
@@ -177,13 +188,18 @@ class DirectReader:
         :data:`PAGE_READ_MIN_ROW_BYTES` are read with O_DIRECT where the filesystem allows it: each
         request reads the whole pages around its rows into a free slot of this thread's aligned bounce
         buffer, and the compiled core copies them out as it lands, so ``depth`` requests stay in flight
-        to the end of the call."""
+        to the end of the call. ``decode`` (only where :meth:`decodes_as_it_reads`): the rows are codes,
+        and ``out`` receives them decoded, each as it lands."""
         depth = queue_depth() if depth is None else depth
         fd, bounce = self.fileno(), None
         dfd = self.direct_fd() if self.page_reads and len(rows) else None
+        if decode is not None and dfd is None and len(rows):
+            raise ValueError(f"feature set {self.key!r}: rows are decoded as they land only on O_DIRECT page reads")
         if dfd is not None:  # O_DIRECT: each request's pages into a slot of the bounce buffer, then copied out
             fd = dfd
             bounce, max_request_bytes = self._bounce(depth, max_request_bytes)
+        if bounce is None:
+            decode = None  # no rows to decode (page reads are checked above)
         try:
             _backend.read_rows(
                 fd,
@@ -197,6 +213,14 @@ class DirectReader:
                 str(self.path),
                 pos,
                 bounce,
+                None if decode is None else decode.scales,
+                0 if decode is None else decode.group_elems,
+                "int8" if decode is None else decode.scheme,
+                "float16" if decode is None else decode.out_dtype,
             )
         except EOFError as exc:
             self._short(str(exc))
+
+    def decodes_as_it_reads(self) -> bool:
+        """Whether :meth:`read` can decode codes as they land: O_DIRECT page reads of large rows."""
+        return self.page_reads and self.direct_fd() is not None

@@ -20,7 +20,7 @@ from .._dtypes import TORCH_DTYPES, byte_view, dtype_name
 from ..errors import CorruptFileError, IncompleteFeatureSetError
 from ..indexing import normalize_rows
 from .checksums import file_crc32
-from .direct import DirectReader
+from .direct import DirectReader, RowDecode
 from .header import FILE_FORMAT_VERSION
 from .manifest import MANIFEST_NAME, Manifest
 from .members import checked_header
@@ -268,8 +268,9 @@ class FeatureSet:
         """Hot path for loaders: ``rows`` is a valid int64 array, ``out`` a matching contiguous tensor.
         ``threads``: 0 uses the gather pool, 1 copies on the calling thread (mmap path);
         ``read``: "mmap" (the mapping) or "direct" (preadv, ``FEATSTORE_QUEUE_DEPTH`` reads in flight).
-        A quantised set dequantises into ``out`` (float16, bfloat16 or float32): the direct path reads
-        the codes into a staging buffer, and the scales (4 bytes a vector) without the mapping too."""
+        A quantised set dequantises into ``out`` (float16, bfloat16 or float32). The direct path reads the
+        scales (4 bytes a vector) without the mapping too; rows of 64 KiB and more (O_DIRECT page reads)
+        are decoded from their pages as each lands, smaller ones read into a staging buffer first."""
         if self.row_bytes and len(rows) and self.quant is not None:
             self._dequant_into(rows, out, threads, read)
         elif self.row_bytes and len(rows):
@@ -282,6 +283,13 @@ class FeatureSet:
         assert self.quant is not None
         row_elems, group = self.row_bytes, group_elems(self.row_shape)
         src, scales, picks = self.data, self._scales, rows
+        if read == "direct" and self.direct.decodes_as_it_reads():  # each row decoded from its pages as it lands
+            assert self.direct_scales is not None
+            batch_scales = np.empty(len(rows) * self._scale_row_bytes, dtype=np.uint8)
+            self.direct_scales.gather(rows, batch_scales)
+            codec = RowDecode(batch_scales, group, self.quant.scheme, dtype_name(out.dtype))
+            self.direct.read(rows, byte_view(out), decode=codec)
+            return
         if read == "direct":
             staged = np.empty(len(rows) * self.row_bytes, dtype=np.uint8)
             self.direct.read(rows, staged)

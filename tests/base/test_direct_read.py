@@ -234,3 +234,70 @@ def test_bounce_errors(backend, direct_rowfile, tmp_path):
             B.read_rows(sfd, 0, 5000, 4, idx, out, 4, 1 << 20, str(short), None, aligned_buffer(1 << 20))
     finally:
         os.close(sfd)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    row_bytes=st.sampled_from([4096, 9000, 12_288]),
+    group=st.sampled_from([8, 1024]),
+    idx=st.lists(st.integers(0, BOUNCE_ROWS - 1), max_size=60)
+    | st.integers(0, BOUNCE_ROWS - 1).map(lambda a: list(range(a, BOUNCE_ROWS)) + [a, a]),
+    scheme=st.sampled_from(["int8", "float8_e4m3"]),
+    out_dtype=st.sampled_from(["float16", "bfloat16", "float32"]),
+    slots=st.integers(1, 33),
+    scatter=st.booleans(),
+    engine=st.sampled_from(["auto", "threads"]),
+)
+def test_rows_decoded_as_they_land_are_what_dequant_gather_gives(
+    backend, direct_rowfile, monkeypatch, row_bytes, group, idx, scheme, out_dtype, slots, scatter, engine
+):
+    """read_rows with scales decodes each row from its bounce slot: bit for bit the mapped dequant_gather,
+    with the scales of each out row, for random, adjacent and repeated rows, with or without pos."""
+    if row_bytes % group:
+        group = 8
+    path, dfd = direct_rowfile
+    monkeypatch.setenv("FEATSTORE_IO", engine)
+    n_rows = (os.stat(path).st_size - 37) // row_bytes
+    idx = np.array([i % n_rows for i in idx], dtype=np.int64)
+    n = len(idx)
+    item = 4 if out_dtype == "float32" else 2
+    rng = np.random.default_rng(n)
+    row_scales = rng.uniform(0.001, 2, (n_rows, row_bytes // group)).astype(np.float32)  # scales of each stored row
+    pos = rng.permutation(n).astype(np.int64) if scatter else np.arange(n, dtype=np.int64)
+    out_scales = np.zeros((n, row_bytes // group), np.float32)
+    out_scales[pos] = row_scales[idx]  # the scales of out row p: those of the row read into it
+    mapped = memoryview(B.MappedFile(str(path)))[37 : 37 + n_rows * row_bytes]
+    want = np.full((n, row_bytes * item), SENTINEL, dtype=np.uint8)
+    B.dequant_gather(mapped, row_scales, row_bytes, group, idx, want, scheme, out_dtype)
+    want[pos] = want.copy()
+    got = np.full((n, row_bytes * item), SENTINEL, dtype=np.uint8)
+    bounce = aligned_buffer(slots * 4 * 4096)  # slots of one row's pages
+    B.read_rows(dfd, 37, row_bytes, n_rows, idx, got, 32, 1, str(path), pos if scatter else None, bounce,
+                out_scales, group, scheme, out_dtype)  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+
+
+def test_decode_errors(backend, direct_rowfile):
+    """Decoding needs a bounce buffer, a group that divides the row, and a row of scales per out row."""
+    path, dfd = direct_rowfile
+    idx = np.array([0, 1, 2], dtype=np.int64)
+    out = np.empty(3 * 4096 * 2, dtype=np.uint8)
+    scales = np.ones(3 * 4096 // 8, np.float32)
+    bounce = aligned_buffer(1 << 20)
+
+    def read(**kw):
+        args = dict(bounce=bounce, scales=scales, group_elems=8, scheme="int8", out_dtype="float16") | kw
+        B.read_rows(dfd, 37, 4096, 10, idx, out, 4, 1, str(path), None, **args)
+
+    with pytest.raises(ValueError, match="decoding rows as they land needs bounce"):
+        read(bounce=None)
+    with pytest.raises(ValueError, match="group_elems must divide row_bytes 4096"):
+        read(group_elems=3)
+    with pytest.raises(ValueError, match="group_elems must be positive"):
+        read(group_elems=0)
+    with pytest.raises(ValueError, match="scales has 6136 bytes but 3 out rows need 2048 each"):
+        read(scales=scales[:-2])
+    with pytest.raises(ValueError, match="out has 24576 bytes but 3 rows of 16384 bytes need 49152 bytes"):
+        read(out_dtype="float32")
+    with pytest.raises(ValueError, match="scheme must be 'int8' or 'float8_e4m3'"):
+        read(scheme="int4")

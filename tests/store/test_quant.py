@@ -70,6 +70,24 @@ def test_every_path_and_backend_agrees_bitwise(tmp_path, scheme, backend):
     assert torch.equal(fs[[7, 0]], fs.gather([7, 0])) and torch.equal(fs[10:12], fs.gather([10, 11]))
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("hold", [True, False])
+def test_large_rows_decoded_as_they_land_agree_bitwise(tmp_path, monkeypatch, scheme, hold, backend):
+    """Rows of 64 KiB and more are read with O_DIRECT and decoded from their pages as each lands: the
+    same bits as the mapped gather, for every output dtype, repeated rows too, scales held or not."""
+    from featstore.store import scales as scales_module
+
+    monkeypatch.setattr(scales_module, "HOLD_BYTES", 1 << 20 if hold else 0)
+    x = features(12, (257, 256))  # 65,792 bytes of codes a row
+    fs = write(tmp_path / "s", x, scheme)["enc/q"]
+    if not fs.direct.decodes_as_it_reads():
+        pytest.skip(f"O_DIRECT is not supported on {tmp_path}")
+    rows = np.array([11, 0, 5, 5, 6, 7, 3], dtype=np.int64)
+    for dtype in OUT_DTYPES:
+        direct = fs.gather(rows, read="direct", dtype=dtype)
+        assert torch.equal(direct.view(torch.uint8), fs.gather(rows, read="mmap", dtype=dtype).view(torch.uint8))
+
+
 @pytest.mark.damages_store
 @pytest.mark.parametrize("hold", [True, False])
 def test_direct_reads_take_the_scales_without_the_mapping(tmp_path, monkeypatch, hold):
