@@ -3,6 +3,7 @@ batch for every layer and pooling, and each writer given exactly the rows it has
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,21 @@ class _Collate:
         return idx, errors[0] if errors else self.encoder.preprocess([im for _, im in items])
 
 
+def _worker_leaves_ctrl_c_to_the_main_process(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is the main process's to handle (it reports the committed
+    rows in one line and shuts the workers down). A worker ignores SIGINT, and stays quiet when the
+    main process, interrupted, drops a batch's shared memory half-received: the worker's fd-sharing
+    thread (multiprocessing.resource_sharer) would print that OSError's traceback to the terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    report = sys.excepthook
+
+    def quiet_on_a_lost_peer(kind, value, tb) -> None:
+        if not issubclass(kind, (OSError, EOFError)):
+            report(kind, value, tb)
+
+    sys.excepthook = quiet_on_a_lost_peer
+
+
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
     """Sorted rows -> contiguous [start, end) runs."""
     if not len(rows):
@@ -80,6 +96,7 @@ def encode_batches(
         collate_fn=_Collate(plan.encoder),
         persistent_workers=False,
         prefetch_factor=2 if job.num_workers else None,
+        worker_init_fn=_worker_leaves_ctrl_c_to_the_main_process if job.num_workers else None,
     )
     for done, (idx, inputs) in enumerate(loader, 1):
         if isinstance(inputs, ExtractionError):

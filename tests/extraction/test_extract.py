@@ -311,3 +311,24 @@ def test_extract_compact_int8(tmp_path, model_dir, dataset_dir, capsys, flag):
     assert main([*args, flag, "int8"]) == 0  # a second run finds the sets complete
     assert main([*args, "--store-dtype", "float8_e4m3"]) == 1  # other settings: refused without --overwrite
     assert "store dtype" in capsys.readouterr().err
+
+
+def test_workers_leave_ctrl_c_to_the_main_process():
+    """A decoding worker ignores SIGINT and stays quiet on a lost peer (an OSError from its fd-sharing
+    thread), while any other uncaught error still reaches stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import signal, sys\n"
+        "from featstore.extraction.encode import _worker_leaves_ctrl_c_to_the_main_process as init\n"
+        "init(0)\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "sys.excepthook(BrokenPipeError, BrokenPipeError(32, 'Broken pipe'), None)\n"
+        "sys.excepthook(EOFError, EOFError(), None)\n"
+        "sys.excepthook(ValueError, ValueError('a real bug'), None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Broken pipe" not in done.stderr and "EOFError" not in done.stderr
+    assert "ValueError: a real bug" in done.stderr
