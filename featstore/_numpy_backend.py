@@ -349,6 +349,8 @@ def _read_decoded(
     out_dtype,
 ) -> None:  # fmt: skip
     """read_rows with ``scales``: the codes read into a buffer of out's rows, then those rows decoded."""
+    if row_bytes <= 0:
+        raise ValueError(f"row_bytes must be positive, got {row_bytes}")
     if bounce is None:
         raise ValueError("decoding rows as they land needs bounce")
     if group <= 0:

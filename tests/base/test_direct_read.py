@@ -301,3 +301,5 @@ def test_decode_errors(backend, direct_rowfile):
         read(out_dtype="float32")
     with pytest.raises(ValueError, match="scheme must be 'int8' or 'float8_e4m3'"):
         read(scheme="int4")
+    with pytest.raises(ValueError, match="row_bytes must be positive"):
+        B.read_rows(dfd, 37, 0, 10, idx, out, 4, 1, str(path), None, bounce, scales, 8, "int8", "float16")
