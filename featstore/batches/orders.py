@@ -1,9 +1,10 @@
 """The orders an epoch can visit rows in: ``random`` (a uniform permutation) and ``block``.
 
-``random`` is numpy's ``default_rng([seed, epoch]).permutation(n)``, drawn by the compiled core in
-about half numpy's time (the same permutation, bit for bit: ``uniform_permutation``): numpy's 2.4 ms
-for 262,144 rows is 7% of a warm epoch of 1024-row gathers of 768-d float16 rows on a 2-core machine,
-and the loader, which must draw it, is held to 5% over the bare gather (docs/performance.md).
+``random`` is numpy's ``default_rng([seed, epoch]).permutation(n)``, drawn by the compiled core at
+2.1-3.4x numpy's speed, the same permutation bit for bit (``uniform_permutation``;
+benchmarks/micro_permutation.py). numpy's 2.4-3.4 ms for 262,144 rows is 7-10% of a warm epoch of
+1024-row gathers of 768-d float16 rows on a 2-core machine, and the loader, which must draw it, is
+held to 5% over the bare gather (docs/performance.md).
 
 ``block`` is a quasi-random order for sets far larger than memory, in the manner of FFCV's
 ``QUASI_RANDOM``: the rows (sorted) are cut into blocks of ``block_rows`` contiguous rows (about

@@ -282,7 +282,6 @@ class FeatureSet:
     def _dequant_into(self, rows: np.ndarray, out: torch.Tensor, threads: int, read: str) -> None:
         assert self.quant is not None
         row_elems, group = self.row_bytes, group_elems(self.row_shape)
-        src, scales, picks = self.data, self._scales, rows
         if read == "direct" and self.direct.decodes_as_it_reads():  # each row decoded from its pages as it lands
             assert self.direct_scales is not None
             batch_scales = np.empty(len(rows) * self._scale_row_bytes, dtype=np.uint8)
@@ -290,6 +289,7 @@ class FeatureSet:
             codec = RowDecode(batch_scales, group, self.quant.scheme, dtype_name(out.dtype))
             self.direct.read(rows, byte_view(out), decode=codec)
             return
+        src, scales, picks = self.data, self._scales, rows
         if read == "direct":
             staged = np.empty(len(rows) * self.row_bytes, dtype=np.uint8)
             self.direct.read(rows, staged)
