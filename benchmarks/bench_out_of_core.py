@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/bench_out_of_core.py [--quick] [--limit-mib 512] [--repeats 3]
         [--seconds 6] [--workdir DIR] [--keep] [--readers SUBSTRING] [--out STEM]
-        [--dtypes float16,int8] [--warm]
+        [--dtypes float16,int8] [--warm] [--throttle-mb-s 400]
 
 What it does:
 
@@ -26,6 +26,11 @@ What it does:
 * ceilings: fio (installed with apt-get when missing) on the same file, with O_DIRECT and libaio:
   random reads of the row's size rounded up to 4 KiB at the direct path's queue depth (32), and
   sequential 1 MiB reads at queue depth 16;
+* with ``--throttle-mb-s N``, the readers and fio also join a cgroup that caps their reads from the
+  disk at N MB/s (v1 ``blkio.throttle.read_bps_device``, else v2 ``io.max``; removed at the end). A
+  disk behind a host cache, like this VM's, serves 0.8-1.6 GB/s from one minute to the next; under a
+  cap below its slowest minute every bandwidth-bound cell is bound by the same steady rate, so a
+  compact set's gain over float16 is what featstore makes of the smaller rows, not the disk's drift;
 * with ``--warm``, each featstore cell once more with the set's files read into the page cache first
   (not dropped): the memory-bound case;
 * reports rows/s, GB/s (10^9 bytes of rows delivered per second), the CPU it kept busy (``cpu_s``
@@ -53,6 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cgroups import memory_group, read_throttle, remove
 from _machine import cpu_busy_share as cpu_busy
 from _machine import load_note
 
@@ -88,8 +94,8 @@ def worker(spec: dict) -> dict:
     import featstore
 
     torch.set_num_threads(1)
-    if spec["cgroup_procs"]:
-        Path(spec["cgroup_procs"]).write_text(str(os.getpid()))
+    for procs in spec["cgroup_procs"]:  # the memory cgroup, and the read throttle's where there is one
+        Path(procs).write_text(str(os.getpid()))
     base_anon = _rss_anon()
     fs = featstore.FeatureStore.open(spec["root"])[spec["key"]]
     n, bs, reader = len(fs), spec["batch"], spec["reader"]
@@ -140,30 +146,6 @@ def worker(spec: dict) -> dict:
 # ---- the driver ----------------------------------------------------------------------------------
 
 
-def make_cgroup(limit: int) -> tuple[Path, str] | str:
-    """A fresh memory cgroup with ``limit`` (its folder, the file of its limit), or why not."""
-    if os.geteuid() != 0:
-        return "not root: a memory cgroup cannot be made (run it with sudo)"
-    lines = Path("/proc/self/cgroup").read_text().splitlines()
-    v1 = Path("/sys/fs/cgroup/memory")
-    own = next((ln.split(":", 2)[2] for ln in lines if ":memory:" in ln), None)
-    name = f"featstore-bench-{os.getpid()}"
-    if own is not None and (v1 / "cgroup.procs").exists():
-        group = v1 / own.lstrip("/") / name
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-        return group, "memory.limit_in_bytes"
-    v2_own = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
-    for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        ctrl = mount / "cgroup.controllers"
-        if v2_own is not None and ctrl.exists() and "memory" in ctrl.read_text().split():
-            group = mount / v2_own.lstrip("/") / name
-            group.mkdir()
-            (group / "memory.max").write_text(str(limit))
-            return group, "memory.max"
-    return "no cgroup v1 memory controller and no cgroup v2 with memory here"
-
-
 def drop_cache(paths: list[Path]) -> None:
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -182,7 +164,7 @@ def write_set(store, key: str, n: int, row_shape: tuple[int, ...]) -> None:
             w.write(a, rng.standard_normal((b - a, *row_shape), dtype=np.float32).astype(np.float16))
 
 
-def fio(path: Path, rw: str, bs: int, depth: int, seconds: int) -> dict:
+def fio(path: Path, rw: str, bs: int, depth: int, seconds: int, throttle=None) -> dict:
     if shutil.which("fio") is None:
         subprocess.run(["apt-get", "install", "-y", "fio"], check=False, capture_output=True)
     if shutil.which("fio") is None:
@@ -192,7 +174,8 @@ def fio(path: Path, rw: str, bs: int, depth: int, seconds: int) -> dict:
         "--ioengine=libaio", "--direct=1", f"--runtime={seconds}", "--time_based", "--readonly",
         "--output-format=json",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    join = (lambda: throttle.join()) if throttle is not None else None  # fio under the readers' cap too
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join)
     if out.returncode != 0:
         return {"error": out.stderr.strip()[-300:]}
     job = json.loads(out.stdout)["jobs"][0]["read"]
@@ -213,6 +196,13 @@ def main() -> int:
     ap.add_argument("--out", default="", help="results file stem (default out_of_core, or out_of_core-quick)")
     ap.add_argument("--dtypes", default="float16,int8", help="stored dtypes: float16, int8, float8_e4m3")
     ap.add_argument("--warm", action="store_true", help="also featstore cells with the page cache warm")
+    ap.add_argument(
+        "--throttle-mb-s",
+        type=float,
+        default=0,
+        help="cap the readers' and fio's disk reads at this many MB/s (a blkio / io cgroup): every cell "
+        "is then bound by one steady rate, below the disk's slowest minute",
+    )
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -220,21 +210,27 @@ def main() -> int:
     if args.quick:
         args.limit_mib, args.repeats, args.seconds = 128, 1, 2.0
     limit = args.limit_mib * MIB
-    made = make_cgroup(limit)
-    if isinstance(made, str):
-        print(f"bench_out_of_core: skipped: {made}")
+    group = memory_group(limit)
+    if isinstance(group, str):
+        print(f"bench_out_of_core: skipped: {group}")
         return 0
-    group, limit_file = made
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cgroup and the sets are removed on SIGTERM too
     import featstore
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="featstore-ooc-", dir="/var/tmp"))
+    throttle = read_throttle(work, int(args.throttle_mb_s * 1e6), group) if args.throttle_mb_s > 0 else None
+    if isinstance(throttle, str):
+        remove(group)
+        print(f"bench_out_of_core: --throttle-mb-s: {throttle}")
+        return 2
     started = time.time()
     results: dict = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "limit_bytes": limit,
-        "cgroup": f"{group}/{limit_file}",
+        "cgroup": f"{group.path}/{group.limit_file}",
+        "throttle_bytes_per_s": int(args.throttle_mb_s * 1e6),
+        "throttle": f"{throttle.path}/{throttle.limit_file}" if throttle else "",
         "queue_depth": QUEUE_DEPTH,
         "cpus": os.cpu_count(),
         "cells": [],
@@ -270,16 +266,13 @@ def main() -> int:
                     results["fio_reps"].update({name: [] for name in twins})
                 for rep in range(args.repeats):
                     for name in twins if rep % 2 == 0 else twins[::-1]:
-                        run_cells(args, work, sets[name], name, temp, rep, group, results)
+                        run_cells(args, work, sets[name], name, temp, rep, (group, throttle), results)
         results["busy_after"] = cpu_busy()
         results["runtime_s"] = time.time() - started
     finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.2)
+        for g in (throttle, group):
+            if g is not None:
+                remove(g)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     stem = args.out or ("out_of_core-quick" if args.quick else "out_of_core")
@@ -290,11 +283,13 @@ def main() -> int:
     return 0
 
 
-def run_cells(args, work: Path, spec_set: tuple, name: str, temp: str, rep: int, group: Path, results: dict) -> None:
+def run_cells(args, work: Path, spec_set: tuple, name: str, temp: str, rep: int, groups: tuple, results: dict) -> None:
     """One repetition of set ``name``: fio's ceilings (cold), then every chosen reader in a fresh process
-    in the cgroup, the page cache dropped (cold) or filled (warm) before each; cells go into ``results``."""
+    in the cgroups (memory; the read throttle if any), the page cache dropped (cold) or filled (warm)
+    before each; cells go into ``results``."""
     import featstore
 
+    group, throttle = groups
     key, _, bs = spec_set
     root = work / "store"
     if key.startswith("../"):
@@ -306,8 +301,8 @@ def run_cells(args, work: Path, spec_set: tuple, name: str, temp: str, rep: int,
     if temp == "cold":
         results["fio_reps"][name].append(
             {
-                "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3),
-                "sequential": fio(fs.path, "read", MIB, 16, 3),
+                "random": fio(fs.path, "randread", -(-fs.row_bytes // 4096) * 4096, QUEUE_DEPTH, 3, throttle),
+                "sequential": fio(fs.path, "read", MIB, 16, 3, throttle),
             }
         )
         results["fio"][name] = median_ceilings(results["fio_reps"][name])
@@ -328,7 +323,7 @@ def run_cells(args, work: Path, spec_set: tuple, name: str, temp: str, rep: int,
             "reader": reader,
             "rep": rep,
             "seconds": args.seconds,
-            "cgroup_procs": str(group / "cgroup.procs"),
+            "cgroup_procs": list(dict.fromkeys(str(g.procs) for g in (group, throttle) if g is not None)),
         }
         t0 = time.time()
         out = subprocess.run(
@@ -409,6 +404,12 @@ def report(results: dict) -> str:
         "(block order where named) for a fixed time; medians over the repetitions.",
         "",
     ]
+    cap = results.get("throttle_bytes_per_s", 0)
+    if cap:
+        lines[-1:-1] = [
+            f"Disk reads capped at {cap / 1e6:,.0f} MB/s for the readers and fio alike (`{results['throttle']}`), "
+            "so cold cells are bound by that steady rate; x cap: bytes of rows delivered per second over the cap.",
+        ]
     for name in dict.fromkeys(c["set"] for c in results["cells"]):
         f = results["fio"].get(name, {})
         row_bytes = next(c["row_bytes"] for c in results["cells"] if c["set"] == name)
@@ -433,8 +434,9 @@ def report(results: dict) -> str:
             )
             + (f" ({rnd.get('error', '')}{seq.get('error', '')})" if "error" in rnd or "error" in seq else ""),
             "",
-            "| reader | path | rows/s | GB/s | private MiB | x fio random | x fio seq | x numpy memmap |",
-            "|---|---|---|---|---|---|---|---|",
+            "| reader | path | rows/s | GB/s | private MiB | x fio random | x fio seq | x numpy memmap |"
+            + (" x cap |" if cap else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if cap else ""),
         ]
         memmap = med.get((name, "numpy memmap"), {}).get("rows_s")
         for reader in FEATSTORE + PEERS:
@@ -448,7 +450,9 @@ def report(results: dict) -> str:
             lines.append(
                 f"| {reader} | {m['read']} | {r:,.0f} | {m['gb_s']:.3f} | {m['private_mib']:.0f} | "
                 f"{r / fio_rows if fio_rows else 0:.2f} | {r / seq_rows if seq_rows else 0:.2f} | "
-                f"{r / memmap if memmap else 0:.1f} |" + (f" ({m['failed']} failed)" if m["failed"] else "")
+                f"{r / memmap if memmap else 0:.1f} |"
+                + (f" {m['gb_s'] * 1e9 / cap:.2f} |" if cap else "")
+                + (f" ({m['failed']} failed)" if m["failed"] else "")
             )
         lines.append("")
     lines += compact_ratios(med, results["cells"])
