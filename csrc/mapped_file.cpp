@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -68,16 +69,33 @@ void MappedFile::advise(std::int64_t offset, std::int64_t length, const std::str
     else
         throw std::invalid_argument("unknown advice '" + advice +
                                     "', expected one of normal, random, sequential, willneed, dontneed");
-    const auto size = static_cast<std::int64_t>(size_);
-    if (offset < 0 || length < 0 || offset > size || length > size - offset)
-        throw std::invalid_argument("advise range offset=" + std::to_string(offset) + " length=" +
-                                    std::to_string(length) + " is outside the file of " +
-                                    std::to_string(size) + " bytes");
+    check_range(offset, length, "advise");
     if (!mapped_ || length == 0) return;
     static const std::int64_t page = ::sysconf(_SC_PAGESIZE);
     const std::int64_t start = offset / page * page;
     if (::madvise(data_ + start, static_cast<std::size_t>(offset + length - start), adv) != 0)
         throw_errno(errno, path_);
+}
+
+void MappedFile::check_range(std::int64_t offset, std::int64_t length, const char* what) const {
+    const auto size = static_cast<std::int64_t>(size_);
+    if (offset < 0 || length < 0 || offset > size || length > size - offset)
+        throw std::invalid_argument(std::string(what) + " range offset=" + std::to_string(offset) + " length=" +
+                                    std::to_string(length) + " is outside the file of " +
+                                    std::to_string(size) + " bytes");
+}
+
+std::size_t MappedFile::resident_pages(std::int64_t offset, std::int64_t length) const {
+    check_range(offset, length, "resident_pages");
+    if (!mapped_ || length == 0) return 0;
+    static const std::int64_t page = ::sysconf(_SC_PAGESIZE);
+    const std::int64_t start = offset / page * page;
+    const auto bytes = static_cast<std::size_t>(offset + length - start);
+    std::vector<unsigned char> vec((bytes + page - 1) / page);
+    if (::mincore(data_ + start, bytes, vec.data()) != 0) throw_errno(errno, path_);
+    std::size_t resident = 0;
+    for (const unsigned char v : vec) resident += v & 1;
+    return resident;
 }
 
 }  // namespace featstore

@@ -42,7 +42,14 @@ public:
     // madvise fails. "dontneed" drops this mapping's private (copied-on-write) pages.
     void advise(std::int64_t offset, std::int64_t length, const std::string& advice);
 
+    // How many pages of [offset, offset+length) (offset rounded down to the page) are in memory now,
+    // by mincore(2): the file's pages in the page cache, or this mapping's private copies. Same range
+    // rules and errors as advise. Python samples a big file with it (featstore.store.memory).
+    std::size_t resident_pages(std::int64_t offset, std::int64_t length) const;
+
 private:
+    void check_range(std::int64_t offset, std::int64_t length, const char* what) const;
+
     std::string path_;
     std::size_t size_ = 0;
     std::uint8_t* data_ = nullptr;

@@ -202,6 +202,18 @@ A 0-byte file gives an empty buffer.)doc")
 advice: "normal", "random", "sequential", "willneed" or "dontneed". The range must lie within the
 file (else ValueError). Note: on this MAP_PRIVATE mapping "dontneed" discards privately written
 (copy-on-write) pages; views then read the file's contents again.)doc")
+        .def(
+            "resident_pages",
+            [](const MappedFile& f, std::int64_t offset, std::int64_t length) {
+                py::gil_scoped_release nogil;
+                return f.resident_pages(offset, length);
+            },
+            py::arg("offset"), py::arg("length"),
+            R"doc(How many pages of [offset, offset+length) are in memory now (mincore(2)); offset is rounded
+down to the page.
+
+The file's pages in the page cache count, whoever read them, and so do this mapping's private
+copies. The range must lie within the file (else ValueError).)doc")
         .def("__repr__", [](const MappedFile& f) {
             return "<featstore._core.MappedFile path=" + std::string(py::repr(fsdecode(f.path()))) +
                    " size=" + std::to_string(f.size()) + ">";

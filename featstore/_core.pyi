@@ -24,6 +24,8 @@ class MappedFile:
         self, offset: int, length: int, advice: Literal["normal", "random", "sequential", "willneed", "dontneed"]
     ) -> None:
         """madvise(2) on [offset, offset+length), offset rounded down to the page (ValueError outside the file)."""
+    def resident_pages(self, offset: int, length: int) -> int:
+        """How many pages of [offset, offset+length) are in memory now (mincore(2); ValueError outside the file)."""
     def __repr__(self) -> str:
         """``<featstore._core.MappedFile path=... size=...>``."""
     def __buffer__(self, flags: int, /) -> memoryview:

@@ -22,7 +22,7 @@ from ..distributed import resolve_ranks, shard_order
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
 from ..store import FeatureSet
-from ..store.memory import choose_read, memory_facts
+from ..store.memory import choose_read_for
 from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler, RecyclingBuffers
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
@@ -64,8 +64,9 @@ class BatchLoader:
     "pinned", with ``cache_share`` the fraction of free GPU memory a device cache may take (default
     $FEATSTORE_DEVICE_CACHE_SHARE or 0.5); see featstore.batches.device_paths. ``read`` picks how rows
     leave the files on the CPU and pinned paths: "mmap" (the mapping), "direct" (preadv straight into
-    the batch, for sets larger than memory) or "auto" (default: mmap when the sets fit in the memory
-    this process may use, featstore.store.memory). ``order``: "random" (default, a uniform
+    the batch, for sets larger than memory) or "auto" (default: mmap when what of the sets is not in the
+    page cache already fits in the memory this process may use, featstore.store.memory; checked again
+    each epoch when it rests on cached pages). ``order``: "random" (default, a uniform
     permutation) or "block" (quasi-random for sets larger than memory, featstore.batches.orders:
     blocks of ``block_bytes`` of rows shuffled, then rows within windows of ``window_blocks``
     blocks). ``info`` says which paths run and why.
@@ -155,13 +156,16 @@ class BatchLoader:
         return info
 
     def _choose_read(self, read: str) -> str:
-        """The read path of the CPU and pinned assemblers (the device and uva paths read the mapping)."""
-        set_bytes = sum(fs.nbytes for fs in self.sets.values())
-        choice = choose_read(read, set_bytes, memory_facts())
+        """The read path of the CPU and pinned assemblers (the device and uva paths read the mapping).
+        A choice that rests on pages already in memory (auto's mmap for sets larger than the memory
+        allowed) is made again at each epoch's start, in case they have gone."""
+        choice = choose_read_for(read, self.sets.values())
+        self._read_again = choice.fragile
         if self.info["path"] in ("device", "uva"):
             if read == "direct":
                 raise ValueError(f"read='direct' needs the CPU or pinned path, but cache={self.info['path']!r} runs")
             self.info.update(read="mmap", read_why=f"the {self.info['path']!r} path reads the sets' mapped pages")
+            self._read_again = False
             return "mmap"
         self.info.update(read=choice.path, read_why=choice.why)
         if choice.path == "direct":
@@ -232,6 +236,8 @@ class BatchLoader:
         return order
 
     def __iter__(self) -> Iterator[Batch]:
+        if self._read_again:
+            self.read = self._choose_read("auto")
         order = self._take_order(self.epoch)
         self.epoch += 1
         bs = self.batch_size

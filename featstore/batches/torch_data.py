@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..indexing import normalize_rows
 from ..store import FeatureSet
-from ..store.memory import choose_read, memory_facts
+from ..store.memory import choose_read_for
 
 
 class FeatureDataset(Dataset):
@@ -35,8 +35,7 @@ class FeatureDataset(Dataset):
         self.sets = list(sets)
         self.with_labels = labels and any(fs.labels is not None for fs in sets)
         self._label_set = next((fs for fs in sets if fs.labels is not None), None)
-        total = sum(fs.nbytes for fs in sets)
-        self.read_choice = choose_read(read, total, memory_facts())
+        self.read_choice = choose_read_for(read, sets)
         self.read = self.read_choice.path
 
     def __len__(self) -> int:

@@ -24,7 +24,7 @@ from .direct import DirectReader, RowDecode
 from .header import FILE_FORMAT_VERSION
 from .manifest import MANIFEST_NAME, Manifest
 from .members import checked_header
-from .memory import READ_MODES, choose_read, memory_facts
+from .memory import READ_MODES, choose_read_for, sampled_residency
 from .pt_io import write_pt
 from .quant import LOGICAL_DTYPES, Quant, group_elems, scales_shape
 from .record import FeatureSetRecord
@@ -189,6 +189,11 @@ class FeatureSet:
         if self.nbytes:
             self.mapped_file.advise(self.header.data_start, self.nbytes, advice)
 
+    def resident_bytes(self) -> int:
+        """About how many bytes of the feature data are in memory now (the page cache, whoever read them):
+        ``mincore`` on a sample of its pages (featstore.store.memory.sampled_residency)."""
+        return sampled_residency(self.mapped_file.resident_pages, self.header.data_start, self.nbytes)
+
     # ---- reading rows -----------------------------------------------------------------------
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, tuple):
@@ -229,13 +234,14 @@ class FeatureSet:
 
     def read_path(self, read: str = "auto") -> str:
         """The path ``read`` means for this set: "mmap" or "direct" as asked; "auto" is "mmap" when the
-        set fits in the memory this process may use, else "direct" (decided once per set)."""
+        part of the set not in memory already fits in the memory this process may use, else "direct"
+        (decided once per set)."""
         if read != "auto":
             if read not in READ_MODES:
                 raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
             return read
         if self._auto_read is None:
-            self._auto_read = choose_read("auto", self.nbytes, memory_facts()).path
+            self._auto_read = choose_read_for("auto", [self]).path
         return self._auto_read
 
     def _gather_checked(

@@ -9,20 +9,25 @@ The memory this process may use is the tightest of
 
 - the memory cgroup's limit (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, the smallest
   along the process's cgroup path, found through ``/proc/self/cgroup`` and ``/proc/self/mountinfo``),
-  less what this process already holds resident (its heap and the file pages it has mapped);
+  less the private memory this process already holds (its heap: ``RssAnon`` + ``RssShmem``; file
+  pages are reclaimable page cache, and the sets' own are counted as resident below);
 - the RAM available now (``MemAvailable`` of ``/proc/meminfo``, which already leaves out what this
   and every other process holds).
 
-:func:`usable_bytes` and :func:`choose_read` are pure functions of those facts (tested without a
-cgroup); :func:`memory_facts` reads them on this machine.
+What the sets need of it is what is not in memory already: pages in the page cache, whoever read
+them, cost a mapping nothing new (a file read by an earlier job on the node, or by a process outside
+this cgroup). :func:`sampled_residency` estimates that share with ``mincore`` on a sample of pages.
+
+:func:`usable_bytes`, :func:`sampled_residency` and :func:`choose_read` are pure functions of those
+facts (tested without a cgroup); :func:`memory_facts` reads them on this machine.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 READ_MODES = ("auto", "mmap", "direct")
 # cgroup v1 writes "no limit" as the largest page-aligned counter (2**63 - 4096 on 4 KiB pages).
@@ -35,7 +40,7 @@ class MemoryFacts(NamedTuple):
     cgroup_limit: int | None  # the tightest memory cgroup limit on this process, bytes
     cgroup_file: str  # the file it came from ("" when there is none)
     available: int | None  # MemAvailable, bytes
-    resident: int  # this process's resident set (VmRSS), bytes
+    resident: int  # this process's private resident memory (RssAnon + RssShmem, else VmRSS), bytes
 
     @property
     def usable(self) -> int | None:
@@ -43,10 +48,12 @@ class MemoryFacts(NamedTuple):
 
 
 class ReadChoice(NamedTuple):
-    """The read path ("mmap" or "direct") and a sentence saying why."""
+    """The read path ("mmap" or "direct"), a sentence saying why, and whether the choice rests on pages
+    being in memory already (``fragile``: it holds only while they stay, so a loader checks it again)."""
 
     path: str
     why: str
+    fragile: bool = False
 
 
 def usable_bytes(cgroup_limit: int | None, available: int | None, resident: int) -> int | None:
@@ -64,10 +71,36 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def choose_read(read: str, set_bytes: int, facts: MemoryFacts) -> ReadChoice:
+def sampled_residency(
+    count_resident: Callable[[int, int], int],
+    start: int,
+    nbytes: int,
+    page: int = 4096,
+    max_pages: int = 16384,
+    run_pages: int = 64,
+) -> int:
+    """Bytes of [start, start + nbytes) in memory, estimated from ``count_resident(offset, length)``
+    (pages resident in that range; a MappedFile's ``resident_pages``): every page when there are at
+    most ``max_pages``, else ``max_pages // run_pages`` runs of ``run_pages`` pages spread evenly."""
+    if nbytes <= 0:
+        return 0
+    first = start - start % page
+    pages = -(-(start + nbytes - first) // page)
+    if pages <= max_pages:
+        return min(nbytes, count_resident(first, start + nbytes - first) * page)
+    runs = max(1, max_pages // run_pages)
+    hit = 0
+    for r in range(runs):
+        at = first + (r * (pages - run_pages) // max(1, runs - 1)) * page
+        hit += count_resident(at, min(run_pages * page, start + nbytes - at))
+    return min(nbytes, int(nbytes * hit / (runs * run_pages)))
+
+
+def choose_read(read: str, set_bytes: int, facts: MemoryFacts, resident: Callable[[], int] | None = None) -> ReadChoice:
     """The read path for ``read`` ("auto", "mmap" or "direct") and sets of ``set_bytes`` in all:
-    auto is "mmap" when they fit in :func:`usable_bytes` (or nothing says how much memory there
-    is), else "direct"."""
+    auto is "mmap" when what is not in memory yet fits in :func:`usable_bytes` (or nothing says how
+    much memory there is), else "direct". ``resident()`` gives the sets' bytes in memory now; it is
+    asked only when the whole sets do not fit."""
     if read not in READ_MODES:
         raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
     if read != "auto":
@@ -76,7 +109,7 @@ def choose_read(read: str, set_bytes: int, facts: MemoryFacts) -> ReadChoice:
     if usable is None:
         return ReadChoice("mmap", "auto: no memory limit or available RAM is known here; mmap")
     limit = (
-        f"the cgroup limit {_mb(facts.cgroup_limit)} ({facts.cgroup_file}) less {_mb(facts.resident)} resident, "
+        f"the cgroup limit {_mb(facts.cgroup_limit)} ({facts.cgroup_file}) less {_mb(facts.resident)} private, "
         if facts.cgroup_limit is not None
         else ""
     )
@@ -84,7 +117,31 @@ def choose_read(read: str, set_bytes: int, facts: MemoryFacts) -> ReadChoice:
     where = f"{_mb(usable)} this process may use ({limit}{avail})"
     if set_bytes <= usable:
         return ReadChoice("mmap", f"auto: the sets ({_mb(set_bytes)}) fit in {where}; mmap")
-    return ReadChoice("direct", f"auto: the sets ({_mb(set_bytes)}) exceed {where}; direct reads")
+    held = min(set_bytes, max(0, resident())) if resident is not None else 0
+    if held and set_bytes - held <= usable:
+        return ReadChoice(
+            "mmap",
+            f"auto: the sets ({_mb(set_bytes)}) exceed {where}, but {_mb(held)} of them are in memory "
+            f"already and the {_mb(set_bytes - held)} left fit; mmap while they stay",
+            fragile=True,
+        )
+    cached = f" ({_mb(held)} of them in memory already)" if held else ""
+    return ReadChoice("direct", f"auto: the sets ({_mb(set_bytes)}){cached} exceed {where}; direct reads")
+
+
+class _Measured(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+    def resident_bytes(self) -> int: ...
+
+
+def choose_read_for(read: str, sets: Iterable[_Measured], facts: MemoryFacts | None = None) -> ReadChoice:
+    """:func:`choose_read` for feature sets (anything with ``nbytes`` and ``resident_bytes()``), on
+    this machine's :func:`memory_facts` unless ``facts`` are given."""
+    sets = list(sets)
+    total = sum(fs.nbytes for fs in sets)
+    return choose_read(read, total, facts or memory_facts(), lambda: sum(fs.resident_bytes() for fs in sets))
 
 
 # ---- reading the facts ----------------------------------------------------------------------
@@ -175,8 +232,10 @@ def memory_facts(proc: Path = Path("/proc")) -> MemoryFacts:
     """The facts on this machine (files that cannot be read count as "not known")."""
     limit, source = cgroup_limit(_read(proc / "self/cgroup") or "", _read(proc / "self/mountinfo") or "", _read)
     available = meminfo_field(_read(proc / "meminfo") or "", "MemAvailable")
-    resident = meminfo_field(_read(proc / "self/status") or "", "VmRSS") or 0
-    return MemoryFacts(limit, source, available, resident)
+    status = _read(proc / "self/status") or ""
+    anon, shmem = meminfo_field(status, "RssAnon"), meminfo_field(status, "RssShmem")
+    private = anon + (shmem or 0) if anon is not None else meminfo_field(status, "VmRSS") or 0
+    return MemoryFacts(limit, source, available, private)
 
 
 def physical_ram(proc: Path = Path("/proc")) -> int | None:

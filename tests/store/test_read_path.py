@@ -190,7 +190,7 @@ def test_a_namespaced_mount_root_is_stripped():
 def test_usable_bytes_and_the_auto_choice():
     gib = 2**30
     assert memory.usable_bytes(None, None, 5) is None
-    assert memory.usable_bytes(4 * gib, 10 * gib, gib) == 3 * gib  # the cgroup binds, less what is resident
+    assert memory.usable_bytes(4 * gib, 10 * gib, gib) == 3 * gib  # the cgroup binds, less the private memory held
     assert memory.usable_bytes(None, 2 * gib, gib) == 2 * gib  # MemAvailable already leaves out what we hold
     assert memory.usable_bytes(gib, 10 * gib, 2 * gib) == 0
     facts = memory.MemoryFacts(4 * gib, "/cg/memory.max", 10 * gib, gib)
@@ -198,7 +198,7 @@ def test_usable_bytes_and_the_auto_choice():
     assert fits.path == "mmap" and "fit in 3072.0 MiB" in fits.why and "/cg/memory.max" in fits.why
     big = memory.choose_read("auto", 3 * gib + 1, facts)
     assert big.path == "direct" and "exceed" in big.why
-    assert memory.choose_read("mmap", 100 * gib, facts) == ("mmap", "read='mmap' requested")
+    assert memory.choose_read("mmap", 100 * gib, facts) == ("mmap", "read='mmap' requested", False)
     assert memory.choose_read("auto", 100 * gib, memory.MemoryFacts(None, "", None, 0)).path == "mmap"
     with pytest.raises(ValueError, match="read must be one of"):
         memory.choose_read("fast", 1, facts)
@@ -225,34 +225,123 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 @pytest.mark.skipif(
     os.geteuid() != 0 or not (CGROUP_V1 / "cgroup.procs").exists(), reason="needs root and cgroup v1 memory"
 )
-def test_inside_a_memory_cgroup_auto_reads_direct(tmp_path):
-    """A child process in a 64 MiB cgroup sees the limit, auto picks direct for a 100 MiB set, and every
-    row arrives without an OOM kill. (The child joins after importing torch: v1 leaves the memory it
-    holds charged where it was.)"""
+def test_inside_a_memory_cgroup_auto_reads_direct_unless_the_set_is_cached(tmp_path):
+    """A child process in a 64 MiB cgroup sees the limit. For a 100 MiB set out of the page cache auto
+    picks direct; for the same set cached by this process (charged outside the cgroup) it picks mmap.
+    Either way every row arrives without an OOM kill. (The child joins after importing torch: v1
+    leaves the memory it holds charged where it was.)"""
     import subprocess
     import sys
 
     store = FeatureStore.create(tmp_path / "s")
     with store.create_feature_set("big/x", 25_600, (1024,), "float32") as w:  # 100 MiB
         w.write(0, np.ones((25_600, 1024), np.float32))
+    fs = FeatureStore.open(tmp_path / "s")["big/x"]
     own = Path(Path("/proc/self/cgroup").read_text().split("memory:", 1)[1].split("\n", 1)[0].lstrip("/"))
     group = CGROUP_V1 / own / f"featstore-test-{os.getpid()}"
     group.mkdir()
+    script = (
+        "import os, sys, featstore; open(sys.argv[2] + '/cgroup.procs', 'w').write(str(os.getpid()));"
+        "fs = featstore.FeatureStore.open(sys.argv[1])['big/x'];"
+        "from featstore.store import memory; f = memory.memory_facts();"
+        "x = fs.batches(512, shuffle=False); print(f.cgroup_limit, x.info['read']);"
+        "print(sum(float(b.features.sum()) for b in x))"
+    )
     try:
         (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
-        script = (
-            "import os, sys, featstore; open(sys.argv[2] + '/cgroup.procs', 'w').write(str(os.getpid()));"
-            "fs = featstore.FeatureStore.open(sys.argv[1])['big/x'];"
-            "from featstore.store import memory; f = memory.memory_facts();"
-            "x = fs.batches(512, shuffle=False); print(f.cgroup_limit, x.info['read']);"
-            "print(sum(float(b.features.sum()) for b in x))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", script, str(tmp_path / "s"), str(group)], capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        limit, path = out.stdout.split("\n")[0].split()
-        assert int(limit) == 64 * 2**20 and path == "direct"
-        assert float(out.stdout.split("\n")[1]) == 25_600 * 1024
+        for cached, expected in ((False, "direct"), (True, "mmap")):
+            _drop_cache(fs.path)
+            if cached:
+                with open(fs.path, "rb") as f:
+                    while f.read(1 << 24):
+                        pass
+            out = subprocess.run(
+                [sys.executable, "-c", script, str(tmp_path / "s"), str(group)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert out.returncode == 0, out.stderr
+            limit, path = out.stdout.split("\n")[0].split()
+            assert int(limit) == 64 * 2**20 and path == expected
+            assert float(out.stdout.split("\n")[1]) == 25_600 * 1024
     finally:
         group.rmdir()
+
+
+def test_sampled_residency_counts_every_page_of_a_small_range_and_samples_a_big_one():
+    page = 4096
+    calls = []
+
+    def half_resident(offset, length):  # even pages in memory, odd ones not
+        calls.append((offset, length))
+        assert offset % page == 0 and length > 0 and offset + length <= 10 + 70_000 * page
+        return sum(1 for p in range(offset // page, -(-(offset + length) // page)) if p % 2 == 0)
+
+    assert memory.sampled_residency(half_resident, 10, 0) == 0 and calls == []
+    small = memory.sampled_residency(half_resident, 10, 100 * page)  # 101 pages: one call over all
+    assert calls == [(0, 10 + 100 * page)] and small == 51 * page
+    calls.clear()
+    big = memory.sampled_residency(half_resident, 10, 70_000 * page, max_pages=16_384, run_pages=64)
+    assert len(calls) == 256 and calls[0][0] == 0 and calls[-1][0] + calls[-1][1] == 10 + 70_000 * page
+    assert abs(big / (70_000 * page) - 0.5) < 0.01  # the runs' share, scaled to the range
+
+
+def test_auto_reads_cached_sets_larger_than_the_limit_through_the_mapping():
+    gib = 2**30
+    facts = memory.MemoryFacts(gib, "/cg/memory.max", 10 * gib, 0)
+    asked = []
+
+    def resident(n):
+        return lambda: asked.append(n) or n
+
+    assert memory.choose_read("auto", gib // 2, facts, resident(0)) == (
+        "mmap",
+        "auto: the sets (512.0 MiB) fit in 1024.0 MiB this process may use (the cgroup limit 1024.0 MiB "
+        "(/cg/memory.max) less 0.0 MiB private, 10240.0 MiB available RAM); mmap",
+        False,
+    )
+    assert asked == []  # residency is measured only when the sets do not fit
+    cached = memory.choose_read("auto", 3 * gib, facts, resident(5 * gib // 2))
+    assert cached.path == "mmap" and cached.fragile
+    assert "2560.0 MiB of them are in memory already and the 512.0 MiB left fit" in cached.why
+    partly = memory.choose_read("auto", 3 * gib, facts, resident(gib))
+    assert partly.path == "direct" and not partly.fragile and "(1024.0 MiB of them in memory already)" in partly.why
+    assert memory.choose_read("auto", 3 * gib, facts, resident(0)).why.startswith("auto: the sets (3072.0 MiB) exceed")
+
+
+def _drop_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_resident_pages_sees_what_was_read(tmp_path, backend):
+    from featstore import _backend
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(64 * 4096 + 100))
+    _drop_cache(path)
+    mf = _backend.MappedFile(str(path))
+    assert mf.resident_pages(0, mf.size) == 0
+    view = np.frombuffer(mf, np.uint8)
+    int(view[5 * 4096 : 9 * 4096 : 512].sum())  # faults in pages 5-8 (read-around may bring a few more)
+    assert mf.resident_pages(0, mf.size) >= 4 and mf.resident_pages(5 * 4096 + 7, 4 * 4096 - 7) == 4
+    assert mf.resident_pages(mf.size, 0) == 0
+    with pytest.raises(ValueError, match=r"resident_pages range offset=0 length=262245 is outside the file"):
+        mf.resident_pages(0, mf.size + 1)
+
+
+def test_a_loader_whose_sets_are_cached_reads_mmap_and_chooses_again_each_epoch(stored, monkeypatch):
+    fs, data = stored
+    float(fs.to_torch().float().sum())  # every page in memory
+    monkeypatch.setattr(memory, "memory_facts", lambda: memory.MemoryFacts(1, "/cg/memory.max", 2**34, 0))
+    loader = fs.batches(64, shuffle=False, labels=False)
+    assert loader.info["read"] == "mmap" and "in memory already" in loader.info["read_why"]
+    assert torch.equal(torch.cat([b.features for b in loader]), data)
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages have gone
+    assert torch.equal(torch.cat([b.features for b in loader]), data)
+    assert loader.info["read"] == "direct" and "exceed" in loader.info["read_why"]
