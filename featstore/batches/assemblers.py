@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import _backend
 from ..store import FeatureSet
 from .block_reader import reader
 
@@ -102,11 +103,21 @@ class CpuAssembler:
             out = self.buffers[key].take(len(idx))
             read(idx, out)
             feats[key] = out
-        labels = torch.from_numpy(self.spec.labels[idx]) if self.spec.labels is not None else None
+        labels = None
+        if self.spec.labels is not None:
+            labels = torch.from_numpy(gather_labels(self.spec.labels, idx, np.empty(len(idx), np.int64)))
         return Batch(self.spec.features(feats), labels, torch.from_numpy(idx))
 
     def finish(self, batch: Batch) -> Batch:
         return batch
+
+
+def gather_labels(labels: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``labels[idx]`` into ``out`` (int64) by the compiled gather: it prefetches the rows far ahead
+    and splits big batches across threads, 2-3x numpy's fancy indexing beside the feature gathers
+    (each label is a cache miss once those have gone through the caches)."""
+    _backend.gather(labels, 8, idx, out)
+    return out
 
 
 class PinnedAssembler:
@@ -144,7 +155,7 @@ class PinnedAssembler:
         host_labels = None
         if self.spec.labels is not None:
             host_labels = self.host_labels[slot][:n]
-            host_labels.numpy()[:] = self.spec.labels[idx]
+            gather_labels(self.spec.labels, idx, host_labels.numpy())
         with torch.cuda.stream(self.stream):
             dev = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device) for k, t in host.items()}
             for k, t in host.items():
