@@ -135,8 +135,7 @@ class Rows:
         n = sum(len(c) for c in self.xs)
         x = torch.empty(n, self.dim, dtype=f64, device=self.device)
         at = 0
-        while self.xs:  # float64 rows, each chunk let go as it is copied (a plain copy_: 5x a mixed-type op)
-            chunk = self.xs.pop(0)
+        for chunk in self.xs:  # float64 rows (a plain copy_: 5x faster than a mixed-type subtract)
             x[at : at + len(chunk)].copy_(chunk)
             at += len(chunk)
         mx = x.mean(0)
