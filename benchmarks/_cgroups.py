@@ -35,8 +35,10 @@ def _own_path(controller: str) -> tuple[str | None, str | None]:
     return v1, v2
 
 
-def _make(v1_controller: str, v2_controller: str, name: str, v1_file: str, v2_file: str, v1_value: str,
-          v2_value: str) -> Group | str:  # fmt: skip
+def _make(controllers: tuple[str, str], name: str, files: tuple[str, str], values: tuple[str, str]) -> Group | str:
+    """A fresh group ``name`` under this process's own: cgroup v1 (the first of each pair) where that
+    controller is mounted, else v2 (the second); its limit file written, or why not."""
+    (v1_controller, v2_controller), (v1_file, v2_file), (v1_value, v2_value) = controllers, files, values
     if os.geteuid() != 0:
         return "not root: a cgroup cannot be made (run it with sudo)"
     v1_own, v2_own = _own_path(v1_controller)
@@ -60,7 +62,7 @@ def memory_group(limit: int) -> Group | str:
     """A fresh memory cgroup limited to ``limit`` bytes (v1 ``memory.limit_in_bytes``, else v2
     ``memory.max``), or why not."""
     name = f"featstore-bench-{os.getpid()}"
-    return _make("memory", "memory", name, "memory.limit_in_bytes", "memory.max", str(limit), str(limit))
+    return _make(("memory", "memory"), name, ("memory.limit_in_bytes", "memory.max"), (str(limit), str(limit)))
 
 
 def disk_of(path: Path) -> str:
@@ -86,8 +88,8 @@ def read_throttle(path: Path, bytes_per_s: int, memory: Group) -> Group | str:
             return f"the v2 group {memory.path} takes no io.max ({e.strerror}): enable the io controller"
         return Group(memory.path, "io.max")
     name = f"featstore-bench-io-{os.getpid()}"
-    return _make("blkio", "io", name, "blkio.throttle.read_bps_device", "io.max", f"{disk} {bytes_per_s}",
-                 f"{disk} rbps={bytes_per_s}")  # fmt: skip
+    files = ("blkio.throttle.read_bps_device", "io.max")
+    return _make(("blkio", "io"), name, files, (f"{disk} {bytes_per_s}", f"{disk} rbps={bytes_per_s}"))
 
 
 def remove(group: Group) -> None:

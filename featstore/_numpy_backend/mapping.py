@@ -13,6 +13,8 @@ import numpy as np
 
 __all__ = ["MappedFile"]
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # mincore(2), which Python's mmap does not offer
+
 _ADVICE = {
     "normal": mmap.MADV_NORMAL,
     "random": mmap.MADV_RANDOM,
@@ -92,8 +94,7 @@ class MappedFile(mmap.mmap):
         vec = (ctypes.c_ubyte * -(-(offset + length - start) // mmap.PAGESIZE))()
         anchor = ctypes.c_char.from_buffer(self)  # the mapping's address; released before returning
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.mincore(
+            if _LIBC.mincore(
                 ctypes.c_void_p(ctypes.addressof(anchor) + start), ctypes.c_size_t(offset + length - start), vec
             ):
                 err = ctypes.get_errno()
