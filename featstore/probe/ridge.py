@@ -159,10 +159,14 @@ def _gram_matrix(x: torch.Tensor) -> torch.Tensor:
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b in float64: through NumPy on the CPU (its OpenBLAS runs float64 about twice as fast as torch's
-    kernels here; measured in docs/probes.md), else torch."""
+    """a @ b in float64: on the CPU through SciPy's BLAS ``dgemm``, the library that also runs ``dsyrk`` and
+    ``dsytrd`` here (torch's float64 matmul is about half as fast; NumPy's own OpenBLAS is as fast alone,
+    but its idle threads then compete with SciPy's: the demo's ridge took 7.11 s against 6.40 s, medians of
+    5, ``docs/probes.md``), else torch."""
     if a.device.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(a.numpy() @ b.numpy()))
+        from scipy.linalg import blas
+
+        return torch.from_numpy(np.ascontiguousarray(blas.dgemm(1.0, a.numpy(), b.numpy())))
     return a @ b
 
 

@@ -345,3 +345,20 @@ def test_a_loader_whose_sets_are_cached_reads_mmap_and_chooses_again_each_epoch(
     monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages have gone
     assert torch.equal(torch.cat([b.features for b in loader]), data)
     assert loader.info["read"] == "direct" and "exceed" in loader.info["read_why"]
+
+
+def test_gather_makes_a_cached_choice_again_once_it_is_old(tmp_path, monkeypatch):
+    from featstore.store import feature_set
+
+    store, data, _ = make_store(tmp_path, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
+    fs = store["enc/layer_1"]
+    float(fs.to_torch().float().sum())  # every page in memory
+    monkeypatch.setattr(memory, "memory_facts", lambda: memory.MemoryFacts(1, "/cg/memory.max", 2**34, 0))
+    assert fs.read_path("auto") == "mmap"
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages have gone
+    assert fs.read_path("auto") == "mmap"  # a fresh choice holds
+    monkeypatch.setattr(feature_set, "AUTO_RECHECK_S", -1.0)  # ... until it is old
+    assert fs.read_path("auto") == "direct"
+    assert torch.equal(fs.gather(np.arange(len(fs))), data)
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: fs.nbytes)
+    assert fs.read_path("auto") == "direct"  # a choice not resting on cached pages is not made again
