@@ -16,7 +16,8 @@ import torch
 
 from .. import _backend
 from ..store import FeatureSet
-from .block_reader import reader
+from ..store.memory import AutoRead
+from .block_reader import Read, reader
 
 
 class Batch(NamedTuple):
@@ -41,6 +42,14 @@ class BatchSpec:
     block_rows: int = 0  # the block order's rows per block (0: another order)
     window_blocks: int = 0
     plan: list[np.ndarray] | None = None  # the epoch's batches, in order (for reading ahead)
+    auto: AutoRead | None = None  # read="auto" chose mmap on cached pages: asked again as the epoch runs
+
+    def readers(self) -> dict[str, Read]:
+        """Each set's function that fills a batch buffer with its rows (key -> ``read(idx, out)``)."""
+        return {
+            k: reader(fs, self.read, self.block_rows, self.window_blocks, self.plan, self.auto)
+            for k, fs in self.sets.items()
+        }
 
     def features(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
         """The ``features`` field of a batch made of ``tensors`` (key -> tensor)."""
@@ -93,9 +102,7 @@ class CpuAssembler:
         self.buffers = buffers or {
             k: RecyclingBuffers(fs.row_shape, fs.dtype, spec.batch_size, limit) for k, fs in spec.sets.items()
         }
-        self.readers = {
-            k: reader(fs, spec.read, spec.block_rows, spec.window_blocks, spec.plan) for k, fs in spec.sets.items()
-        }
+        self.readers = spec.readers()
 
     def assemble(self, idx: np.ndarray) -> Batch:
         feats = {}
@@ -137,9 +144,7 @@ class PinnedAssembler:
         self.host_labels = [torch.empty(bs, dtype=torch.int64, pin_memory=True) for _ in range(n_slots)]
         self.copied: list[torch.cuda.Event | None] = [None] * n_slots
         self.next_slot = 0
-        self.readers = {
-            k: reader(fs, spec.read, spec.block_rows, spec.window_blocks, spec.plan) for k, fs in spec.sets.items()
-        }
+        self.readers = spec.readers()
 
     def assemble(self, idx: np.ndarray) -> tuple[Batch, torch.cuda.Event]:
         slot = self.next_slot

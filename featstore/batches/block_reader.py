@@ -26,6 +26,7 @@ from .. import _backend
 from .._dtypes import byte_view
 from ..store import FeatureSet
 from ..store.direct import MIN_PIECE_BYTES, PAGE, aligned_buffer
+from ..store.memory import AutoRead
 from . import threads
 
 Read = Callable[[np.ndarray, torch.Tensor], None]
@@ -226,11 +227,19 @@ def _stop(state: _Ahead) -> None:
 
 
 def reader(
-    fs: FeatureSet, read: str, block_rows: int = 0, window_blocks: int = 0, plan: list[np.ndarray] | None = None
+    fs: FeatureSet,
+    read: str,
+    block_rows: int = 0,
+    window_blocks: int = 0,
+    plan: list[np.ndarray] | None = None,
+    auto: AutoRead | None = None,
 ) -> Read:
     """The function that fills a batch buffer with rows of ``fs``: read "mmap" or "direct"; with
     ``block_rows`` (the block order) and "direct", through a :class:`BlockReadAhead` when the epoch's
-    batches (``plan``) are known, else a :class:`BlockCache`."""
+    batches (``plan``) are known, else a :class:`BlockCache`. ``auto``: an mmap choice that rests on
+    cached pages, asked before each batch (it turns direct within a second of the pages going)."""
+    if auto is not None:
+        return lambda idx, out: fs.gather_into(idx, out, read=auto.path())
     if read == "direct" and block_rows:  # blocks hold the stored rows (a quantised set's codes)
         if plan is not None:
             return BlockReadAhead(fs, block_rows, 2 * window_blocks + 2, plan).read

@@ -22,7 +22,7 @@ from ..distributed import resolve_ranks, shard_order
 from ..errors import CudaUnavailableError
 from ..indexing import normalize_rows
 from ..store import FeatureSet
-from ..store.memory import choose_read_for
+from ..store.memory import AutoRead, ReadChoice, choose_read_for
 from . import cuda
 from .assemblers import Batch, BatchSpec, CpuAssembler, PinnedAssembler, RecyclingBuffers
 from .device_assemblers import DeviceCacheAssembler, UvaAssembler
@@ -158,8 +158,10 @@ class BatchLoader:
     def _choose_read(self, read: str) -> str:
         """The read path of the CPU and pinned assemblers (the device and uva paths read the mapping).
         A choice that rests on pages already in memory (auto's mmap for sets larger than the memory
-        allowed) is made again at each epoch's start, in case they have gone."""
+        allowed) is made again at each epoch's start, in case they have gone, and within an epoch
+        about once a second (:class:`AutoRead`): the rest of the epoch reads directly once they have."""
         choice = choose_read_for(read, self.sets.values())
+        self._read_choice = choice
         self._read_again = choice.fragile
         if self.info["path"] in ("device", "uva"):
             if read == "direct":
@@ -171,6 +173,12 @@ class BatchLoader:
         if choice.path == "direct":
             self.info["io_engine"] = _backend.io_engine()  # io_uring, or the thread pool and why
         return choice.path
+
+    def _read_turned(self, choice: ReadChoice) -> None:
+        """An epoch's cached pages have gone (:class:`AutoRead`): say so, as the rest of it reads directly."""
+        self.info.update(read=choice.path, read_why=f"{choice.why} (chosen again during the epoch)")
+        if choice.path == "direct":
+            self.info["io_engine"] = _backend.io_engine()
 
     def _check_order(self, order: str, block_bytes: int, window_blocks: int) -> tuple[str, int, int]:
         if order not in ORDERS:
@@ -258,6 +266,12 @@ class BatchLoader:
         )
         yield from prefetched(chunks, make.assemble, make.finish, self.prefetch + 1, concurrent)
 
+    def _auto_read(self) -> AutoRead | None:
+        """For an mmap choice resting on cached pages, an :class:`AutoRead` the epoch's readers ask."""
+        if not (self._read_again and self.read == "mmap" and self.info["path"] in ("cpu", "pinned")):
+            return None
+        return AutoRead(self.sets.values(), self._read_choice, self._read_turned)
+
     def _assembler(self, chunks: list[np.ndarray] | None = None):
         path = self.info["path"]
         spec = BatchSpec(
@@ -271,6 +285,7 @@ class BatchLoader:
             self.block_rows,
             self.window_blocks,
             chunks,
+            self._auto_read(),
         )
         if path in ("device", "uva"):
             if self._assembler_cache is None:

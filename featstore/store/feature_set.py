@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,13 @@ from .direct import DirectReader, RowDecode
 from .header import FILE_FORMAT_VERSION
 from .manifest import MANIFEST_NAME, Manifest
 from .members import checked_header
-from .memory import READ_MODES, ReadChoice, choose_read_for, sampled_residency
+from .memory import READ_MODES, AutoRead, sampled_residency
 from .pt_io import write_pt
 from .quant import LOGICAL_DTYPES, Quant, group_elems, scales_shape
 from .record import FeatureSetRecord
 from .scales import DirectScales
 
 DEQUANT_DTYPES = tuple(TORCH_DTYPES[name] for name in LOGICAL_DTYPES)
-AUTO_RECHECK_S = 1.0  # a read="auto" choice resting on cached pages is made again after this long
 
 
 class FeatureSet:
@@ -83,8 +81,7 @@ class FeatureSet:
             if self.quant is None
             else DirectScales(self.path, record.key, scales_at, self._scale_row_bytes, record.n_rows)
         )
-        self._auto_read: ReadChoice | None = None
-        self._auto_read_at = 0.0
+        self._auto_read: AutoRead | None = None
 
     # ---- what it is -------------------------------------------------------------------------
     @property
@@ -238,19 +235,15 @@ class FeatureSet:
     def read_path(self, read: str = "auto") -> str:
         """The path ``read`` means for this set: "mmap" or "direct" as asked; "auto" is "mmap" when the
         part of the set not in memory already fits in the memory this process may use, else "direct"
-        (decided once per set; a choice of mmap that rests on pages already cached, which may be evicted,
-        is made again when it is more than ``AUTO_RECHECK_S`` old: a residency sample takes about a
-        millisecond for 2 GiB, so at most ~0.1% of a second's gathers)."""
+        (decided once per set; a choice that rests on cached pages is made again once a second old:
+        :class:`featstore.store.memory.AutoRead`)."""
         if read != "auto":
             if read not in READ_MODES:
                 raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
             return read
-        now = time.monotonic()
-        choice = self._auto_read
-        if choice is None or (choice.fragile and now - self._auto_read_at > AUTO_RECHECK_S):
-            choice = self._auto_read = choose_read_for("auto", [self])
-            self._auto_read_at = now
-        return choice.path
+        if self._auto_read is None:
+            self._auto_read = AutoRead([self])
+        return self._auto_read.path()
 
     def _gather_checked(
         self, rows: np.ndarray, out: torch.Tensor | None = None, read: str = "mmap", dtype: torch.dtype | None = None

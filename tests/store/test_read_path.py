@@ -263,7 +263,7 @@ def test_inside_a_memory_cgroup_auto_reads_direct_unless_the_set_is_cached(tmp_p
             )
             assert out.returncode == 0, out.stderr
             limit, path = out.stdout.split("\n")[0].split()
-            assert int(limit) == 64 * 2**20 and path == expected
+            assert int(limit) == 64 * 2**20 and path == expected, (cached, out.stdout, out.stderr)
             assert float(out.stdout.split("\n")[1]) == 25_600 * 1024
     finally:
         group.rmdir()
@@ -348,8 +348,6 @@ def test_a_loader_whose_sets_are_cached_reads_mmap_and_chooses_again_each_epoch(
 
 
 def test_gather_makes_a_cached_choice_again_once_it_is_old(tmp_path, monkeypatch):
-    from featstore.store import feature_set
-
     store, data, _ = make_store(tmp_path, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
     fs = store["enc/layer_1"]
     float(fs.to_torch().float().sum())  # every page in memory
@@ -357,8 +355,33 @@ def test_gather_makes_a_cached_choice_again_once_it_is_old(tmp_path, monkeypatch
     assert fs.read_path("auto") == "mmap"
     monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages have gone
     assert fs.read_path("auto") == "mmap"  # a fresh choice holds
-    monkeypatch.setattr(feature_set, "AUTO_RECHECK_S", -1.0)  # ... until it is old
+    monkeypatch.setattr(memory, "AUTO_RECHECK_S", -1.0)  # ... until it is old
     assert fs.read_path("auto") == "direct"
     assert torch.equal(fs.gather(np.arange(len(fs))), data)
     monkeypatch.setattr(type(fs), "resident_bytes", lambda self: fs.nbytes)
     assert fs.read_path("auto") == "direct"  # a choice not resting on cached pages is not made again
+
+
+def test_a_loader_turns_direct_within_the_epoch_once_its_cached_pages_go(tmp_path, monkeypatch):
+    store, data, _ = make_store(tmp_path, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
+    fs = store["enc/layer_1"]
+    float(fs.to_torch().float().sum())  # every page in memory
+    monkeypatch.setattr(memory, "memory_facts", lambda: memory.MemoryFacts(1, "/cg/memory.max", 2**34, 0))
+    reads = []
+    gather_into = type(fs).gather_into
+
+    def recorded(self, *args, read="mmap", **kwargs):
+        reads.append(read)
+        return gather_into(self, *args, read=read, **kwargs)
+
+    monkeypatch.setattr(type(fs), "gather_into", recorded)
+    loader = fs.batches(64, shuffle=False, labels=False, prefetch=0)  # prefetch=0: no batch read ahead of the patch
+    batches = iter(loader)
+    got = [next(batches).features]
+    assert loader.info["read"] == "mmap" and reads == ["mmap"]
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages go in the middle of the epoch
+    monkeypatch.setattr(memory, "AUTO_RECHECK_S", -1.0)
+    got += [b.features for b in batches]
+    assert torch.equal(torch.cat(got), data)
+    assert reads[1:] and set(reads[1:]) == {"direct"}
+    assert loader.info["read"] == "direct" and "chosen again during the epoch" in loader.info["read_why"]
