@@ -239,9 +239,27 @@ def reader(
     batches (``plan``) are known, else a :class:`BlockCache`. ``auto``: an mmap choice that rests on
     cached pages, asked before each batch (it turns direct within a second of the pages going)."""
     if auto is not None:
-        return lambda idx, out: fs.gather_into(idx, out, read=auto.path())
+        return _asking(fs, auto, block_rows, window_blocks)
     if read == "direct" and block_rows:  # blocks hold the stored rows (a quantised set's codes)
         if plan is not None:
             return BlockReadAhead(fs, block_rows, 2 * window_blocks + 2, plan).read
         return BlockCache(fs, block_rows, 2 * window_blocks + 2).read
     return lambda idx, out: fs.gather_into(idx, out, read=read)
+
+
+def _asking(fs: FeatureSet, auto: AutoRead, block_rows: int, window_blocks: int) -> Read:
+    """A reader that asks ``auto`` which path to take before each batch. Once it turns direct in the
+    block order, the rest of the epoch reads whole blocks through a :class:`BlockCache` (made then:
+    the read-ahead needs the epoch's plan from its start), not row by row."""
+    cache: list[BlockCache] = []
+
+    def read(idx: np.ndarray, out: torch.Tensor) -> None:
+        path = auto.path()
+        if path == "direct" and block_rows:
+            if not cache:
+                cache.append(BlockCache(fs, block_rows, 2 * window_blocks + 2))
+            cache[0].read(idx, out)
+        else:
+            fs.gather_into(idx, out, read=path)
+
+    return read

@@ -385,3 +385,32 @@ def test_a_loader_turns_direct_within_the_epoch_once_its_cached_pages_go(tmp_pat
     assert torch.equal(torch.cat(got), data)
     assert reads[1:] and set(reads[1:]) == {"direct"}
     assert loader.info["read"] == "direct" and "chosen again during the epoch" in loader.info["read_why"]
+
+
+def test_a_block_order_loader_turns_to_whole_blocks_once_its_cached_pages_go(tmp_path, monkeypatch):
+    """After the switch, the block order reads whole blocks (a BlockCache), not single rows directly."""
+    from featstore.batches import block_reader
+
+    store, data, _ = make_store(tmp_path, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
+    fs = store["enc/layer_1"]
+    float(fs.to_torch().float().sum())
+    monkeypatch.setattr(memory, "memory_facts", lambda: memory.MemoryFacts(1, "/cg/memory.max", 2**34, 0))
+    blocks = []
+    cache_read = block_reader.BlockCache.read
+
+    def recorded(self, idx, out):
+        blocks.append(len(idx))
+        return cache_read(self, idx, out)
+
+    monkeypatch.setattr(block_reader.BlockCache, "read", recorded)
+    loader = fs.batches(16, seed=3, order="block", block_bytes=8 * 42, window_blocks=2, labels=False, prefetch=0)
+    order = loader.epoch_order(0)
+    batches = iter(loader)
+    got = [next(batches).features]
+    assert loader.info["read"] == "mmap" and blocks == []
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)
+    monkeypatch.setattr(memory, "AUTO_RECHECK_S", -1.0)
+    got += [b.features for b in batches]
+    assert torch.equal(torch.cat(got), data[torch.from_numpy(order)])
+    assert sum(blocks) == len(order) - 16  # every later batch came through the block cache
+    assert loader.info["read"] == "direct"
