@@ -4,6 +4,7 @@ disjoint and cover everything; the block cache reads each block once."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -257,12 +258,21 @@ def test_orders_drawn_ahead_are_the_epochs_orders(tmp_path, order):
     fs = FeatureStore.open(tmp_path)["enc/layer_1"]
     loader = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
     fresh = fs.batches(32, seed=5, order=order, labels=False, block_bytes=256)
+    drawn_here, drawn_ahead = [], []
+    draw = loader.epoch_order
+
+    def recorded(epoch):  # the epochs the loader draws, on this thread or on one drawing ahead
+        (drawn_here if threading.current_thread() is threading.main_thread() else drawn_ahead).append(epoch)
+        return draw(epoch)
+
+    loader.epoch_order = recorded
     for epoch in (0, 1, 2, 7, 8, 3):
         if epoch in (7, 3):
             loader.set_epoch(epoch)
         served = np.concatenate([b.indices.numpy() for b in loader])
         assert np.array_equal(served, fresh.epoch_order(epoch)), epoch
-        assert loader._next_order is not None and loader._next_order.epoch == loader.epoch  # drawing ahead
+    assert drawn_here == [0, 7, 3]  # a fresh start and each jump draw their epoch when it starts
+    assert {1, 2, 8} <= set(drawn_ahead)  # the epochs that followed one another were drawn while the last ran
     assert loader.epoch == 4
 
 
