@@ -6,6 +6,7 @@ removed by :func:`remove`; a process joins one by writing its pid into ``procs``
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,17 @@ def _own_path(controller: str) -> tuple[str | None, str | None]:
     return v1, v2
 
 
+def _fresh(group: Path, limit_file: str, value: str) -> Group | str:
+    """Makes ``group`` and writes its limit, or says why not (a group whose limit is refused is removed again)."""
+    group.mkdir()
+    try:
+        (group / limit_file).write_text(value)
+    except OSError as e:
+        group.rmdir()
+        return f"{group / limit_file} refused {value!r} ({e.strerror})"
+    return Group(group, limit_file)
+
+
 def _make(controllers: tuple[str, str], name: str, files: tuple[str, str], values: tuple[str, str]) -> Group | str:
     """A fresh group ``name`` under this process's own: cgroup v1 (the first of each pair) where that
     controller is mounted, else v2 (the second); its limit file written, or why not."""
@@ -44,17 +56,11 @@ def _make(controllers: tuple[str, str], name: str, files: tuple[str, str], value
     v1_own, v2_own = _own_path(v1_controller)
     v1 = Path("/sys/fs/cgroup") / v1_controller
     if v1_own is not None and (v1 / "cgroup.procs").exists():
-        group = v1 / v1_own.lstrip("/") / name
-        group.mkdir()
-        (group / v1_file).write_text(v1_value)
-        return Group(group, v1_file)
+        return _fresh(v1 / v1_own.lstrip("/") / name, v1_file, v1_value)
     for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
         ctrl = mount / "cgroup.controllers"
         if v2_own is not None and ctrl.exists() and v2_controller in ctrl.read_text().split():
-            group = mount / v2_own.lstrip("/") / name
-            group.mkdir()
-            (group / v2_file).write_text(v2_value)
-            return Group(group, v2_file)
+            return _fresh(mount / v2_own.lstrip("/") / name, v2_file, v2_value)
     return f"no cgroup v1 {v1_controller} controller and no cgroup v2 with {v2_controller} here"
 
 
@@ -65,10 +71,13 @@ def memory_group(limit: int) -> Group | str:
     return _make(("memory", "memory"), name, ("memory.limit_in_bytes", "memory.max"), (str(limit), str(limit)))
 
 
-def disk_of(path: Path) -> str:
-    """``major:minor`` of the whole disk that holds ``path`` (a partition's parent: throttles take disks)."""
+def disk_of(path: Path) -> str | None:
+    """``major:minor`` of the whole disk that holds ``path`` (a partition's parent: throttles take disks),
+    or None where no block device does (tmpfs, overlayfs, NFS, a btrfs subvolume's anonymous device)."""
     dev = os.stat(path).st_dev
     sys_dev = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not sys_dev.exists():
+        return None
     if (sys_dev / "partition").exists():
         return (sys_dev.resolve().parent / "dev").read_text().strip()
     return f"{os.major(dev)}:{os.minor(dev)}"
@@ -81,6 +90,8 @@ def read_throttle(path: Path, bytes_per_s: int, memory: Group) -> Group | str:
     caps O_DIRECT, io_uring and page-cache reads alike: the kernel charges each request to the group of
     the task that issued it."""
     disk = disk_of(path)
+    if disk is None:
+        return f"{path} is on no block device (tmpfs, overlayfs, NFS?): give --workdir on a local disk"
     if memory.limit_file == "memory.max":
         try:
             (memory.path / "io.max").write_text(f"{disk} rbps={bytes_per_s}")
@@ -102,3 +113,4 @@ def remove(group: Group) -> None:
             return
         except OSError:
             time.sleep(0.2)
+    print(f"warning: cgroup {group.path} still has processes after 10 s; remove it with rmdir", file=sys.stderr)

@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _cgroups import memory_group, read_throttle, remove
+from _cgroups import Group, memory_group, read_throttle, remove
 from _machine import cpu_busy_share as cpu_busy
 from _machine import load_note
 
@@ -218,27 +218,27 @@ def main() -> int:
     import featstore
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="featstore-ooc-", dir="/var/tmp"))
-    throttle = read_throttle(work, int(args.throttle_mb_s * 1e6), group) if args.throttle_mb_s > 0 else None
-    if isinstance(throttle, str):
-        remove(group)
-        print(f"bench_out_of_core: --throttle-mb-s: {throttle}")
-        return 2
-    started = time.time()
-    results: dict = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "limit_bytes": limit,
-        "cgroup": f"{group.path}/{group.limit_file}",
-        "throttle_bytes_per_s": int(args.throttle_mb_s * 1e6),
-        "throttle": f"{throttle.path}/{throttle.limit_file}" if throttle else "",
-        "queue_depth": QUEUE_DEPTH,
-        "cpus": os.cpu_count(),
-        "cells": [],
-        "fio": {},
-        "fio_reps": {},
-        "busy_before": cpu_busy(),
-    }
-    try:
+    throttle: Group | str | None = None
+    try:  # from here on, whatever happens, the groups and the work folder go
+        throttle = read_throttle(work, int(args.throttle_mb_s * 1e6), group) if args.throttle_mb_s > 0 else None
+        if isinstance(throttle, str):
+            print(f"bench_out_of_core: --throttle-mb-s: {throttle}")
+            return 2
+        started = time.time()
+        results: dict = {
+            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "limit_bytes": limit,
+            "cgroup": f"{group.path}/{group.limit_file}",
+            "throttle_bytes_per_s": int(args.throttle_mb_s * 1e6),
+            "throttle": f"{throttle.path}/{throttle.limit_file}" if throttle else "",
+            "queue_depth": QUEUE_DEPTH,
+            "cpus": os.cpu_count(),
+            "cells": [],
+            "fio": {},
+            "fio_reps": {},
+            "busy_before": cpu_busy(),
+        }
         store = featstore.FeatureStore.create(work / "store")
         target = int(limit * args.ratio)
         shapes = {"vec768": ("vec/768", (768,), 1024), "patch 257x384": ("patch/257x384", (257, 384), 64)}
@@ -271,7 +271,7 @@ def main() -> int:
         results["runtime_s"] = time.time() - started
     finally:
         for g in (throttle, group):
-            if g is not None:
+            if isinstance(g, Group):
                 remove(g)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -169,16 +169,20 @@ class BatchLoader:
             self.info.update(read="mmap", read_why=f"the {self.info['path']!r} path reads the sets' mapped pages")
             self._read_again = False
             return "mmap"
-        self.info.update(read=choice.path, read_why=choice.why)
-        if choice.path == "direct":
-            self.info["io_engine"] = _backend.io_engine()  # io_uring, or the thread pool and why
+        self._say_read(choice.path, choice.why)
         return choice.path
 
     def _read_turned(self, choice: ReadChoice) -> None:
         """An epoch's cached pages have gone (:class:`AutoRead`): say so, as the rest of it reads directly."""
-        self.info.update(read=choice.path, read_why=f"{choice.why} (chosen again during the epoch)")
-        if choice.path == "direct":
+        self._say_read(choice.path, f"{choice.why} (chosen again during the epoch)")
+
+    def _say_read(self, path: str, why: str) -> None:
+        """``info``'s read, read_why and, for direct reads only, io_engine (io_uring, or the thread pool and why)."""
+        self.info.update(read=path, read_why=why)
+        if path == "direct":
             self.info["io_engine"] = _backend.io_engine()
+        else:
+            self.info.pop("io_engine", None)
 
     def _check_order(self, order: str, block_bytes: int, window_blocks: int) -> tuple[str, int, int]:
         if order not in ORDERS:

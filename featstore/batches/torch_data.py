@@ -16,13 +16,15 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..indexing import normalize_rows
 from ..store import FeatureSet
-from ..store.memory import choose_read_for
+from ..store.memory import AutoRead, choose_read_for
 
 
 class FeatureDataset(Dataset):
     """Row i is ``(features, label)`` (or just ``features`` without labels); features are a tensor,
     or a dict key -> tensor when the dataset spans several feature sets. ``read``: "auto" (default),
-    "mmap" or "direct", as for :meth:`featstore.FeatureSet.gather` (decided once, for all the sets)."""
+    "mmap" or "direct", as for :meth:`featstore.FeatureSet.gather`, decided for all the sets; an auto
+    choice of mmap that rests on cached pages is made again about once a second in each process
+    (:class:`featstore.store.memory.AutoRead`), so reads turn direct soon after the pages go."""
 
     def __init__(self, sets: list[FeatureSet], labels: bool = True, read: str = "auto"):
         if not sets:
@@ -37,6 +39,19 @@ class FeatureDataset(Dataset):
         self._label_set = next((fs for fs in sets if fs.labels is not None), None)
         self.read_choice = choose_read_for(read, sets)
         self.read = self.read_choice.path
+        self._auto: AutoRead | None = None  # made in each process that reads, never pickled
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_auto": None}
+
+    def _read_now(self) -> str:
+        """The path to read with: ``read``, asked again where it rests on cached pages (AutoRead)."""
+        if self.read_choice.fragile or self._auto is not None:
+            if self._auto is None:
+                self._auto = AutoRead(self.sets, self.read_choice)
+            self.read = self._auto.path()
+            self.read_choice = self._auto.choice
+        return self.read
 
     def __len__(self) -> int:
         return len(self.sets[0])
@@ -54,9 +69,10 @@ class FeatureDataset(Dataset):
         # as torch sets its own intra-op threads to 1 there.
         threads = 1 if get_worker_info() is not None else 0
         feats = {}
+        read = self._read_now()
         for fs in self.sets:
             out = torch.empty((len(rows), *fs.row_shape), dtype=fs.dtype)
-            fs.gather_into(rows, out, threads, read=self.read)
+            fs.gather_into(rows, out, threads, read=read)
             feats[fs.key] = out
         features = next(iter(feats.values())) if len(self.sets) == 1 else feats
         label_set = self._label_set if self.with_labels else None

@@ -162,11 +162,16 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in float64: on the CPU through SciPy's BLAS ``dgemm``, the library that also runs ``dsyrk`` and
     ``dsytrd`` here (torch's float64 matmul is about half as fast; NumPy's own OpenBLAS is as fast alone,
     but its idle threads then compete with SciPy's: the demo's ridge took 7.11 s against 6.40 s, medians of
-    5, ``docs/probes.md``), else torch."""
+    5, ``docs/probes.md``), else torch. On the CPU it computes (a b)ᵀ = bᵀ aᵀ, whose Fortran-ordered result is
+    a b in C order, from operands BLAS reads as they lie: no copy of C- or Fortran-ordered inputs or of the result."""
     if a.device.type == "cpu":
         from scipy.linalg import blas
 
-        return torch.from_numpy(np.ascontiguousarray(blas.dgemm(1.0, a.numpy(), b.numpy())))
+        def transposed(m: np.ndarray) -> tuple[np.ndarray, int]:  # mᵀ for BLAS: a Fortran-ordered array, flag
+            return (m.T, 0) if m.flags.c_contiguous else (m, 1)
+
+        (bt, trans_b), (at, trans_a) = transposed(b.numpy()), transposed(a.numpy())
+        return torch.from_numpy(blas.dgemm(1.0, bt, at, trans_a=trans_b, trans_b=trans_a).T)
     return a @ b
 
 

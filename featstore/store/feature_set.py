@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,8 @@ class FeatureSet:
             if read not in READ_MODES:
                 raise ValueError(f"read must be one of {', '.join(map(repr, READ_MODES))}, got {read!r}")
             return read
-        if self._auto_read is None:
-            self._auto_read = AutoRead([self])
+        if self._auto_read is None:  # a proxy: no cycle, so a set let go unmaps at once, not at the next gc
+            self._auto_read = AutoRead([weakref.proxy(self)])
         return self._auto_read.path()
 
     def _gather_checked(

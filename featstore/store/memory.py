@@ -16,7 +16,9 @@ The memory this process may use is the tightest of
 
 What the sets need of it is what is not in memory already: pages in the page cache, whoever read
 them, cost a mapping nothing new (a file read by an earlier job on the node, or by a process outside
-this cgroup). :func:`sampled_residency` estimates that share with ``mincore`` on a sample of pages.
+this cgroup). :func:`sampled_residency` estimates that share with ``mincore`` on a sample of pages;
+the page cache charged to the cgroup itself (its ``memory.stat``) is no gift, as it counts against
+the limit, and is taken off that share.
 
 :func:`usable_bytes`, :func:`sampled_residency` and :func:`choose_read` are pure functions of those
 facts (tested without a cgroup); :func:`memory_facts` reads them on this machine.
@@ -24,7 +26,9 @@ facts (tested without a cgroup); :func:`memory_facts` reads them on this machine
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,6 +46,7 @@ class MemoryFacts(NamedTuple):
     cgroup_file: str  # the file it came from ("" when there is none)
     available: int | None  # MemAvailable, bytes
     resident: int  # this process's private resident memory (RssAnon + RssShmem, else VmRSS), bytes
+    cgroup_cache: int = 0  # page cache charged to that cgroup (memory.stat: v2 file, v1 total_cache), bytes
 
     @property
     def usable(self) -> int | None:
@@ -76,13 +81,15 @@ def sampled_residency(
     count_resident: Callable[[int, int], int],
     start: int,
     nbytes: int,
-    page: int = 4096,
+    page: int = mmap.PAGESIZE,
     max_pages: int = 16384,
     run_pages: int = 64,
 ) -> int:
     """Bytes of [start, start + nbytes) in memory, estimated from ``count_resident(offset, length)``
     (pages resident in that range; a MappedFile's ``resident_pages``): every page when there are at
-    most ``max_pages``, else ``max_pages // run_pages`` runs of ``run_pages`` pages spread evenly."""
+    most ``max_pages``, else ``max_pages // run_pages`` runs of ``run_pages`` pages spread evenly.
+    ``page`` is the system's page size, the unit ``count_resident`` counts in (64 KiB on some arm64
+    and ppc64le kernels)."""
     if nbytes <= 0:
         return 0
     first = start - start % page
@@ -118,15 +125,19 @@ def choose_read(read: str, set_bytes: int, facts: MemoryFacts, resident: Callabl
     where = f"{_mb(usable)} this process may use ({limit}{avail})"
     if set_bytes <= usable:
         return ReadChoice("mmap", f"auto: the sets ({_mb(set_bytes)}) fit in {where}; mmap")
-    held = min(set_bytes, max(0, resident())) if resident is not None else 0
+    resident_now = min(set_bytes, max(0, resident())) if resident is not None else 0
+    # Pages charged to the cgroup count against its limit: only those cached outside it are free (the
+    # cgroup's whole page cache is taken as the sets' own, so this errs toward direct, never thrashing).
+    held = max(0, resident_now - facts.cgroup_cache) if facts.cgroup_limit is not None else resident_now
+    charged = f" ({_mb(resident_now - held)} more charged to the cgroup)" if resident_now > held else ""
     if held and set_bytes - held <= usable:
         return ReadChoice(
             "mmap",
             f"auto: the sets ({_mb(set_bytes)}) exceed {where}, but {_mb(held)} of them are in memory "
-            f"already and the {_mb(set_bytes - held)} left fit; mmap while they stay",
+            f"already{charged} and the {_mb(set_bytes - held)} left fit; mmap while they stay",
             fragile=True,
         )
-    cached = f" ({_mb(held)} of them in memory already)" if held else ""
+    cached = f" ({_mb(held)} of them in memory already{charged})" if resident_now else ""
     return ReadChoice("direct", f"auto: the sets ({_mb(set_bytes)}){cached} exceed {where}; direct reads")
 
 
@@ -164,18 +175,21 @@ class AutoRead:
         self.choice = choice or choose_read_for("auto", self.sets)
         self.at = time.monotonic()
         self.on_change = on_change
+        self._checking = threading.Lock()  # one thread checks again; the others read on meanwhile
 
     def path(self) -> str:
         """The path to read with now (checked again first if the choice is fragile and old)."""
         choice = self.choice
-        now = time.monotonic()
-        if choice.fragile and now - self.at > AUTO_RECHECK_S:
-            self.at = now
+        if not (choice.fragile and time.monotonic() - self.at > AUTO_RECHECK_S and self._checking.acquire(False)):
+            return choice.path
+        try:
             self.choice = fresh = choose_read_for("auto", self.sets)
+            self.at = time.monotonic()
             if fresh.path != choice.path and self.on_change is not None:
                 self.on_change(fresh)
-            choice = fresh
-        return choice.path
+        finally:
+            self._checking.release()
+        return fresh.path
 
 
 # ---- reading the facts ----------------------------------------------------------------------
@@ -234,6 +248,19 @@ def cgroup_limit(proc_cgroup: str, mountinfo: str, read: Callable[[Path], str | 
     return best
 
 
+def cgroup_cache(limit_file: str, read: Callable[[Path], str | None]) -> int:
+    """The page cache charged to the cgroup whose limit is ``limit_file`` (its ``memory.stat``: v2
+    ``file``, v1 ``total_cache``, which counts its children too), bytes; 0 where it cannot be read."""
+    if not limit_file:
+        return 0
+    field = "file" if limit_file.endswith("memory.max") else "total_cache"
+    for line in (read(Path(limit_file).parent / "memory.stat") or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == field and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
 def _limit_value(text: str | None) -> int | None:
     if text is None:
         return None
@@ -269,7 +296,7 @@ def memory_facts(proc: Path = Path("/proc")) -> MemoryFacts:
     status = _read(proc / "self/status") or ""
     anon, shmem = meminfo_field(status, "RssAnon"), meminfo_field(status, "RssShmem")
     private = anon + (shmem or 0) if anon is not None else meminfo_field(status, "VmRSS") or 0
-    return MemoryFacts(limit, source, available, private)
+    return MemoryFacts(limit, source, available, private, cgroup_cache(source, _read))
 
 
 def physical_ram(proc: Path = Path("/proc")) -> int | None:

@@ -56,12 +56,21 @@ def test_gather_matches_fancy_indexing(backend, case):
 @pytest.mark.parametrize("threads", [0, 1, 2, 4])
 @pytest.mark.parametrize(
     "row_bytes,n_rows,n",
-    [(1536, 4096, 3000), (64, 100_000, 50_000), (70_000, 64, 100), (8, 300_000, 20_000), (2, 5000, 9001)],
+    [
+        (1536, 4096, 3000),
+        (64, 100_000, 50_000),
+        (70_000, 64, 100),
+        (8, 300_000, 20_000),
+        (2, 5000, 9001),
+        (4, 40_000, 9000),
+        (1, 7000, 12_345),
+    ],
 )
 @pytest.mark.parametrize("order", ["random", "sorted", "dense"])
 def test_gather_large(backend, threads, row_bytes, n_rows, n, order):
     """Sizes above the inline threshold: pool + sorted-keys path (first two), pool + in-order path (huge rows),
-    the small-row path (labels: prefetched far ahead, split by rows) over several threads (last two)."""
+    the small-row path (labels: prefetched far ahead, split by rows; 8, 2, 4 and 1 bytes) over several threads
+    (last four)."""
     rng = np.random.default_rng(0)
     src = rng.integers(0, 256, n_rows * row_bytes, dtype=np.uint8)
     if order == "dense":

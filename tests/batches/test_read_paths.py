@@ -60,3 +60,23 @@ def test_dataset_reads_direct(store, backend):
     loader = torch.utils.data.DataLoader(store["enc/a"].dataset(read="direct"), batch_size=50)
     assert torch.equal(torch.cat([x for x, _ in loader]), store["enc/a"][:])
     assert np.array_equal(store["enc/a"].dataset(read="mmap")[7][0].numpy(), store["enc/a"][7].numpy())
+
+
+def test_a_dataset_on_cached_pages_reads_direct_once_they_go(store, monkeypatch):
+    """An auto choice of mmap that rests on cached pages is asked again as the dataset is read."""
+    import pickle
+
+    from featstore.store import memory
+
+    fs = store["enc/a"]
+    float(fs[:].float().sum())  # every page in memory
+    monkeypatch.setattr(memory, "memory_facts", lambda: memory.MemoryFacts(1, "/cg/memory.max", 2**34, 0))
+    ds = fs.dataset()
+    assert ds.read == "mmap" and ds.read_choice.fragile
+    assert torch.equal(ds.__getitems__([4, 9]).features, fs[[4, 9]])
+    monkeypatch.setattr(type(fs), "resident_bytes", lambda self: 0)  # the pages go
+    monkeypatch.setattr(memory, "AUTO_RECHECK_S", -1.0)
+    assert torch.equal(ds.__getitems__([9, 0]).features, fs[[9, 0]])
+    assert ds.read == "direct" and not ds.read_choice.fragile and "direct reads" in ds.read_choice.why
+    again = pickle.loads(pickle.dumps(ds))  # as a spawned DataLoader worker gets it
+    assert again.read == "direct" and torch.equal(again[3][0], fs[3])

@@ -226,16 +226,19 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
     os.geteuid() != 0 or not (CGROUP_V1 / "cgroup.procs").exists(), reason="needs root and cgroup v1 memory"
 )
 def test_inside_a_memory_cgroup_auto_reads_direct_unless_the_set_is_cached(tmp_path):
-    """A child process in a 64 MiB cgroup sees the limit. For a 100 MiB set out of the page cache auto
+    """A child process in a 256 MiB cgroup sees the limit. For a 300 MiB set out of the page cache auto
     picks direct; for the same set cached by this process (charged outside the cgroup) it picks mmap.
     Either way every row arrives without an OOM kill. (The child joins after importing torch: v1
-    leaves the memory it holds charged where it was.)"""
+    leaves the memory it holds charged where it was, but counts it as private memory, ~150 MiB.)"""
     import subprocess
     import sys
 
+    if _filesystem_of(tmp_path) == "tmpfs":
+        pytest.skip(f"{tmp_path} is on tmpfs: its pages cannot be dropped from memory")
     store = FeatureStore.create(tmp_path / "s")
-    with store.create_feature_set("big/x", 25_600, (1024,), "float32") as w:  # 100 MiB
-        w.write(0, np.ones((25_600, 1024), np.float32))
+    with store.create_feature_set("big/x", 76_800, (1024,), "float32") as w:  # 300 MiB
+        for at in range(0, 76_800, 12_800):
+            w.write(at, np.ones((12_800, 1024), np.float32))
     fs = FeatureStore.open(tmp_path / "s")["big/x"]
     own = Path(Path("/proc/self/cgroup").read_text().split("memory:", 1)[1].split("\n", 1)[0].lstrip("/"))
     group = CGROUP_V1 / own / f"featstore-test-{os.getpid()}"
@@ -244,11 +247,11 @@ def test_inside_a_memory_cgroup_auto_reads_direct_unless_the_set_is_cached(tmp_p
         "import os, sys, featstore; open(sys.argv[2] + '/cgroup.procs', 'w').write(str(os.getpid()));"
         "fs = featstore.FeatureStore.open(sys.argv[1])['big/x'];"
         "from featstore.store import memory; f = memory.memory_facts();"
-        "x = fs.batches(512, shuffle=False); print(f.cgroup_limit, x.info['read']);"
+        "x = fs.batches(512, shuffle=False); print(f.cgroup_limit, x.info['read'], x.info['read_why']);"
         "print(sum(float(b.features.sum()) for b in x))"
     )
     try:
-        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+        (group / "memory.limit_in_bytes").write_text(str(256 * 2**20))
         for cached, expected in ((False, "direct"), (True, "mmap")):
             _drop_cache(fs.path)
             if cached:
@@ -262,15 +265,19 @@ def test_inside_a_memory_cgroup_auto_reads_direct_unless_the_set_is_cached(tmp_p
                 timeout=120,
             )
             assert out.returncode == 0, out.stderr
-            limit, path = out.stdout.split("\n")[0].split()
-            assert int(limit) == 64 * 2**20 and path == expected, (cached, out.stdout, out.stderr)
-            assert float(out.stdout.split("\n")[1]) == 25_600 * 1024
+            limit, path = out.stdout.split("\n")[0].split()[:2]
+            assert int(limit) == 256 * 2**20 and path == expected, (cached, out.stdout, out.stderr)
+            assert float(out.stdout.split("\n")[1]) == 76_800 * 1024
     finally:
         group.rmdir()
 
 
-def test_sampled_residency_counts_every_page_of_a_small_range_and_samples_a_big_one():
-    page = 4096
+@pytest.mark.parametrize("page", [4096, 65536])  # 64 KiB pages: some arm64 and ppc64le kernels
+def test_sampled_residency_counts_every_page_of_a_small_range_and_samples_a_big_one(page):
+    import inspect
+    import mmap
+
+    assert inspect.signature(memory.sampled_residency).parameters["page"].default == mmap.PAGESIZE  # the system's
     calls = []
 
     def half_resident(offset, length):  # even pages in memory, odd ones not
@@ -278,11 +285,11 @@ def test_sampled_residency_counts_every_page_of_a_small_range_and_samples_a_big_
         assert offset % page == 0 and length > 0 and offset + length <= 10 + 70_000 * page
         return sum(1 for p in range(offset // page, -(-(offset + length) // page)) if p % 2 == 0)
 
-    assert memory.sampled_residency(half_resident, 10, 0) == 0 and calls == []
-    small = memory.sampled_residency(half_resident, 10, 100 * page)  # 101 pages: one call over all
+    assert memory.sampled_residency(half_resident, 10, 0, page) == 0 and calls == []
+    small = memory.sampled_residency(half_resident, 10, 100 * page, page)  # 101 pages: one call over all
     assert calls == [(0, 10 + 100 * page)] and small == 51 * page
     calls.clear()
-    big = memory.sampled_residency(half_resident, 10, 70_000 * page, max_pages=16_384, run_pages=64)
+    big = memory.sampled_residency(half_resident, 10, 70_000 * page, page, max_pages=16_384, run_pages=64)
     assert len(calls) == 256 and calls[0][0] == 0 and calls[-1][0] + calls[-1][1] == 10 + 70_000 * page
     assert abs(big / (70_000 * page) - 0.5) < 0.01  # the runs' share, scaled to the range
 
@@ -308,6 +315,26 @@ def test_auto_reads_cached_sets_larger_than_the_limit_through_the_mapping():
     partly = memory.choose_read("auto", 3 * gib, facts, resident(gib))
     assert partly.path == "direct" and not partly.fragile and "(1024.0 MiB of them in memory already)" in partly.why
     assert memory.choose_read("auto", 3 * gib, facts, resident(0)).why.startswith("auto: the sets (3072.0 MiB) exceed")
+    # pages charged to the cgroup itself count against its limit: only those cached outside it are free
+    own = facts._replace(cgroup_cache=gib)
+    thrash = memory.choose_read("auto", 3 * gib, own, resident(5 * gib // 2))  # 1.5 GiB outside: 1.5 left > 1
+    assert thrash.path == "direct" and "(1536.0 MiB of them in memory already (1024.0 MiB more charged" in thrash.why
+    fits = memory.choose_read("auto", 3 * gib, facts._replace(cgroup_cache=gib // 2), resident(3 * gib))
+    assert fits.path == "mmap" and fits.fragile and "2560.0 MiB of them are in memory already (512.0 MiB" in fits.why
+    no_limit = memory.MemoryFacts(None, "", gib, 0, 5 * gib)  # no cgroup: nothing is charged to one
+    assert memory.choose_read("auto", 3 * gib, no_limit, resident(5 * gib // 2)).path == "mmap"
+
+
+def test_cgroup_cache_reads_the_limits_memory_stat():
+    stats = {
+        "/cg2/job/memory.stat": "anon 4096\nfile 123456789\nkernel 8192\n",
+        "/cg1/memory/job/memory.stat": "cache 5\nrss 7\ntotal_cache 987654\ntotal_rss 9\n",
+    }
+    read = stats.get  # a Path's text, or None
+    assert memory.cgroup_cache("/cg2/job/memory.max", lambda p: read(str(p))) == 123456789
+    assert memory.cgroup_cache("/cg1/memory/job/memory.limit_in_bytes", lambda p: read(str(p))) == 987654
+    assert memory.cgroup_cache("/nowhere/memory.max", lambda p: read(str(p))) == 0
+    assert memory.cgroup_cache("", lambda p: read(str(p))) == 0
 
 
 def _drop_cache(path):
@@ -319,19 +346,34 @@ def _drop_cache(path):
         os.close(fd)
 
 
+def _filesystem_of(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (the longest mount point above it in /proc/self/mounts)."""
+    path, best = path.resolve(), ("", "")
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind = line.split()[:3]
+        if (path == Path(mount) or Path(mount) in path.parents) and len(mount) > len(best[0]):
+            best = (mount, kind)
+    return best[1]
+
+
 def test_resident_pages_sees_what_was_read(tmp_path, backend):
+    import mmap
+
     from featstore import _backend
 
+    if _filesystem_of(tmp_path) == "tmpfs":
+        pytest.skip(f"{tmp_path} is on tmpfs: its pages cannot be dropped from memory")
+    page = mmap.PAGESIZE
     path = tmp_path / "f.bin"
-    path.write_bytes(os.urandom(64 * 4096 + 100))
+    path.write_bytes(os.urandom(64 * page + 100))
     _drop_cache(path)
     mf = _backend.MappedFile(str(path))
     assert mf.resident_pages(0, mf.size) == 0
     view = np.frombuffer(mf, np.uint8)
-    int(view[5 * 4096 : 9 * 4096 : 512].sum())  # faults in pages 5-8 (read-around may bring a few more)
-    assert mf.resident_pages(0, mf.size) >= 4 and mf.resident_pages(5 * 4096 + 7, 4 * 4096 - 7) == 4
+    int(view[5 * page : 9 * page : 512].sum())  # faults in pages 5-8 (read-around may bring a few more)
+    assert mf.resident_pages(0, mf.size) >= 4 and mf.resident_pages(5 * page + 7, 4 * page - 7) == 4
     assert mf.resident_pages(mf.size, 0) == 0
-    with pytest.raises(ValueError, match=r"resident_pages range offset=0 length=262245 is outside the file"):
+    with pytest.raises(ValueError, match=rf"resident_pages range offset=0 length={mf.size + 1} is outside the file"):
         mf.resident_pages(0, mf.size + 1)
 
 
@@ -414,3 +456,21 @@ def test_a_block_order_loader_turns_to_whole_blocks_once_its_cached_pages_go(tmp
     assert torch.equal(torch.cat(got), data[torch.from_numpy(order)])
     assert sum(blocks) == len(order) - 16  # every later batch came through the block cache
     assert loader.info["read"] == "direct"
+
+
+def test_a_set_gathered_with_read_auto_is_let_go_without_the_cycle_collector(tmp_path):
+    """Its mapping and descriptors go as soon as the last reference does (read="auto" keeps no cycle)."""
+    import gc
+    import weakref
+
+    make_store(tmp_path, n_rows=N, row_shape=(3, 7), dtype=torch.float16)
+    store = FeatureStore.open(tmp_path)
+    fs = store["enc/layer_1"]
+    assert fs.gather([0, 5]).shape == (2, 3, 7) and fs.read_path("auto") == "mmap"
+    gone = weakref.ref(fs)
+    gc.disable()
+    try:
+        del fs, store
+        assert gone() is None
+    finally:
+        gc.enable()
